@@ -1,0 +1,116 @@
+use crate::{Encoded, Error, LayerStats, ParamValue, Params, Result, StatsNeeds, WeightView};
+
+/// The type a parameter must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum ParamType {
+    Bool,
+    Int,
+    Float,
+    Str,
+}
+
+impl ParamType {
+    fn accepts(self, value: &ParamValue) -> bool {
+        matches!(
+            (self, value),
+            (ParamType::Bool, ParamValue::Bool(_))
+                | (ParamType::Int, ParamValue::Int(_))
+                | (ParamType::Float, ParamValue::Float(_) | ParamValue::Int(_))
+                | (ParamType::Str, ParamValue::Str(_))
+        )
+    }
+    fn name(self) -> &'static str {
+        match self {
+            ParamType::Bool => "bool",
+            ParamType::Int => "int",
+            ParamType::Float => "float",
+            ParamType::Str => "string",
+        }
+    }
+}
+
+/// One parameter a component accepts: its name, type, default (as text, for docs) and meaning.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    /// Key in the parameter map.
+    pub name: &'static str,
+    /// Expected type.
+    pub ty: ParamType,
+    /// The default, written as it would be in TOML.
+    pub default: &'static str,
+    /// One line on what it does.
+    pub doc: &'static str,
+}
+
+/// Check `params` against `specs`: every key known, every value of the right type.
+///
+/// The error names the offending key and lists the accepted ones, so a typo in a preset is
+/// caught before any work starts.
+pub fn validate_params(owner: &str, specs: &[ParamSpec], params: &Params) -> Result<()> {
+    for (key, value) in params.iter() {
+        match specs.iter().find(|s| s.name == key) {
+            None => {
+                let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                return Err(Error::invalid_param(format!(
+                    "{owner}: unknown parameter `{key}` (known: {})",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                )));
+            }
+            Some(spec) if !spec.ty.accepts(value) => {
+                return Err(Error::invalid_param(format!(
+                    "{owner}: parameter `{key}` must be {}, got {} ({value})",
+                    spec.ty.name(),
+                    value.type_name()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A weight-matrix codec: encodes one row-major `f32` matrix into named parts and decodes them.
+///
+/// Implementors provide [`id`](Codec::id), [`encode`](Codec::encode) and
+/// [`decode`](Codec::decode); the rest have defaults. A codec must be deterministic (the same
+/// input, statistics and parameters give the same bytes) and must refuse non-finite weights with
+/// an [`crate::ErrorKind::InvalidInput`] error rather than invent a value for them.
+pub trait Codec: Send + Sync {
+    /// Stable id: the registry key, the preset value and the manifest value (`"int4_rtn"`).
+    fn id(&self) -> &str;
+
+    /// One line for `tenpak codecs`. Default: empty.
+    fn description(&self) -> &str {
+        ""
+    }
+
+    /// The parameters this codec accepts. Default: none. [`Codec::validate`] checks presets
+    /// against this list, so list every key `encode` reads.
+    fn params(&self) -> &[ParamSpec] {
+        &[]
+    }
+
+    /// Calibration statistics `encode` needs. Default: none.
+    fn needs(&self) -> StatsNeeds {
+        StatsNeeds::NONE
+    }
+
+    /// Check parameters before any work. Default: [`validate_params`] against [`Codec::params`];
+    /// override to add range checks, calling the default logic too.
+    fn validate(&self, params: &Params) -> Result<()> {
+        validate_params(self.id(), self.params(), params)
+    }
+
+    /// Encode `weight` using `stats` (empty when [`Codec::needs`] asks for nothing).
+    fn encode(&self, weight: WeightView<'_>, stats: &LayerStats, params: &Params) -> Result<Encoded>;
+
+    /// Decode back to a row-major `f32` matrix of `encoded.shape`.
+    fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>>;
+
+    /// Exact size in bits of what is stored. Default: [`Encoded::stored_bits`], which is right
+    /// whenever every stored byte lives in a part, as it should.
+    fn size_bits(&self, encoded: &Encoded) -> u64 {
+        encoded.stored_bits()
+    }
+}
