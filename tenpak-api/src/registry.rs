@@ -243,3 +243,47 @@ impl Registry {
         self.allocators.iter().map(|(id, s)| (id.as_str(), s.source.as_str(), &s.value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Encoded, LayerStats, Params, WeightView};
+
+    struct Named(&'static str);
+    impl Codec for Named {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn encode(&self, _: WeightView<'_>, _: &LayerStats, _: &Params) -> Result<Encoded> {
+            Err(Error::invalid_input("test codec"))
+        }
+        fn decode(&self, _: &Encoded) -> Result<Vec<f32>> {
+            Err(Error::corrupt("test codec"))
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_sources() {
+        let mut registry = Registry::new();
+        registry.add_codec(Arc::new(Named("q")), "crate-a 1.0").unwrap();
+        let err = registry.add_codec(Arc::new(Named("q")), "libplugin.so").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Registry);
+        assert!(err.message().contains("crate-a 1.0") && err.message().contains("libplugin.so"), "{err}");
+    }
+
+    #[test]
+    fn unknown_ids_list_the_known_ones() {
+        let mut registry = Registry::new();
+        registry.add_codec(Arc::new(Named("alpha")), "a").unwrap();
+        registry.add_codec(Arc::new(Named("beta")), "b").unwrap();
+        let err = registry.codec("gamma").err().unwrap();
+        assert!(err.message().contains("`gamma`") && err.message().contains("alpha, beta"), "{err}");
+        assert!(registry.allocator("x").err().unwrap().message().contains("registered: none"));
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        let err = check_version("codec", "q", "old-crate 0.1", API_VERSION + 1).unwrap_err();
+        assert!(err.message().contains("old-crate 0.1") && err.message().contains("version"), "{err}");
+    }
+}
