@@ -212,6 +212,11 @@ impl Registry {
         self.codecs.get(id).map(|s| s.value.clone()).ok_or_else(|| unknown(&self.codecs, "codec", id))
     }
 
+    /// Where codec `id` came from (crate name and version, or a library path).
+    pub fn codec_source(&self, id: &str) -> Option<&str> {
+        self.codecs.get(id).map(|s| s.source.as_str())
+    }
+
     /// A fresh instance of calibrator `id`, or an error listing the registered ones.
     pub fn calibrator(&self, id: &str) -> Result<Box<dyn Calibrator>> {
         self.calibrators
