@@ -1,0 +1,218 @@
+//! Bit packing of b-bit codes (1 ≤ b ≤ 8), one row at a time.
+//!
+//! Layout: each row is its own little-endian bit stream of `ceil(cols * bits / 8)` bytes. Code
+//! `j` occupies stream bits `[j * bits, (j + 1) * bits)`, and stream bit `k` is bit `k % 8` of
+//! byte `k / 8`. For 4-bit codes this is the familiar "two per byte, even column in the low
+//! nibble, odd column in the high nibble". Rows start on a byte boundary (at most 7 padding bits
+//! per row, always zero), so any row can be decoded without touching the others, which is what a
+//! row-parallel decoder and a matrix-vector product want. The padding is stored and counted.
+
+/// Bytes one packed row of `cols` codes of `bits` bits takes: `ceil(cols * bits / 8)`.
+pub const fn packed_row_bytes(cols: usize, bits: u32) -> usize {
+    (cols * bits as usize).div_ceil(8)
+}
+
+/// Reference packer: writes `codes` (each `< 2^bits`) bit by bit into `out`, which must be
+/// exactly [`packed_row_bytes`] long. Padding bits are zero.
+pub fn pack_row_reference(codes: &[u8], bits: u32, out: &mut [u8]) {
+    assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
+    assert_eq!(
+        out.len(),
+        packed_row_bytes(codes.len(), bits),
+        "packed row length"
+    );
+    out.fill(0);
+    for (j, &code) in codes.iter().enumerate() {
+        debug_assert!(
+            u32::from(code) < 1 << bits,
+            "code {code} does not fit {bits} bits"
+        );
+        for b in 0..bits as usize {
+            let bit = j * bits as usize + b;
+            out[bit / 8] |= ((code >> b) & 1) << (bit % 8);
+        }
+    }
+}
+
+/// Reference unpacker: the inverse of [`pack_row_reference`]; fills all of `out` (one code per
+/// column) from `packed`, which must be exactly [`packed_row_bytes`] long.
+pub fn unpack_row_reference(packed: &[u8], bits: u32, out: &mut [u8]) {
+    assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
+    assert_eq!(
+        packed.len(),
+        packed_row_bytes(out.len(), bits),
+        "packed row length"
+    );
+    for (j, code) in out.iter_mut().enumerate() {
+        let mut value = 0u8;
+        for b in 0..bits as usize {
+            let bit = j * bits as usize + b;
+            value |= ((packed[bit / 8] >> (bit % 8)) & 1) << b;
+        }
+        *code = value;
+    }
+}
+
+/// Fast packer, same output as [`pack_row_reference`]: byte-at-a-time loops for widths that
+/// divide 8 (the common 4-bit case compiles to a vectorized pair-combine), a 64-bit accumulator
+/// for the others.
+pub fn pack_row(codes: &[u8], bits: u32, out: &mut [u8]) {
+    assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
+    assert_eq!(
+        out.len(),
+        packed_row_bytes(codes.len(), bits),
+        "packed row length"
+    );
+    match bits {
+        8 => out.copy_from_slice(codes),
+        4 => {
+            let pairs = codes.chunks_exact(2);
+            let tail = pairs.remainder();
+            for (byte, pair) in out.iter_mut().zip(pairs) {
+                *byte = pair[0] | (pair[1] << 4);
+            }
+            if let [last] = tail {
+                out[out.len() - 1] = *last;
+            }
+        }
+        1 => pack_fixed::<8>(codes, 1, out),
+        2 => pack_fixed::<4>(codes, 2, out),
+        _ => {
+            let mut acc = 0u64;
+            let mut filled = 0u32;
+            let mut pos = 0;
+            for &code in codes {
+                acc |= u64::from(code) << filled;
+                filled += bits;
+                while filled >= 8 {
+                    out[pos] = acc as u8;
+                    pos += 1;
+                    acc >>= 8;
+                    filled -= 8;
+                }
+            }
+            if filled > 0 {
+                out[pos] = acc as u8;
+            }
+        }
+    }
+}
+
+/// Fast unpacker, same output as [`unpack_row_reference`].
+pub fn unpack_row(packed: &[u8], bits: u32, out: &mut [u8]) {
+    assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
+    assert_eq!(
+        packed.len(),
+        packed_row_bytes(out.len(), bits),
+        "packed row length"
+    );
+    match bits {
+        8 => out.copy_from_slice(packed),
+        4 => {
+            let mut pairs = out.chunks_exact_mut(2);
+            for (pair, &byte) in (&mut pairs).zip(packed) {
+                pair[0] = byte & 0x0f;
+                pair[1] = byte >> 4;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = packed[packed.len() - 1] & 0x0f;
+            }
+        }
+        1 => unpack_fixed::<8>(packed, 1, out),
+        2 => unpack_fixed::<4>(packed, 2, out),
+        _ => {
+            let mask = (1u64 << bits) - 1;
+            let mut acc = 0u64;
+            let mut filled = 0u32;
+            let mut bytes = packed.iter();
+            for code in out.iter_mut() {
+                while filled < bits {
+                    // The length check above guarantees enough bytes for every code.
+                    acc |= u64::from(*bytes.next().unwrap_or(&0)) << filled;
+                    filled += 8;
+                }
+                *code = (acc & mask) as u8;
+                acc >>= bits;
+                filled -= bits;
+            }
+        }
+    }
+}
+
+/// Pack `PER_BYTE` codes of `bits = 8 / PER_BYTE` bits into each byte (fixed-size inner loop,
+/// so it unrolls); the last byte takes the leftover codes.
+fn pack_fixed<const PER_BYTE: usize>(codes: &[u8], bits: u32, out: &mut [u8]) {
+    let chunks = codes.chunks_exact(PER_BYTE);
+    let tail = chunks.remainder();
+    for (byte, chunk) in out.iter_mut().zip(chunks) {
+        let mut v = 0u8;
+        for (k, &code) in chunk.iter().enumerate() {
+            v |= code << (k as u32 * bits);
+        }
+        *byte = v;
+    }
+    if !tail.is_empty() {
+        let mut v = 0u8;
+        for (k, &code) in tail.iter().enumerate() {
+            v |= code << (k as u32 * bits);
+        }
+        out[out.len() - 1] = v;
+    }
+}
+
+/// The inverse of [`pack_fixed`].
+fn unpack_fixed<const PER_BYTE: usize>(packed: &[u8], bits: u32, out: &mut [u8]) {
+    let mask = ((1u16 << bits) - 1) as u8;
+    let mut chunks = out.chunks_exact_mut(PER_BYTE);
+    for (chunk, &byte) in (&mut chunks).zip(packed) {
+        for (k, code) in chunk.iter_mut().enumerate() {
+            *code = (byte >> (k as u32 * bits)) & mask;
+        }
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let byte = packed[packed.len() - 1];
+        for (k, code) in tail.iter_mut().enumerate() {
+            *code = (byte >> (k as u32 * bits)) & mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_packing_equals_reference_for_every_width() {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for bits in 1..=8u32 {
+            for cols in [0usize, 1, 2, 3, 7, 8, 9, 15, 16, 17, 100, 577] {
+                let codes: Vec<u8> = (0..cols)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((state >> 33) as u8) & ((1u16 << bits) - 1) as u8
+                    })
+                    .collect();
+                let n = packed_row_bytes(cols, bits);
+                let (mut a, mut b) = (vec![0xAA; n], vec![0x55; n]);
+                pack_row_reference(&codes, bits, &mut a);
+                pack_row(&codes, bits, &mut b);
+                assert_eq!(a, b, "bits {bits} cols {cols}");
+                let (mut ua, mut ub) = (vec![0xFF; cols], vec![0xEE; cols]);
+                unpack_row_reference(&a, bits, &mut ua);
+                unpack_row(&a, bits, &mut ub);
+                assert_eq!(ua, codes, "bits {bits} cols {cols}");
+                assert_eq!(ub, codes, "bits {bits} cols {cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn four_bit_layout_is_low_nibble_first() {
+        let mut out = [0u8; 2];
+        pack_row(&[0x1, 0x2, 0xf], 4, &mut out);
+        assert_eq!(out, [0x21, 0x0f]);
+    }
+}

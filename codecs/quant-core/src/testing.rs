@@ -1,0 +1,198 @@
+//! Deterministic test and benchmark matrices: Gaussian, heavy-tailed, LLM-like, adversarial.
+//!
+//! A tiny self-contained generator (SplitMix64) rather than `rand`: the same seed gives the same
+//! matrix on every platform and every version, so a test failure reproduces exactly, and the
+//! library pulls in no random-number crates for the sake of its tests.
+
+/// SplitMix64 (Steele, Lea, Flood 2014): small, fast, and good enough for test data.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(); // (0, 1]
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// `n` normal values with standard deviation `std`.
+    pub fn gaussian_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (self.normal() * f64::from(std)) as f32)
+            .collect()
+    }
+
+    /// `n` Student-t values with `dof` degrees of freedom (≥ 1, rounded down), times `scale`:
+    /// `z / sqrt(χ²_dof / dof)`. Small `dof` gives the heavy tails real weights have.
+    pub fn student_t_vec(&mut self, n: usize, dof: f32, scale: f32) -> Vec<f32> {
+        let dof = (dof as usize).max(1);
+        (0..n)
+            .map(|_| {
+                let z = self.normal();
+                let chi2: f64 = (0..dof).map(|_| self.normal().powi(2)).sum();
+                (z / (chi2 / dof as f64).sqrt() * f64::from(scale)) as f32
+            })
+            .collect()
+    }
+
+    /// `n` Laplace values with scale `b` (inverse CDF).
+    pub fn laplace_vec(&mut self, n: usize, b: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u = self.uniform() - 0.5;
+                let mag = -(1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln();
+                (u.signum() * mag * f64::from(b)) as f32
+            })
+            .collect()
+    }
+}
+
+/// A named test matrix, row-major.
+#[derive(Clone, Debug)]
+pub struct TestMatrix {
+    /// What it is, for assertion messages.
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows * cols` values.
+    pub data: Vec<f32>,
+}
+
+impl TestMatrix {
+    fn new(name: &str, rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols);
+        Self {
+            name: name.to_owned(),
+            rows,
+            cols,
+            data,
+        }
+    }
+}
+
+/// Gaussian weights, standard deviation 0.02 (a typical init scale).
+pub fn gaussian(rows: usize, cols: usize, seed: u64) -> TestMatrix {
+    TestMatrix::new(
+        "gaussian",
+        rows,
+        cols,
+        Rng::new(seed).gaussian_vec(rows * cols, 0.02),
+    )
+}
+
+/// Student-t (3 degrees of freedom) weights: heavy tails, occasional large values.
+pub fn student_t(rows: usize, cols: usize, seed: u64) -> TestMatrix {
+    TestMatrix::new(
+        "student_t3",
+        rows,
+        cols,
+        Rng::new(seed).student_t_vec(rows * cols, 3.0, 0.02),
+    )
+}
+
+/// Laplace weights (scale 0.015).
+pub fn laplace(rows: usize, cols: usize, seed: u64) -> TestMatrix {
+    TestMatrix::new(
+        "laplace",
+        rows,
+        cols,
+        Rng::new(seed).laplace_vec(rows * cols, 0.015),
+    )
+}
+
+/// Weights shaped like a trained LLM linear layer: Student-t(4) entries, a log-normal scale per
+/// row, and a few input columns (1 in 64) several times larger than the rest, as activation
+/// outlier channels leave in trained weights.
+pub fn llm_like(rows: usize, cols: usize, seed: u64) -> TestMatrix {
+    let mut rng = Rng::new(seed);
+    let col_scale: Vec<f32> = (0..cols)
+        .map(|_| {
+            if rng.next_u64().is_multiple_of(64) {
+                4.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut data = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        let row_scale = (rng.normal() * 0.3).exp() as f32;
+        let t = rng.student_t_vec(cols, 4.0, 0.02 * row_scale);
+        data.extend(t.iter().zip(&col_scale).map(|(v, c)| v * c));
+    }
+    TestMatrix::new("llm_like", rows, cols, data)
+}
+
+/// The inputs that break naive quantizers, each `rows × cols` (`cols ≥ 2`): constant rows
+/// (zero, positive, negative), a single huge outlier in a Gaussian matrix, values around 1e-30,
+/// f32 denormals, rows whose scales differ by 10⁶, all-positive and all-negative rows, and a
+/// row of two alternating levels.
+pub fn adversarial(rows: usize, cols: usize, seed: u64) -> Vec<TestMatrix> {
+    assert!(rows >= 1 && cols >= 2);
+    let n = rows * cols;
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+
+    let constants = [0.0f32, 0.3, -7.25, 1e-3, 12345.0];
+    let data = (0..n)
+        .map(|i| constants[(i / cols) % constants.len()])
+        .collect();
+    out.push(TestMatrix::new("constant_rows", rows, cols, data));
+
+    let mut data = rng.gaussian_vec(n, 0.02);
+    data[n / 2 + cols / 3] = 60.0;
+    out.push(TestMatrix::new("one_huge_outlier", rows, cols, data));
+
+    let data = rng.gaussian_vec(n, 1.0).iter().map(|v| v * 1e-30).collect();
+    out.push(TestMatrix::new("tiny_1e-30", rows, cols, data));
+
+    let data = (0..n)
+        .map(|_| f32::from_bits((rng.next_u64() as u32) & 0x807f_ffff))
+        .collect();
+    out.push(TestMatrix::new("denormals", rows, cols, data));
+
+    let data = (0..n)
+        .map(|i| (rng.normal() as f32) * 10f32.powi(((i / cols) % 7) as i32 - 3))
+        .collect();
+    out.push(TestMatrix::new("row_scales_1e-3_to_1e3", rows, cols, data));
+
+    let data = (0..n)
+        .map(|i| {
+            if (i / cols).is_multiple_of(2) {
+                1.0 + rng.uniform() as f32
+            } else {
+                -2.0 - rng.uniform() as f32
+            }
+        })
+        .collect();
+    out.push(TestMatrix::new("one_signed_rows", rows, cols, data));
+
+    let data = (0..n)
+        .map(|i| if i % 2 == 0 { -0.25 } else { 0.75 })
+        .collect();
+    out.push(TestMatrix::new("two_levels", rows, cols, data));
+
+    out
+}
