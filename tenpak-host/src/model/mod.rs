@@ -1,0 +1,140 @@
+//! Model input: safetensors (HF directory, sharded or not, or a single file) and GGUF.
+//!
+//! Every source is read tensor by tensor from a memory map, so peak memory is one tensor's f32
+//! copy, not the model. GGUF tensors are renamed to Hugging Face names and the q/k projections
+//! un-permuted (llama.cpp's converter interleaves their rows for its RoPE layout), so everything
+//! downstream sees one convention: Hugging Face Llama.
+
+pub mod config;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod safetensors_source;
+
+use std::path::{Path, PathBuf};
+
+pub use config::ModelConfig;
+
+/// Element type of a tensor in the source file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceDType {
+    /// A plain float type: "f32", "f16", "bf16".
+    Float(&'static str),
+    /// A GGML quantized type, by its name ("q4_1", "q8_0", …).
+    Ggml(String),
+}
+
+impl SourceDType {
+    /// Bits per weight this type occupies in the source file (for size ratios).
+    pub fn bits_per_weight(&self) -> f64 {
+        match self {
+            SourceDType::Float("f32") => 32.0,
+            SourceDType::Float(_) => 16.0,
+            SourceDType::Ggml(name) => ggml_bits_per_weight(name),
+        }
+    }
+    /// Display name.
+    pub fn name(&self) -> String {
+        match self {
+            SourceDType::Float(n) => (*n).to_owned(),
+            SourceDType::Ggml(n) => n.clone(),
+        }
+    }
+}
+
+/// Bits per weight of the GGML block formats, from their block layouts.
+pub fn ggml_bits_per_weight(name: &str) -> f64 {
+    match name {
+        "f32" => 32.0,
+        "f16" | "bf16" => 16.0,
+        "q4_0" => 18.0 * 8.0 / 32.0,
+        "q4_1" => 20.0 * 8.0 / 32.0,
+        "q5_0" => 22.0 * 8.0 / 32.0,
+        "q5_1" => 24.0 * 8.0 / 32.0,
+        "q8_0" => 34.0 * 8.0 / 32.0,
+        "q8_1" => 36.0 * 8.0 / 32.0,
+        "q2k" => 84.0 * 8.0 / 256.0,
+        "q3k" => 110.0 * 8.0 / 256.0,
+        "q4k" => 144.0 * 8.0 / 256.0,
+        "q5k" => 176.0 * 8.0 / 256.0,
+        "q6k" => 210.0 * 8.0 / 256.0,
+        "q8k" => 292.0 * 8.0 / 256.0,
+        _ => f64::NAN,
+    }
+}
+
+/// One tensor of a model, as the source describes it (names in Hugging Face convention).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    /// Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// Shape, outermost first (a linear weight is `[out_features, in_features]`).
+    pub shape: Vec<usize>,
+    /// Storage type in the source.
+    pub dtype: SourceDType,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Where the tokenizer comes from.
+#[derive(Clone, Debug)]
+pub enum TokenizerSource {
+    /// A `tokenizer.json` file.
+    File(PathBuf),
+    /// A `tokenizer.json` built from a GGUF's embedded vocabulary (serialized JSON text).
+    Json(String),
+    /// None found.
+    Missing,
+}
+
+/// A model opened for reading, tensor by tensor.
+pub trait ModelSource: Send + Sync {
+    /// Path the model was opened from.
+    fn path(&self) -> &Path;
+    /// Format name ("safetensors", "gguf").
+    fn format(&self) -> &'static str;
+    /// Hyper-parameters.
+    fn config(&self) -> &ModelConfig;
+    /// Every tensor, in a stable order (as stored).
+    fn tensors(&self) -> &[TensorInfo];
+    /// Load one tensor, dequantized/cast to f32, row-major. Errors name the file and tensor.
+    fn load_f32(&self, name: &str) -> anyhow::Result<Vec<f32>>;
+    /// The tokenizer.
+    fn tokenizer(&self) -> TokenizerSource;
+    /// Why [`ModelSource::tokenizer`] returned [`TokenizerSource::Missing`], when the source knows
+    /// (a GGUF whose pre-tokenizer cannot be reproduced, say), so callers can say more than
+    /// "no tokenizer".
+    fn tokenizer_error(&self) -> Option<String> {
+        None
+    }
+    /// An HF `config.json` text for this model (copied if the source had one, derived otherwise).
+    fn config_json(&self) -> anyhow::Result<String>;
+    /// The files this model was read from (for hashing into the manifest).
+    fn files(&self) -> Vec<PathBuf>;
+    /// Info for tensor `name`, if present.
+    fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors().iter().find(|t| t.name == name)
+    }
+}
+
+/// Open `path`: a directory with `config.json` + `*.safetensors` (sharded through
+/// `model.safetensors.index.json` or not), a single `.safetensors` file (with `config.json`
+/// beside it), or a `.gguf` file.
+pub fn open(path: &Path) -> anyhow::Result<Box<dyn ModelSource>> {
+    if path.is_dir() {
+        return Ok(Box::new(safetensors_source::SafetensorsModel::open_dir(path)?));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => Ok(Box::new(gguf::GgufModel::open(path)?)),
+        Some("safetensors") => Ok(Box::new(safetensors_source::SafetensorsModel::open_file(path)?)),
+        _ if !path.exists() => anyhow::bail!("{}: no such file or directory", path.display()),
+        _ => anyhow::bail!(
+            "{}: not a model (expected a directory with config.json and *.safetensors, a .safetensors file, or a .gguf file)",
+            path.display()
+        ),
+    }
+}
