@@ -16,9 +16,12 @@
 //! exactly the `Encoded` parts, so what a codec returns is what gets written to disk.
 //!
 //! Implementations register statically with [`register_codec!`], [`register_calibrator!`] and
-//! [`register_allocator!`]; the host looks them up through [`registry`].
+//! [`register_allocator!`]; the host looks them up through [`registry`]. A crate built as a
+//! `cdylib` also exports its codecs through a stable C ABI with [`export_plugin!`], so a host
+//! built by another compiler can load it at run time (see [`abi`]).
 #![deny(missing_docs)]
 
+pub mod abi;
 mod allocator;
 mod calibrator;
 mod codec;

@@ -1,0 +1,456 @@
+//! Plugins: codecs loaded at run time from shared libraries, through `tenpak_api::abi`.
+//!
+//! [`load_into`] opens a library the operator named (`tenpak --plugin PATH`; never a path from an
+//! HTTP request), checks its ABI version before anything else, makes one instance of each codec
+//! it exports, and adds them to a [`Registry`] as [`ForeignCodec`]s, which implement the ordinary
+//! [`Codec`] trait: the rest of the host cannot tell them from built-ins, except by
+//! [`Registry::codec_source`], which names the library.
+//!
+//! What the host does not trust a plugin with: every string is checked for UTF-8, every encoded
+//! part's length against its shape and dtype, the decoded length against the matrix, and the
+//! codec id and shape of every encoding. A malformed answer is an error naming the library; a
+//! panic inside the plugin arrives as an error (the ABI catches it), and the host goes on.
+//!
+//! Libraries are never unloaded: codec instances, function pointers and metadata live in them.
+//! Each library is opened once per process; loading the same path again (into another registry)
+//! reuses it.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tenpak_api::abi::{
+    self, ABI_VERSION, CodecInfo, CodecVTable, ComponentDescriptor, ENTRY_POINT, EncodedLease, EncodedOut, EntryPoint,
+    FLAG_PANIC_UNWIND, FloatsOut, KIND_CODEC, PluginDescriptor, StatsRef, StrRef, TextOut, WeightRef, status,
+};
+use tenpak_api::registry::Registry;
+use tenpak_api::{Codec, Encoded, Error, ErrorKind, LayerStats, ParamSpec, Params, StatsNeeds, WeightView};
+
+/// Every library this process opened, refused ones included: never dropped, so never unloaded.
+static OPENED: Mutex<Vec<libloading::Library>> = Mutex::new(Vec::new());
+/// Libraries loaded successfully, by canonical path.
+static LOADED: Mutex<Vec<Arc<Plugin>>> = Mutex::new(Vec::new());
+
+/// A loaded plugin library and the codecs it provides.
+pub struct Plugin {
+    path: PathBuf,
+    name: String,
+    codecs: Vec<Arc<ForeignCodec>>,
+}
+
+impl Plugin {
+    /// The library's canonical path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Who built it, as the library says (`"tenpak-codec-nf4 0.1.0"`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its codecs.
+    pub fn codecs(&self) -> &[Arc<ForeignCodec>] {
+        &self.codecs
+    }
+    /// What the registry and the manifests record as the source of its components: the path,
+    /// then the crate, so a reader missing a codec knows which library to pass.
+    pub fn source(&self) -> String {
+        format!("{} ({})", self.path.display(), self.name)
+    }
+
+    /// Add every codec to `registry`, or none: if any id is taken, the error names the id, the
+    /// source that has it and this library.
+    pub fn register(&self, registry: &mut Registry) -> Result<()> {
+        let source = self.source();
+        for codec in &self.codecs {
+            if let Some(existing) = registry.codec_source(&codec.id) {
+                if existing == source {
+                    bail!("plugin {}: this library is already loaded into the registry", self.path.display());
+                }
+                bail!(
+                    "plugin {}: codec id `{}` is already registered by {existing}; refusing the whole library \
+                     (ids must be unique across built-ins and plugins)",
+                    self.path.display(),
+                    codec.id
+                );
+            }
+        }
+        for codec in &self.codecs {
+            registry.add_codec(codec.clone(), &source)?;
+        }
+        Ok(())
+    }
+}
+
+/// Load every library in `paths` into `registry`, in order; the first failure stops.
+pub fn load_all(registry: &mut Registry, paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        load_into(registry, path)?;
+    }
+    Ok(())
+}
+
+/// Load the library at `path` (or reuse it, if this process loaded it before) and add its codecs
+/// to `registry`.
+pub fn load_into(registry: &mut Registry, path: &Path) -> Result<Arc<Plugin>> {
+    let plugin = load(path)?;
+    plugin.register(registry)?;
+    Ok(plugin)
+}
+
+/// Open the library at `path`, check it, and make its codecs, without registering them. A
+/// library this process already loaded is returned as it is.
+pub fn load(path: &Path) -> Result<Arc<Plugin>> {
+    let canonical = std::fs::canonicalize(path).with_context(|| format!("plugin {}", path.display()))?;
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(plugin) = loaded.iter().find(|p| p.path == canonical) {
+        return Ok(plugin.clone());
+    }
+    let plugin = Arc::new(open(&canonical).with_context(|| format!("plugin {}", canonical.display()))?);
+    loaded.push(plugin.clone());
+    Ok(plugin)
+}
+
+fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+    #[cfg(unix)]
+    {
+        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+        // RTLD_NOW: an unresolved symbol fails here, with the loader's message, not later in
+        // the middle of a pack. RTLD_LOCAL: one plugin's symbols never satisfy another's.
+        // SAFETY: loading runs the library's initializers; the operator chose this library.
+        unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map(Into::into)
+    }
+    #[cfg(not(unix))]
+    {
+        // SAFETY: as above.
+        unsafe { libloading::Library::new(path) }
+    }
+}
+
+fn open(path: &Path) -> Result<Plugin> {
+    let library = open_library(path).map_err(|e| anyhow!("cannot load the library: {e}"))?;
+    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    opened.push(library);
+    let library = opened.last().expect("just pushed");
+    let symbol = format!("{ENTRY_POINT}\0");
+    // SAFETY: the symbol is declared with the signature every TenPak plugin exports under
+    // this name (`EntryPoint`); a library exporting something else under our name is beyond
+    // what a loader can check.
+    let entry: EntryPoint = *unsafe { library.get::<EntryPoint>(symbol.as_bytes()) }.map_err(|_| {
+        anyhow!("no `{ENTRY_POINT}` symbol: not a TenPak plugin (a plugin crate exports it with tenpak_api::export_plugin!)")
+    })?;
+    // SAFETY: the entry point only returns a pointer to static data.
+    let descriptor = unsafe { entry() };
+    if descriptor.is_null() || !descriptor.is_aligned() {
+        bail!("`{ENTRY_POINT}` returned an invalid descriptor pointer {descriptor:p}");
+    }
+    // The version is the one field every ABI version keeps in place: read it alone, and only
+    // then the rest, which may have another layout in another version.
+    // SAFETY: non-null and aligned (checked), and every version's descriptor starts with a u32.
+    let version = unsafe { descriptor.cast::<u32>().read() };
+    if version != ABI_VERSION {
+        bail!(
+            "built for TenPak plugin ABI version {version}, but this tenpak speaks ABI version {ABI_VERSION}: \
+             rebuild the plugin against a tenpak-api with ABI version {ABI_VERSION}"
+        );
+    }
+    // SAFETY: the version matches, so the pointer is to a `PluginDescriptor` with static storage
+    // in a library we never unload.
+    let descriptor: &'static PluginDescriptor = unsafe { &*descriptor };
+    // SAFETY: descriptor strings and tables are static data in the library (ABI contract).
+    let name = unsafe { descriptor.plugin.to_str("plugin name") }?.to_owned();
+    if descriptor.flags & FLAG_PANIC_UNWIND == 0 {
+        bail!(
+            "{name} was built with panic = \"abort\": a panic in it would kill this process instead of \
+             becoming an error; rebuild it with panic = \"unwind\" (the default)"
+        );
+    }
+    // SAFETY: as above.
+    let components: &[ComponentDescriptor] =
+        unsafe { abi::slice_from_raw(descriptor.components, descriptor.component_count, "component table") }?;
+    let mut codecs: Vec<Arc<ForeignCodec>> = Vec::new();
+    for (i, component) in components.iter().enumerate() {
+        // SAFETY: as above.
+        let id = unsafe { component.id.to_str(&format!("id of component {i}")) }?.to_owned();
+        if component.kind != KIND_CODEC {
+            bail!(
+                "component `{id}` is of kind {}, which this host cannot load (it loads codecs, kind {KIND_CODEC})",
+                component.kind
+            );
+        }
+        if id.is_empty() || codecs.iter().any(|c| c.id == id) {
+            bail!("codec id `{id}` is empty or appears twice in the library");
+        }
+        if component.vtable.is_null() || !component.vtable.cast::<CodecVTable>().is_aligned() {
+            bail!("codec `{id}`: invalid vtable pointer");
+        }
+        // SAFETY: a codec component's vtable is a static `CodecVTable` (ABI contract).
+        let vtable = unsafe { *component.vtable.cast::<CodecVTable>() };
+        let codec = ForeignCodec::create(id, vtable, format!("{} ({name})", path.display()))?;
+        codecs.push(Arc::new(codec));
+    }
+    Ok(Plugin { path: path.to_owned(), name, codecs })
+}
+
+/// A codec living in a plugin library, behind the ordinary [`Codec`] trait.
+pub struct ForeignCodec {
+    id: String,
+    description: String,
+    params: Vec<ParamSpec>,
+    needs: StatsNeeds,
+    vtable: Functions,
+    instance: NonNull<c_void>,
+    source: String,
+}
+
+// SAFETY: the instance is a `T: Codec` of the plugin, and `Codec: Send + Sync`; the vtable holds
+// plain function pointers into a library that is never unloaded.
+unsafe impl Send for ForeignCodec {}
+// SAFETY: as above; every call takes the instance by shared pointer, as `&self` does.
+unsafe impl Sync for ForeignCodec {}
+
+/// A vtable whose entries were all checked non-null.
+#[derive(Clone, Copy)]
+struct Functions {
+    destroy: unsafe extern "C" fn(*mut c_void),
+    validate: unsafe extern "C" fn(*const c_void, StrRef, *mut TextOut) -> i32,
+    encode: unsafe extern "C" fn(
+        *const c_void,
+        *const WeightRef,
+        *const StatsRef,
+        StrRef,
+        *mut EncodedOut,
+        *mut TextOut,
+    ) -> i32,
+    decode: unsafe extern "C" fn(*const c_void, *const abi::EncodedRef, *mut FloatsOut, *mut TextOut) -> i32,
+    size_bits: unsafe extern "C" fn(*const c_void, *const abi::EncodedRef, *mut u64, *mut TextOut) -> i32,
+    release: unsafe extern "C" fn(*mut c_void),
+}
+
+fn leak(s: &str) -> &'static str {
+    // Parameter specs hold `&'static str`. Each library is loaded once per process and never
+    // unloaded, so these few strings are leaked once, like the library itself.
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+impl ForeignCodec {
+    fn create(id: String, vt: CodecVTable, source: String) -> Result<Self> {
+        let missing = |entry: &str| anyhow!("codec `{id}`: vtable entry `{entry}` is null");
+        let (create, info) = (vt.create.ok_or_else(|| missing("create"))?, vt.info.ok_or_else(|| missing("info"))?);
+        let functions = Functions {
+            destroy: vt.destroy.ok_or_else(|| missing("destroy"))?,
+            validate: vt.validate.ok_or_else(|| missing("validate"))?,
+            encode: vt.encode.ok_or_else(|| missing("encode"))?,
+            decode: vt.decode.ok_or_else(|| missing("decode"))?,
+            size_bits: vt.size_bits.ok_or_else(|| missing("size_bits"))?,
+            release: vt.release.ok_or_else(|| missing("release"))?,
+        };
+        let mut instance = std::ptr::null_mut();
+        let mut err = TextOut::NONE;
+        // SAFETY: ABI contract: `create` writes an instance pointer or an error.
+        let code = unsafe { create(&mut instance, &mut err) };
+        if code != status::OK {
+            bail!("codec `{id}`: create failed: {}", take_text(functions.release, err));
+        }
+        let instance = NonNull::new(instance).ok_or_else(|| anyhow!("codec `{id}`: create returned a null instance"))?;
+        // From here on, dropping `codec` destroys the instance.
+        let mut codec = ForeignCodec {
+            id,
+            description: String::new(),
+            params: Vec::new(),
+            needs: StatsNeeds::NONE,
+            vtable: functions,
+            instance,
+            source,
+        };
+        let mut raw = CodecInfo::EMPTY;
+        let mut err = TextOut::NONE;
+        // SAFETY: a live instance of this vtable; `raw` is writable.
+        let code = unsafe { info(instance.as_ptr(), &mut raw, &mut err) };
+        if code != status::OK {
+            return Err(codec.call_error("info", code, err).into());
+        }
+        // SAFETY (the strings and table below): borrowed from the live instance (ABI contract).
+        let reported = unsafe { raw.id.to_str("codec id") }?;
+        if reported != codec.id {
+            bail!("codec exported as `{}` reports its id as `{reported}`", codec.id);
+        }
+        codec.description = unsafe { raw.description.to_str("description") }?.to_owned();
+        let specs = unsafe { abi::slice_from_raw(raw.params, raw.param_count, "parameter table") }?;
+        for spec in specs {
+            let name = unsafe { spec.name.to_str("parameter name") }?;
+            let ty = abi::param_type_from_code(spec.ty)
+                .ok_or_else(|| anyhow!("codec `{}`: parameter `{name}` has unknown type code {}", codec.id, spec.ty))?;
+            codec.params.push(ParamSpec {
+                name: leak(name),
+                ty,
+                default: leak(unsafe { spec.default.to_str("parameter default") }?),
+                doc: leak(unsafe { spec.doc.to_str("parameter doc") }?),
+            });
+        }
+        codec.needs = abi::needs_from_bits(raw.needs).map_err(|e| e.context(format!("codec `{}`", codec.id)))?;
+        Ok(codec)
+    }
+
+    /// Where it came from: the library path and the crate that built it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn release(&self, handle: *mut c_void) {
+        // SAFETY: `handle` was handed out by this vtable's functions and is released once.
+        unsafe { (self.vtable.release)(handle) };
+    }
+
+    /// The error a failed call reports.
+    fn call_error(&self, function: &str, code: i32, err: TextOut) -> Error {
+        let message = take_text(self.vtable.release, err);
+        match code {
+            status::PANIC => Error::new(
+                ErrorKind::Other,
+                format!("codec `{}` from {} panicked in {function}: {message}", self.id, self.source),
+            ),
+            status::INVALID_INPUT..=status::OTHER => Error::new(abi::kind_of_status(code), message),
+            _ => Error::new(
+                ErrorKind::Other,
+                format!("codec `{}` from {}: {function} returned unknown status {code}: {message}", self.id, self.source),
+            ),
+        }
+    }
+
+    fn malformed(&self, function: &str, what: impl std::fmt::Display) -> Error {
+        Error::corrupt(format!("codec `{}` from {} returned a malformed {function} result: {what}", self.id, self.source))
+    }
+}
+
+/// Copy a plugin's error text and give it back.
+fn take_text(release: unsafe extern "C" fn(*mut c_void), err: TextOut) -> String {
+    // SAFETY: the text is borrowed from `err.handle` until it is released below.
+    let text = match unsafe { abi::slice_from_raw(err.text.ptr, err.text.len, "error text") } {
+        Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Err(e) => format!("(unreadable error text: {e})"),
+    };
+    if !err.handle.is_null() {
+        // SAFETY: handed out by the plugin with this text; released once.
+        unsafe { release(err.handle) };
+    }
+    if text.is_empty() { "(no message)".to_owned() } else { text }
+}
+
+impl Drop for ForeignCodec {
+    fn drop(&mut self) {
+        // Only reached when loading fails halfway: loaded plugins live in `LOADED` for good.
+        // SAFETY: the instance came from this vtable's `create` and is destroyed once.
+        unsafe { (self.vtable.destroy)(self.instance.as_ptr()) };
+    }
+}
+
+impl Codec for ForeignCodec {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn params(&self) -> &[ParamSpec] {
+        &self.params
+    }
+
+    fn needs(&self) -> StatsNeeds {
+        self.needs
+    }
+
+    fn validate(&self, params: &Params) -> tenpak_api::Result<()> {
+        let json = abi::params_to_json(params)?;
+        let mut err = TextOut::NONE;
+        // SAFETY: live instance; `json` outlives the call.
+        let code = unsafe { (self.vtable.validate)(self.instance.as_ptr(), StrRef::new(&json), &mut err) };
+        if code != status::OK {
+            return Err(self.call_error("validate", code, err));
+        }
+        Ok(())
+    }
+
+    fn encode(&self, weight: WeightView<'_>, stats: &LayerStats, params: &Params) -> tenpak_api::Result<Encoded> {
+        let json = abi::params_to_json(params)?;
+        let weight_ref = WeightRef { data: weight.data().as_ptr(), rows: weight.rows(), cols: weight.cols() };
+        let stats_ref = StatsRef::new(stats);
+        let mut out = EncodedOut::NONE;
+        let mut err = TextOut::NONE;
+        // SAFETY: live instance; the weight, statistics and parameters outlive the call and
+        // their lengths match what the refs say.
+        let code = unsafe {
+            (self.vtable.encode)(
+                self.instance.as_ptr(),
+                &weight_ref,
+                &stats_ref,
+                StrRef::new(&json),
+                &mut out,
+                &mut err,
+            )
+        };
+        if code != status::OK {
+            return Err(self.call_error("encode", code, err));
+        }
+        // SAFETY: on OK the plugin filled `out` with data borrowed from `out.handle`.
+        let copied = unsafe { abi::encoded_from_raw(&out.encoded) };
+        self.release(out.handle);
+        let encoded = copied.map_err(|e| self.malformed("encode", e))?;
+        if encoded.codec != self.id {
+            return Err(self.malformed("encode", format!("the encoding says it is from codec `{}`", encoded.codec)));
+        }
+        if encoded.shape != [weight.rows(), weight.cols()] {
+            return Err(self.malformed(
+                "encode",
+                format!("shape {:?} for a [{}, {}] weight", encoded.shape, weight.rows(), weight.cols()),
+            ));
+        }
+        Ok(encoded)
+    }
+
+    fn decode(&self, encoded: &Encoded) -> tenpak_api::Result<Vec<f32>> {
+        let lease = EncodedLease::new(encoded)?;
+        let raw = lease.raw();
+        let mut out = FloatsOut::NONE;
+        let mut err = TextOut::NONE;
+        // SAFETY: live instance; `lease` (and `encoded`) outlive the call.
+        let code = unsafe { (self.vtable.decode)(self.instance.as_ptr(), &raw, &mut out, &mut err) };
+        if code != status::OK {
+            return Err(self.call_error("decode", code, err));
+        }
+        // SAFETY: on OK the plugin filled `out` with values borrowed from `out.handle`.
+        let copied = unsafe { abi::slice_from_raw(out.values.ptr, out.values.len, "decoded values") }.map(<[f32]>::to_vec);
+        self.release(out.handle);
+        let values = copied.map_err(|e| self.malformed("decode", e))?;
+        let [rows, cols] = encoded.shape;
+        if Some(values.len()) != rows.checked_mul(cols) {
+            return Err(self.malformed("decode", format!("{} values for a [{rows}, {cols}] matrix", values.len())));
+        }
+        Ok(values)
+    }
+
+    /// The plugin's answer. The trait leaves no room for an error here, so if the call fails
+    /// (which an honest plugin's never does) the warning goes to stderr and the bytes stored
+    /// are counted instead.
+    fn size_bits(&self, encoded: &Encoded) -> u64 {
+        let call = || -> tenpak_api::Result<u64> {
+            let lease = EncodedLease::new(encoded)?;
+            let raw = lease.raw();
+            let mut bits = 0u64;
+            let mut err = TextOut::NONE;
+            // SAFETY: live instance; `lease` outlives the call.
+            let code = unsafe { (self.vtable.size_bits)(self.instance.as_ptr(), &raw, &mut bits, &mut err) };
+            if code != status::OK {
+                return Err(self.call_error("size_bits", code, err));
+            }
+            Ok(bits)
+        };
+        call().unwrap_or_else(|e| {
+            eprintln!("warning: {e}; counting the stored bytes instead");
+            encoded.stored_bits()
+        })
+    }
+}
