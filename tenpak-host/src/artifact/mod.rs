@@ -1,0 +1,547 @@
+//! Artifact format v1: what `tenpak pack` writes and everything else reads.
+//!
+//! ```text
+//! artifact/
+//!   manifest.json                  see [`Manifest`]
+//!   weights/shard_0.safetensors    packed parts keyed "<tensor name>.<part>"; raw tensors by name
+//!   config.json, tokenizer.json    copied (or derived, for a GGUF source)
+//! ```
+//!
+//! Writing happens in a hidden temporary directory beside the destination, which is renamed into
+//! place only after every file is written and synced: a crash leaves a `.<name>.tmp-*` directory,
+//! never a directory that looks like a finished artifact. Reading verifies the manifest version
+//! and the size and sha256 of every shard before any tensor is trusted.
+
+pub mod safetensors_writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use tenpak_api::registry::Registry;
+use tenpak_api::{DType, Encoded, LayerRole, Params, Part};
+
+use crate::model::{ModelConfig, ModelSource, TensorInfo, TokenizerSource};
+use safetensors_writer::{ShardWriter, WrittenShard, dtype_from_safetensors, sha256_file};
+
+/// The `format` field of every manifest.
+pub const FORMAT: &str = "tenpak-artifact";
+/// The artifact format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Shards are closed once they hold this many bytes of tensor data.
+pub const SHARD_BYTES: u64 = 2 << 30;
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] at writing time.
+    pub format_version: u32,
+    /// `tenpak <version>`.
+    pub tool: String,
+    /// Seconds since the Unix epoch when the artifact was finished.
+    pub created_unix: u64,
+    /// The model it was made from.
+    pub source: SourceRecord,
+    /// Hyper-parameters of the model (so readers need not parse `config.json`).
+    pub model_config: ModelConfig,
+    /// The preset, whole.
+    pub preset: PresetRecord,
+    /// Every tensor, in source order.
+    pub tensors: Vec<TensorRecord>,
+    /// Sizes and ratios.
+    pub totals: Totals,
+    /// Baseline and compressed perplexity, when `pack` evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationRecord>,
+    /// The weight shards with their hashes.
+    pub shards: Vec<ShardRecord>,
+}
+
+/// Where the weights came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// Path as given.
+    pub path: String,
+    /// "safetensors" or "gguf".
+    pub format: String,
+    /// HF `model_type`.
+    pub architecture: String,
+    /// Storage types of the source's tensors with their counts (`{"q4_1": 210, "f32": 61}`).
+    pub dtypes: BTreeMap<String, usize>,
+    /// The source files and their sha256.
+    pub files: Vec<FileRecord>,
+}
+
+/// A file and its hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// File name.
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// The preset an artifact was made with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresetRecord {
+    /// Preset name.
+    pub name: String,
+    /// The preset file's text, whole.
+    pub toml: String,
+}
+
+/// One stored part of a tensor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// Part name within the tensor.
+    pub name: String,
+    /// Key in the shard (`"<tensor>.<part>"`).
+    pub key: String,
+    /// Index into [`Manifest::shards`].
+    pub shard: usize,
+}
+
+/// One tensor of the model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TensorRecord {
+    /// Hugging Face name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Role in the model.
+    pub role: LayerRole,
+    /// Storage type in the source.
+    pub source_dtype: String,
+    /// Codec id, or `None` for a tensor stored as-is (f32, keyed by its own name).
+    pub codec: Option<String>,
+    /// Where the codec came from when the artifact was written (crate and version, or plugin
+    /// library), so a reader missing it knows what to install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec_source: Option<String>,
+    /// Codec parameters (empty for raw tensors).
+    pub params: Params,
+    /// Exact stored bits.
+    pub bits: u64,
+    /// `bits / numel`.
+    pub bits_per_weight: f64,
+    /// ‖W − Ŵ‖² / ‖W‖².
+    pub rel_mse: f64,
+    /// 10·log10(‖W‖² / ‖W − Ŵ‖²), dB (infinite when exact: stored as null).
+    pub snr_db: Option<f64>,
+    /// Stored parts.
+    pub parts: Vec<PartRecord>,
+}
+
+impl TensorRecord {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Sizes and ratios.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Weights in the model.
+    pub weights: u64,
+    /// Stored bits over all tensors.
+    pub bits: u64,
+    /// `bits / weights`.
+    pub bits_per_weight: f64,
+    /// Weights in block linears (attention and MLP projections).
+    pub linear_weights: u64,
+    /// Stored bits of block linears.
+    pub linear_bits: u64,
+    /// `linear_bits / linear_weights`.
+    pub linear_bits_per_weight: f64,
+    /// Size of the tensors in the source's own storage types, bytes.
+    pub source_bytes: u64,
+    /// Size the model would have in fp16, bytes.
+    pub fp16_bytes: u64,
+    /// Stored tensor bytes in the artifact (`bits / 8`).
+    pub stored_bytes: u64,
+    /// `source_bytes / stored_bytes`.
+    pub ratio_vs_source: f64,
+    /// `fp16_bytes / stored_bytes`.
+    pub ratio_vs_fp16: f64,
+}
+
+/// Perplexity before and after compression.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvaluationRecord {
+    /// PPL of the source model.
+    pub baseline_ppl: f64,
+    /// PPL of the compressed model.
+    pub compressed_ppl: f64,
+    /// `100 · (compressed − baseline) / baseline`.
+    pub delta_pct: f64,
+    /// How the figures were measured (text, its sha256, ctx, windows, tokens scored).
+    pub protocol: String,
+}
+
+/// One weight shard.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Path relative to the artifact directory.
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// Builds an artifact in a temporary directory; [`ArtifactWriter::commit`] moves it into place.
+pub struct ArtifactWriter {
+    dest: PathBuf,
+    tmp: PathBuf,
+    shard: Option<ShardWriter>,
+    shards: Vec<WrittenShard>,
+    records: Vec<TensorRecord>,
+    committed: bool,
+}
+
+impl ArtifactWriter {
+    /// Start an artifact that will live at `dest`. Fails if `dest` exists, unless `replace`.
+    pub fn create(dest: &Path, replace: bool) -> Result<Self> {
+        if dest.exists() && !replace {
+            bail!("{} already exists (pass --force to replace it)", dest.display());
+        }
+        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(tmp.join("weights")).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Self { dest: dest.to_owned(), tmp, shard: None, shards: Vec::new(), records: Vec::new(), committed: false })
+    }
+
+    /// The temporary directory being written (for tests that simulate a crash).
+    pub fn temp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn shard(&mut self) -> Result<(usize, &mut ShardWriter)> {
+        let full = self.shard.as_ref().is_some_and(|s| s.data_bytes() >= SHARD_BYTES);
+        if full {
+            let done = self.shard.take().expect("checked above").finish(&BTreeMap::new())?;
+            self.shards.push(done);
+        }
+        if self.shard.is_none() {
+            let path = self.tmp.join("weights").join(format!("shard_{}.safetensors", self.shards.len()));
+            self.shard = Some(ShardWriter::create(&path)?);
+        }
+        Ok((self.shards.len(), self.shard.as_mut().expect("just set")))
+    }
+
+    /// Store an encoded tensor; `record` is completed with its parts.
+    pub fn add_encoded(&mut self, mut record: TensorRecord, encoded: &Encoded) -> Result<()> {
+        let (index, shard) = self.shard()?;
+        for part in &encoded.parts {
+            let key = format!("{}.{}", record.name, part.name);
+            shard.add(&key, part.dtype, &part.shape, &part.data)?;
+            record.parts.push(PartRecord { name: part.name.clone(), key, shard: index });
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Store a tensor as-is in f32, keyed by its own name.
+    pub fn add_raw(&mut self, mut record: TensorRecord, values: &[f32]) -> Result<()> {
+        let (index, shard) = self.shard()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        shard.add(&record.name, DType::F32, &record.shape, &bytes)?;
+        record.parts.push(PartRecord { name: String::new(), key: record.name.clone(), shard: index });
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Write a side file (config.json, tokenizer.json) into the artifact.
+    pub fn add_file(&mut self, name: &str, contents: &[u8]) -> Result<()> {
+        std::fs::write(self.tmp.join(name), contents).with_context(|| format!("writing {name}"))
+    }
+
+    /// Records so far.
+    pub fn records(&self) -> &[TensorRecord] {
+        &self.records
+    }
+
+    /// Close the shards, write the manifest (filling in tensors and shards), sync, and rename the
+    /// directory into place.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest> {
+        if let Some(shard) = self.shard.take() {
+            self.shards.push(shard.finish(&BTreeMap::new())?);
+        }
+        manifest.tensors = std::mem::take(&mut self.records);
+        manifest.shards = self
+            .shards
+            .iter()
+            .map(|s| ShardRecord {
+                file: format!("weights/{}", s.path.file_name().and_then(|n| n.to_str()).unwrap_or_default()),
+                bytes: s.bytes,
+                sha256: s.sha256.clone(),
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&manifest)?;
+        let manifest_path = self.tmp.join("manifest.json");
+        std::fs::write(&manifest_path, text).with_context(|| format!("writing {}", manifest_path.display()))?;
+        File::open(&manifest_path)?.sync_all()?;
+        if self.dest.exists() {
+            let old = self.tmp.with_extension("old");
+            std::fs::rename(&self.dest, &old)
+                .with_context(|| format!("moving the old {} aside", self.dest.display()))?;
+            std::fs::rename(&self.tmp, &self.dest)?;
+            std::fs::remove_dir_all(&old)?;
+        } else {
+            std::fs::rename(&self.tmp, &self.dest)
+                .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+        }
+        self.committed = true;
+        Ok(manifest)
+    }
+}
+
+impl Drop for ArtifactWriter {
+    /// An abandoned writer (an error, not a crash) removes its temporary directory.
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// An artifact opened for reading, its shards verified.
+pub struct Artifact {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<Mmap>,
+    /// Per shard: key -> (dtype, shape, byte range).
+    index: Vec<HashMap<String, (DType, Vec<usize>, std::ops::Range<usize>)>>,
+}
+
+impl Artifact {
+    /// Open `dir`: read the manifest, check its format and version, and verify every shard's size
+    /// and sha256 before trusting anything in it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let manifest_path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+            format!("{}: not a TenPak artifact (cannot read manifest.json)", dir.display())
+        })?;
+        let probe: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", manifest_path.display()))?;
+        if probe.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
+            bail!("{}: not a TenPak manifest (`format` is not \"{FORMAT}\")", manifest_path.display());
+        }
+        let version = probe.get("format_version").and_then(|v| v.as_u64());
+        if version != Some(FORMAT_VERSION as u64) {
+            bail!(
+                "{}: artifact format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                manifest_path.display(),
+                version.map_or("(missing)".to_string(), |v| v.to_string())
+            );
+        }
+        let manifest: Manifest = serde_json::from_value(probe)
+            .with_context(|| format!("{}: malformed manifest", manifest_path.display()))?;
+        let mut shards = Vec::new();
+        let mut index = Vec::new();
+        for shard in &manifest.shards {
+            let path = dir.join(&shard.file);
+            if shard.file.contains("..") || Path::new(&shard.file).is_absolute() {
+                bail!("{}: shard path `{}` escapes the artifact", manifest_path.display(), shard.file);
+            }
+            let len = std::fs::metadata(&path).with_context(|| format!("shard {}: missing", path.display()))?.len();
+            if len != shard.bytes {
+                bail!(
+                    "shard {}: size {len} bytes, the manifest says {} ({})",
+                    path.display(),
+                    shard.bytes,
+                    if len < shard.bytes { "the file is truncated" } else { "the file has extra bytes" }
+                );
+            }
+            let sha = sha256_file(&path)?;
+            if sha != shard.sha256 {
+                bail!(
+                    "shard {}: sha256 {sha} does not match the manifest's {}: the file is corrupt or was modified",
+                    path.display(),
+                    shard.sha256
+                );
+            }
+            let file = File::open(&path)?;
+            // SAFETY: the map is read-only and the file was just verified; TenPak never writes to
+            // a finished artifact. A concurrent external writer could still change the bytes
+            // under us, which is the usual caveat of memory-mapped reads.
+            let map = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+            index.push(parse_index(&map, &path)?);
+            shards.push(map);
+        }
+        Ok(Self { dir: dir.to_owned(), manifest, shards, index })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The artifact directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The record of tensor `name`.
+    pub fn record(&self, name: &str) -> Result<&TensorRecord> {
+        self.manifest
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("{}: no tensor `{name}` in the artifact", self.dir.display()))
+    }
+
+    fn part_bytes(&self, part: &PartRecord) -> Result<(DType, Vec<usize>, &[u8])> {
+        let (dtype, shape, range) = self
+            .index
+            .get(part.shard)
+            .and_then(|i| i.get(&part.key))
+            .with_context(|| format!("{}: shard {} has no tensor `{}`", self.dir.display(), part.shard, part.key))?;
+        Ok((*dtype, shape.clone(), &self.shards[part.shard][range.clone()]))
+    }
+
+    /// The stored form of an encoded tensor.
+    pub fn encoded(&self, name: &str) -> Result<Encoded> {
+        let record = self.record(name)?;
+        let codec = record.codec.clone().with_context(|| format!("tensor `{name}` is stored raw, not encoded"))?;
+        if record.shape.len() != 2 {
+            bail!("tensor `{name}`: encoded tensors are 2-D, the manifest says {:?}", record.shape);
+        }
+        let parts = record
+            .parts
+            .iter()
+            .map(|p| {
+                let (dtype, shape, bytes) = self.part_bytes(p)?;
+                Ok(Part::new(&p.name, dtype, shape, bytes.to_vec())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoded { codec, params: record.params.clone(), shape: [record.shape[0], record.shape[1]], parts })
+    }
+
+    /// Tensor `name` as f32: decoded through its codec from `registry`, or read as-is.
+    pub fn load_f32(&self, name: &str, registry: &Registry) -> Result<Vec<f32>> {
+        let record = self.record(name)?;
+        match &record.codec {
+            None => {
+                let part = record.parts.first().with_context(|| format!("tensor `{name}`: no stored data"))?;
+                let (dtype, _, bytes) = self.part_bytes(part)?;
+                if dtype != DType::F32 {
+                    bail!("raw tensor `{name}`: expected f32, found {}", dtype.name());
+                }
+                Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+            Some(id) => {
+                let codec = registry.codec(id).with_context(|| {
+                    let written_by = record.codec_source.as_ref().map_or(String::new(), |s| format!(" (written by {s})"));
+                    format!("decoding tensor `{name}`: it needs codec `{id}`{written_by}")
+                })?;
+                let encoded = self.encoded(name)?;
+                let values = codec.decode(&encoded).with_context(|| format!("decoding tensor `{name}` ({id})"))?;
+                if values.len() != record.numel() {
+                    bail!("decoding tensor `{name}` ({id}): got {} values for shape {:?}", values.len(), record.shape);
+                }
+                Ok(values)
+            }
+        }
+    }
+}
+
+fn parse_index(map: &[u8], path: &Path) -> Result<HashMap<String, (DType, Vec<usize>, std::ops::Range<usize>)>> {
+    let (n, meta) = safetensors::SafeTensors::read_metadata(map)
+        .map_err(|e| anyhow::anyhow!("shard {}: not a valid safetensors file: {e}", path.display()))?;
+    let data_start = 8 + n;
+    let mut out = HashMap::new();
+    for (key, info) in meta.tensors() {
+        let dtype = dtype_from_safetensors(&format!("{:?}", info.dtype))
+            .with_context(|| format!("shard {}: tensor `{key}` has unsupported dtype {:?}", path.display(), info.dtype))?;
+        let (s, e) = info.data_offsets;
+        out.insert(key, (dtype, info.shape.clone(), data_start + s..data_start + e));
+    }
+    Ok(out)
+}
+
+/// An artifact seen as a model: tensors decode through the registry on load, so `eval` and the
+/// runtime treat it like any other source.
+pub struct ArtifactSource {
+    artifact: Artifact,
+    registry: std::sync::Arc<Registry>,
+    infos: Vec<TensorInfo>,
+}
+
+impl ArtifactSource {
+    /// Open `dir` and check that every codec it uses is registered, so a missing codec is
+    /// reported before any work rather than halfway through.
+    pub fn open(dir: &Path, registry: std::sync::Arc<Registry>) -> Result<Self> {
+        let artifact = Artifact::open(dir)?;
+        for t in &artifact.manifest.tensors {
+            if let Some(id) = &t.codec {
+                registry.codec(id).with_context(|| {
+                    format!(
+                        "{}: tensor `{}` needs codec `{id}`{}",
+                        dir.display(),
+                        t.name,
+                        t.codec_source.as_ref().map_or(String::new(), |s| format!(" (written by {s})"))
+                    )
+                })?;
+            }
+        }
+        let infos = artifact
+            .manifest
+            .tensors
+            .iter()
+            .map(|t| TensorInfo {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: crate::model::SourceDType::Float("f32"),
+            })
+            .collect();
+        Ok(Self { artifact, registry, infos })
+    }
+
+    /// The underlying artifact.
+    pub fn artifact(&self) -> &Artifact {
+        &self.artifact
+    }
+}
+
+impl ModelSource for ArtifactSource {
+    fn path(&self) -> &Path {
+        &self.artifact.dir
+    }
+    fn format(&self) -> &'static str {
+        "tenpak-artifact"
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.artifact.manifest.model_config
+    }
+    fn tensors(&self) -> &[TensorInfo] {
+        &self.infos
+    }
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.artifact.load_f32(name, &self.registry)
+    }
+    fn tokenizer(&self) -> TokenizerSource {
+        let path = self.artifact.dir.join("tokenizer.json");
+        if path.exists() { TokenizerSource::File(path) } else { TokenizerSource::Missing }
+    }
+    fn config_json(&self) -> Result<String> {
+        let path = self.artifact.dir.join("config.json");
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.artifact.manifest.shards.iter().map(|s| self.artifact.dir.join(&s.file)).collect()
+    }
+}

@@ -1,0 +1,19 @@
+//! The components compiled into this binary.
+//!
+//! Naming each crate here keeps the linker from dropping its `inventory` registrations; the
+//! registry test asserts that every id below is really registered.
+
+use tenpak_alloc_role_rules as _;
+use tenpak_codec_basic as _;
+use tenpak_codec_int4_residual as _;
+use tenpak_codec_int4_rtn as _;
+
+/// Codec ids this binary must provide.
+pub const CODECS: &[&str] = &["int4_residual", "int4_rtn", "int8", "keep"];
+/// Allocator ids this binary must provide.
+pub const ALLOCATORS: &[&str] = &["role_rules"];
+
+/// The registry of every built-in component.
+pub fn registry() -> anyhow::Result<tenpak_api::registry::Registry> {
+    Ok(tenpak_api::registry::Registry::from_static()?)
+}

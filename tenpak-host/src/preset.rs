@@ -1,0 +1,230 @@
+//! Presets: TOML files that say how to compress a model.
+//!
+//! A preset names its calibrators, its allocator, the default codec for block linears with its
+//! parameters, role refinements and name overrides, and how much text to calibrate and evaluate
+//! on. Four ship inside the binary (`fast`, `quality`, `balanced`, `size`); any other is read from
+//! a path. Parsing checks the *shape* of the file (unknown keys, wrong types, with the line);
+//! [`Preset::validate`] then checks it against the registry (unknown codec, calibrator or
+//! allocator ids, listing the known ones; codec parameters against each codec's own list).
+//!
+//! ```toml
+//! name = "fast"
+//! description = "INT4 without calibration"
+//!
+//! [allocator]
+//! id = "role_rules"
+//!
+//! [codec]                      # default for attention and MLP projections
+//! codec = "int4_residual"
+//! group_size = 64
+//!
+//! [roles.attention]            # role classes: attention, mlp; or exact roles: attn_q, mlp_down, ...
+//! group_size = 128
+//!
+//! [roles.embedding]
+//! codec = "int8"
+//!
+//! [[overrides]]                # by tensor name; `*` is a wildcard; later entries win
+//! pattern = "model.layers.0.*"
+//! codec = "keep"
+//! dtype = "f16"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tenpak_api::registry::Registry;
+use tenpak_api::{AllocatorConfig, CodecChoice, Override, Params};
+
+/// The presets shipped inside the binary, as `(name, TOML text)`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("fast", include_str!("../../presets/fast.toml")),
+    ("quality", include_str!("../../presets/quality.toml")),
+    ("balanced", include_str!("../../presets/balanced.toml")),
+    ("size", include_str!("../../presets/size.toml")),
+];
+
+/// A codec table: `codec = "id"` plus that codec's parameters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CodecTable {
+    /// Codec id; absent means "inherit".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    /// Every other key: the codec's parameters.
+    #[serde(flatten)]
+    pub params: Params,
+}
+
+impl From<&CodecTable> for CodecChoice {
+    fn from(t: &CodecTable) -> Self {
+        CodecChoice { codec: t.codec.clone(), params: t.params.clone() }
+    }
+}
+
+/// A name override.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverrideTable {
+    /// Glob over tensor names.
+    pub pattern: String,
+    /// What matching tensors get.
+    #[serde(flatten)]
+    pub table: CodecTable,
+}
+
+/// `[allocator]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatorTable {
+    /// Allocator id.
+    pub id: String,
+    /// Allocator-specific parameters.
+    #[serde(default)]
+    pub params: Params,
+}
+
+/// `[calibration]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationTable {
+    /// Calibrator ids to run.
+    #[serde(default)]
+    pub calibrators: Vec<String>,
+    /// Number of calibration windows.
+    #[serde(default = "default_calib_windows")]
+    pub windows: usize,
+    /// Tokens per calibration window.
+    #[serde(default = "default_ctx")]
+    pub ctx: usize,
+}
+
+/// `[evaluation]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationTable {
+    /// Number of evaluation windows (0 = all the text holds).
+    #[serde(default)]
+    pub windows: usize,
+    /// Tokens per evaluation window.
+    #[serde(default = "default_ctx")]
+    pub ctx: usize,
+}
+
+fn default_calib_windows() -> usize {
+    128
+}
+fn default_ctx() -> usize {
+    512
+}
+
+impl Default for CalibrationTable {
+    fn default() -> Self {
+        Self { calibrators: Vec::new(), windows: default_calib_windows(), ctx: default_ctx() }
+    }
+}
+impl Default for EvaluationTable {
+    fn default() -> Self {
+        Self { windows: 0, ctx: default_ctx() }
+    }
+}
+
+/// A parsed preset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    /// Short name.
+    pub name: String,
+    /// One line on what it is for.
+    #[serde(default)]
+    pub description: String,
+    /// Calibration settings.
+    #[serde(default)]
+    pub calibration: CalibrationTable,
+    /// Evaluation settings.
+    #[serde(default)]
+    pub evaluation: EvaluationTable,
+    /// Which allocator plans the layers.
+    pub allocator: AllocatorTable,
+    /// Default codec for block linears.
+    pub codec: CodecTable,
+    /// Role refinements.
+    #[serde(default)]
+    pub roles: BTreeMap<String, CodecTable>,
+    /// Name overrides, in order.
+    #[serde(default)]
+    pub overrides: Vec<OverrideTable>,
+}
+
+impl Preset {
+    /// Parse TOML text; `origin` names the file (or built-in) in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Preset> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("preset {origin}: {e}"))
+    }
+
+    /// A built-in preset by name, or a preset file by path. A name that is neither lists the
+    /// built-in names.
+    pub fn load(name_or_path: &str) -> Result<(Preset, String)> {
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            return Ok((Self::parse(text, &format!("`{name_or_path}` (built-in)"))?, text.to_string()));
+        }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading preset {}", path.display()))?;
+            return Ok((Self::parse(&text, &path.display().to_string())?, text));
+        }
+        let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "preset `{name_or_path}` is neither a built-in preset ({}) nor an existing file",
+            names.join(", ")
+        )
+    }
+
+    /// The allocator's view of the rules.
+    pub fn allocator_config(&self) -> AllocatorConfig {
+        AllocatorConfig {
+            default: (&self.codec).into(),
+            roles: self.roles.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
+            overrides: self
+                .overrides
+                .iter()
+                .map(|o| Override { pattern: o.pattern.clone(), choice: (&o.table).into() })
+                .collect(),
+            params: self.allocator.params.clone(),
+        }
+    }
+
+    /// Check every id and every codec parameter against `registry`, before any work starts.
+    pub fn validate(&self, registry: &Registry) -> Result<()> {
+        let ctx = |what: &str| format!("preset `{}`, {what}", self.name);
+        let allocator = registry.allocator(&self.allocator.id).with_context(|| ctx("[allocator]"))?;
+        allocator.validate(&self.allocator_config()).with_context(|| ctx("[allocator]"))?;
+        for id in &self.calibration.calibrators {
+            registry.calibrator(id).with_context(|| ctx("[calibration] calibrators"))?;
+        }
+        let default_id = self.codec.codec.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("{}: `codec` is required (the default codec id)", ctx("[codec]"))
+        })?;
+        let check = |table: &CodecTable, inherited: &Params, what: &str| -> Result<()> {
+            let (id, params) = match &table.codec {
+                Some(id) if id != default_id => (id.as_str(), table.params.clone()),
+                _ => (default_id, inherited.merged(&table.params)),
+            };
+            let codec = registry.codec(id).with_context(|| ctx(what))?;
+            codec.validate(&params).with_context(|| ctx(what))?;
+            Ok(())
+        };
+        check(&self.codec, &Params::new(), "[codec]")?;
+        for (role, table) in &self.roles {
+            check(table, &self.codec.params, &format!("[roles.{role}]"))?;
+        }
+        for (i, o) in self.overrides.iter().enumerate() {
+            check(&o.table, &self.codec.params, &format!("[[overrides]] #{} (`{}`)", i + 1, o.pattern))?;
+        }
+        if self.evaluation.ctx < 2 || self.calibration.ctx < 2 {
+            bail!("{}: ctx must be at least 2 tokens", ctx("[evaluation]/[calibration]"));
+        }
+        Ok(())
+    }
+}
