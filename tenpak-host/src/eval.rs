@@ -1,0 +1,151 @@
+//! Perplexity, by the protocol every TenPak figure states (DESIGN.md, "Perplexity protocol"):
+//! tokenize the whole text once without special tokens; split the ids into non-overlapping
+//! windows of `ctx` tokens; take the first `samples` windows; score every position except the
+//! first of each window; PPL = exp(mean negative log-likelihood).
+//!
+//! The protocol is llama.cpp's `llama-perplexity` minus its habit of scoring only the second half
+//! of each window, and transformers' stride = ctx evaluation without a BOS token, so a figure
+//! here can be reproduced with either by following [`PplReport::protocol`].
+
+use std::time::Instant;
+
+use anyhow::{bail, ensure};
+
+use crate::runtime::LlamaModel;
+use crate::tokenize::{self, Tokenizer};
+
+/// Default window length, in tokens.
+pub const DEFAULT_CTX: usize = 512;
+
+/// How to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PplOptions {
+    /// Window length in tokens (at least 2: a window scores `ctx − 1` tokens).
+    pub ctx: usize,
+    /// Evaluate only the first this-many windows; `None`: every whole window of the text.
+    /// Asking for more windows than the text has evaluates all of them (the report says how many).
+    pub samples: Option<usize>,
+    /// Windows per forward pass. 1 is fastest on small CPUs: one 512-token window already gives
+    /// the matrix products enough rows; larger batches only add memory.
+    pub batch: usize,
+}
+
+impl Default for PplOptions {
+    fn default() -> Self {
+        PplOptions { ctx: DEFAULT_CTX, samples: None, batch: 1 }
+    }
+}
+
+/// The outcome of a perplexity run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PplReport {
+    /// exp(mean NLL).
+    pub ppl: f64,
+    /// Mean negative log-likelihood per scored token, in nats.
+    pub mean_nll: f64,
+    /// Tokens scored: `windows · (ctx − 1)`.
+    pub tokens_scored: usize,
+    /// Windows evaluated.
+    pub windows: usize,
+    /// Whole windows the text holds.
+    pub windows_available: usize,
+    /// Window length.
+    pub ctx: usize,
+    /// Tokens in the whole text.
+    pub text_tokens: usize,
+    /// Seconds spent in forward passes (tokenization and model loading excluded).
+    pub seconds: f64,
+    /// Tokens run through the model per second: `windows · ctx / seconds`.
+    pub tokens_per_second: f64,
+    /// The protocol in one sentence, to print beside the figure.
+    pub protocol: String,
+}
+
+/// How many windows of `ctx` tokens to evaluate out of `text_tokens`, with `samples` as a cap;
+/// errors if the text holds no whole window. `text_name` names the text in errors.
+pub fn window_count(text_tokens: usize, ctx: usize, samples: Option<usize>, text_name: &str) -> anyhow::Result<usize> {
+    ensure!(ctx >= 2, "ctx must be at least 2 tokens (one window scores ctx − 1 positions), got {ctx}");
+    if samples == Some(0) {
+        bail!("samples must be at least 1");
+    }
+    let available = text_tokens / ctx;
+    if available == 0 {
+        bail!(
+            "{text_name}: {text_tokens} tokens, fewer than one window of {ctx} tokens; \
+             use a longer text or a smaller --ctx"
+        );
+    }
+    Ok(samples.map_or(available, |cap| cap.min(available)))
+}
+
+/// Perplexity of `model` on the token ids of a whole text (`ids`, from [`tokenize::encode`]).
+/// `progress(done, total)` is called after each batch of windows.
+pub fn perplexity(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PplReport> {
+    let PplOptions { ctx, samples, batch } = *options;
+    ensure!(batch >= 1, "batch must be at least 1 window");
+    let windows = window_count(ids.len(), ctx, samples, text_name)?;
+    let rope_limit = model.config().max_position_embeddings;
+    ensure!(ctx <= rope_limit, "ctx {ctx} exceeds the model's max_position_embeddings {rope_limit}");
+
+    let started = Instant::now();
+    let mut nll_sum = 0.0f64;
+    let mut done = 0;
+    while done < windows {
+        let this_batch = batch.min(windows - done);
+        let window_ids = &ids[done * ctx..(done + this_batch) * ctx];
+        let nll = model.token_nll(window_ids, this_batch, None)?;
+        for (i, &value) in nll.iter().enumerate() {
+            if !value.is_finite() {
+                let (window, position) = (done + i / (ctx - 1), i % (ctx - 1) + 1);
+                bail!(
+                    "{text_name}: the negative log-likelihood at window {window}, position {position} is {value}: \
+                     the model produced non-finite logits (are its weights finite?)"
+                );
+            }
+            nll_sum += f64::from(value);
+        }
+        done += this_batch;
+        progress(done, windows);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let tokens_scored = windows * (ctx - 1);
+    let mean_nll = nll_sum / tokens_scored as f64;
+    let available = ids.len() / ctx;
+    Ok(PplReport {
+        ppl: mean_nll.exp(),
+        mean_nll,
+        tokens_scored,
+        windows,
+        windows_available: available,
+        ctx,
+        text_tokens: ids.len(),
+        seconds,
+        tokens_per_second: (windows * ctx) as f64 / seconds.max(f64::MIN_POSITIVE),
+        protocol: format!(
+            "{text_name} tokenized whole without special tokens ({} tokens); the first {windows} of {available} \
+             non-overlapping {ctx}-token windows, each from position 0; every position but the first scored \
+             ({tokens_scored} tokens); PPL = exp(mean NLL)",
+            ids.len()
+        ),
+    })
+}
+
+/// Tokenize `text` (named `text_name` in errors and in the protocol) and compute its perplexity.
+pub fn perplexity_of_text(
+    model: &LlamaModel,
+    tokenizer: &Tokenizer,
+    text: &str,
+    text_name: &str,
+    options: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<PplReport> {
+    let ids = tokenize::encode(tokenizer, text).map_err(|e| e.context(text_name.to_owned()))?;
+    perplexity(model, &ids, text_name, options, progress)
+}

@@ -1,0 +1,48 @@
+//! The model's tokenizer, from its `tokenizer.json` or from the one a GGUF's vocabulary becomes
+//! ([`crate::model::gguf_tokenizer`]), through the `tokenizers` crate.
+//!
+//! Perplexity and calibration both tokenize raw text without special tokens: a BOS token at the
+//! start of a 700 kB text would be one token in 150,000, and its presence would differ between
+//! runtimes for no benefit.
+
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+pub use tokenizers::Tokenizer;
+
+use crate::model::{ModelSource, TokenizerSource};
+
+/// Load the tokenizer `source` describes. `model` names the model in errors.
+pub fn load(source: &TokenizerSource, model: &str) -> anyhow::Result<Tokenizer> {
+    match source {
+        TokenizerSource::File(path) => Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display())),
+        TokenizerSource::Json(json) => Tokenizer::from_str(json)
+            .map_err(|e| anyhow::anyhow!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}")),
+        TokenizerSource::Missing => {
+            bail!("{model}: no tokenizer found (expected tokenizer.json beside the weights, or a GGUF vocabulary)")
+        }
+    }
+}
+
+/// The tokenizer of `model`, with the source's explanation when it has none.
+pub fn for_model(model: &dyn ModelSource) -> anyhow::Result<Tokenizer> {
+    let name = model.path().display().to_string();
+    let source = model.tokenizer();
+    if let (TokenizerSource::Missing, Some(why)) = (&source, model.tokenizer_error()) {
+        bail!("{name}: no usable tokenizer: {why}");
+    }
+    load(&source, &name)
+}
+
+/// Token ids of `text`, without special tokens (no BOS/EOS added).
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
+    let encoding = tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+    Ok(encoding.get_ids().to_vec())
+}
+
+/// Token ids of the text in file `path`, without special tokens. Errors name the file.
+pub fn encode_file(tokenizer: &Tokenizer, path: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
+    encode(tokenizer, &text).with_context(|| path.display().to_string())
+}
