@@ -11,7 +11,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tenpak_host::artifact::Artifact;
+use tenpak_host::artifact::safetensors_writer::sha256_file;
+use tenpak_host::artifact::{Artifact, ArtifactSource, EvaluationRecord};
+use tenpak_host::eval::{self, PplOptions, PplReport};
+use tenpak_host::pack::rewrite_manifest;
+use tenpak_host::progress::Progress;
+use tenpak_host::runtime::LlamaModel;
+use tenpak_host::tokenize;
 use tenpak_host::pack::{PackJob, pack};
 use tenpak_host::preset::{BUILTIN, Preset};
 use tenpak_host::unpack::{DenseDType, unpack};
@@ -42,9 +48,27 @@ enum Command {
         /// Replace the output if it exists.
         #[arg(long)]
         force: bool,
+        /// Evaluation text: measure baseline and compressed perplexity and record them in the
+        /// manifest (windows and ctx from the preset's [evaluation]).
+        #[arg(long)]
+        eval: Option<PathBuf>,
         /// Print every tensor's codec, bits and error (default: on).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         tensors: bool,
+    },
+    /// Perplexity of a model or an artifact on a text (protocol printed with the figure).
+    Eval {
+        /// A model (HF dir, .safetensors, .gguf) or a TenPak artifact directory.
+        model: PathBuf,
+        /// The text to score.
+        #[arg(long, default_value = "assets/eval.txt")]
+        text: PathBuf,
+        /// Evaluate only the first N windows [default: all].
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
     },
     /// Show an artifact's manifest: source, preset, sizes, perplexity, per-tensor errors.
     Info {
@@ -82,26 +106,79 @@ fn default_output(model: &Path) -> PathBuf {
     PathBuf::from(format!("{stem}.tenpak"))
 }
 
+/// A TenPak artifact (a directory with manifest.json) or any model source.
+fn open_any(path: &Path, registry: Arc<tenpak_api::registry::Registry>) -> Result<Box<dyn model::ModelSource>> {
+    if path.join("manifest.json").exists() {
+        Ok(Box::new(ArtifactSource::open(path, registry)?))
+    } else {
+        model::open(path)
+    }
+}
+
+/// Load `source` into the runtime and score `text`, with progress on stderr.
+fn perplexity_of(source: &dyn model::ModelSource, text: &Path, options: &PplOptions) -> Result<PplReport> {
+    let tokenizer = tokenize::for_model(source)?;
+    let ids = tokenize::encode_file(&tokenizer, text)?;
+    let model = LlamaModel::load(source.config(), source)
+        .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
+    let mut bar: Option<Progress> = None;
+    let name = text.display().to_string();
+    let report = eval::perplexity(&model, &ids, &name, options, &mut |done, total| {
+        bar.get_or_insert_with(|| Progress::new(total as u64, "eval")).step(&format!("window {done}"));
+    })?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    Ok(report)
+}
+
 fn run(cli: Cli) -> Result<()> {
     let mut registry = builtins::registry()?;
     tenpak_host::plugins::load_all(&mut registry, &cli.plugin)?;
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
-        Command::Pack { model, preset, output, force, tensors } => {
+        Command::Pack { model, preset, output, force, eval, tensors } => {
             let (preset, preset_text) = Preset::load(&preset)?;
             preset.validate(&registry)?;
             let source = model::open(&model)?;
             let output = output.unwrap_or_else(|| default_output(&model));
             let started = std::time::Instant::now();
             let job = PackJob { model: source.as_ref(), preset: &preset, preset_text: &preset_text, output: output.clone(), force, progress: true };
-            let manifest = pack(&job, &registry)?;
+            let mut manifest = pack(&job, &registry)?;
+            if let Some(text) = eval {
+                let options = PplOptions {
+                    ctx: preset.evaluation.ctx,
+                    samples: (preset.evaluation.windows > 0).then_some(preset.evaluation.windows),
+                    ..Default::default()
+                };
+                let baseline = perplexity_of(source.as_ref(), &text, &options)?;
+                let artifact = ArtifactSource::open(&output, registry.clone())?;
+                let compressed = perplexity_of(&artifact, &text, &options)?;
+                manifest.evaluation = Some(EvaluationRecord {
+                    baseline_ppl: baseline.ppl,
+                    compressed_ppl: compressed.ppl,
+                    delta_pct: 100.0 * (compressed.ppl - baseline.ppl) / baseline.ppl,
+                    protocol: format!("{} (text sha256 {})", compressed.protocol, sha256_file(&text)?),
+                });
+                rewrite_manifest(&output, &manifest)?;
+            }
             if tensors {
                 print!("{}", report::tensor_table(&manifest));
                 println!();
             }
             print!("{}", report::summary(&manifest));
             println!("artifact      {} ({:.1} s)", output.display(), started.elapsed().as_secs_f64());
+        }
+        Command::Eval { model, text, samples, ctx } => {
+            let source = open_any(&model, registry.clone())?;
+            let options = PplOptions { ctx, samples, ..Default::default() };
+            let report = perplexity_of(source.as_ref(), &text, &options)?;
+            println!("model         {}", model.display());
+            println!("ppl           {:.4}", report.ppl);
+            println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
+            println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);
+            println!("protocol      {}", report.protocol);
         }
         Command::Info { artifact, tensors, json } => {
             let artifact = Artifact::open(&artifact)?;
