@@ -151,7 +151,7 @@ fn preset_errors_name_the_fault() {
     let registry = builtins::registry().unwrap();
     let base = BUILTIN.iter().find(|(n, _)| *n == "fast").unwrap().1;
     // An unknown top-level key: the TOML error names it.
-    let err = Preset::parse(&format!("{base}\ncolour = 3\n"), "bad.toml").unwrap_err().to_string();
+    let err = Preset::parse(&format!("colour = 3\n{base}"), "bad.toml").unwrap_err().to_string();
     assert!(err.contains("bad.toml") && err.contains("colour"), "{err}");
     // A wrong type.
     let err = Preset::parse(&base.replace("windows = 16", "windows = \"many\""), "bad.toml").unwrap_err().to_string();
