@@ -196,3 +196,59 @@ pub fn adversarial(rows: usize, cols: usize, seed: u64) -> Vec<TestMatrix> {
 
     out
 }
+
+/// The matrices every codec test runs on: random, heavy-tailed, LLM-like and adversarial, with
+/// row lengths that exercise non-dividing group sizes (100 with 32, 576 with 256, an odd 101).
+pub fn codec_matrices() -> Vec<TestMatrix> {
+    let mut all = vec![gaussian(6, 100, 1), student_t(4, 576, 2), laplace(5, 101, 3), llm_like(8, 576, 4)];
+    all.extend(adversarial(5, 100, 5));
+    all
+}
+
+/// Group sizes to try on a matrix with `cols` columns: 8, non-dividing ones, the full row and
+/// more than the full row.
+pub fn group_sizes(cols: usize) -> Vec<usize> {
+    vec![8, 32, 64, 100, 128, 256, cols, cols + 7]
+}
+
+/// Encode `m` with `codec` without calibration statistics, panicking with the codec, matrix and
+/// parameters in the message (a test helper).
+pub fn encode(
+    codec: &dyn tenpak_api::Codec,
+    m: &TestMatrix,
+    params: &tenpak_api::Params,
+) -> tenpak_api::Encoded {
+    let view = tenpak_api::WeightView::new(&m.data, m.rows, m.cols).unwrap();
+    codec
+        .encode(view, &tenpak_api::LayerStats::none(), params)
+        .unwrap_or_else(|e| panic!("{} {} [{}, {}] {params:?}: {e}", codec.id(), m.name, m.rows, m.cols))
+}
+
+/// `(scale, min)` of every group, read straight from an f16 `[.., 2]` header part.
+pub fn headers(encoded: &tenpak_api::Encoded, part: &str) -> Vec<(f32, f32)> {
+    let values = encoded.part(part).unwrap().to_f16().unwrap();
+    values.chunks_exact(2).map(|p| (p[0].to_f32(), p[1].to_f32())).collect()
+}
+
+/// Total bytes of all parts.
+pub fn stored_bytes(encoded: &tenpak_api::Encoded) -> u64 {
+    encoded.parts.iter().map(|p| p.data.len() as u64).sum()
+}
+
+/// Σ (w − ŵ)² over each group (row-major over `[rows, groups_per_row]`).
+pub fn group_errors(m: &TestMatrix, decoded: &[f32], group_size: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for row in 0..m.rows {
+        for start in (0..m.cols).step_by(group_size) {
+            let range = row * m.cols + start..row * m.cols + (start + group_size).min(m.cols);
+            out.push(
+                m.data[range.clone()]
+                    .iter()
+                    .zip(&decoded[range])
+                    .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                    .sum(),
+            );
+        }
+    }
+    out
+}
