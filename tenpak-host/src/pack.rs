@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use tenpak_api::registry::Registry;
@@ -160,7 +160,6 @@ pub fn pack(job: &PackJob<'_>, registry: &Registry) -> Result<Manifest> {
         );
     }
     let plan = plan(model, job.preset, registry)?;
-    let started = Instant::now();
     let mut writer = ArtifactWriter::create(&job.output, job.force)?;
     let mut progress = if job.progress { Progress::new(model.tensors().len() as u64, "pack") } else { Progress::hidden() };
     for info in model.tensors() {
@@ -229,7 +228,6 @@ pub fn pack(job: &PackJob<'_>, registry: &Registry) -> Result<Manifest> {
         shards: Vec::new(),
     };
     let manifest = writer.commit(manifest)?;
-    let _ = started;
     Ok(manifest)
 }
 
