@@ -100,41 +100,52 @@ pub fn perplexity(
         let this_batch = batch.min(windows - done);
         let window_ids = &ids[done * ctx..(done + this_batch) * ctx];
         let nll = model.token_nll(window_ids, this_batch, None)?;
-        for (i, &value) in nll.iter().enumerate() {
-            if !value.is_finite() {
-                let (window, position) = (done + i / (ctx - 1), i % (ctx - 1) + 1);
-                bail!(
-                    "{text_name}: the negative log-likelihood at window {window}, position {position} is {value}: \
-                     the model produced non-finite logits (are its weights finite?)"
-                );
-            }
-            nll_sum += f64::from(value);
-        }
+        nll_sum += sum_nll(&nll, done, ctx, text_name)?;
         done += this_batch;
         progress(done, windows);
     }
-    let seconds = started.elapsed().as_secs_f64();
+    Ok(report(nll_sum, windows, ids.len(), ctx, text_name, started.elapsed().as_secs_f64()))
+}
 
+/// The sum of the NLLs of windows `first_window..` (each `ctx − 1` values), refusing a
+/// non-finite one with its window and position.
+pub fn sum_nll(nll: &[f32], first_window: usize, ctx: usize, text_name: &str) -> anyhow::Result<f64> {
+    let mut sum = 0f64;
+    for (i, &value) in nll.iter().enumerate() {
+        if !value.is_finite() {
+            let (window, position) = (first_window + i / (ctx - 1), i % (ctx - 1) + 1);
+            bail!(
+                "{text_name}: the negative log-likelihood at window {window}, position {position} is {value}: \
+                 the model produced non-finite logits (are its weights finite?)"
+            );
+        }
+        sum += f64::from(value);
+    }
+    Ok(sum)
+}
+
+/// The report for the first `windows` windows of a text of `text_tokens` tokens, whose scored
+/// negative log-likelihoods sum to `nll_sum`, computed in `seconds`.
+pub fn report(nll_sum: f64, windows: usize, text_tokens: usize, ctx: usize, text_name: &str, seconds: f64) -> PplReport {
     let tokens_scored = windows * (ctx - 1);
     let mean_nll = nll_sum / tokens_scored as f64;
-    let available = ids.len() / ctx;
-    Ok(PplReport {
+    let available = text_tokens / ctx;
+    PplReport {
         ppl: mean_nll.exp(),
         mean_nll,
         tokens_scored,
         windows,
         windows_available: available,
         ctx,
-        text_tokens: ids.len(),
+        text_tokens,
         seconds,
         tokens_per_second: (windows * ctx) as f64 / seconds.max(f64::MIN_POSITIVE),
         protocol: format!(
-            "{text_name} tokenized whole without special tokens ({} tokens); the first {windows} of {available} \
+            "{text_name} tokenized whole without special tokens ({text_tokens} tokens); the first {windows} of {available} \
              non-overlapping {ctx}-token windows, each from position 0; every position but the first scored \
-             ({tokens_scored} tokens); PPL = exp(mean NLL)",
-            ids.len()
+             ({tokens_scored} tokens); PPL = exp(mean NLL)"
         ),
-    })
+    }
 }
 
 /// Tokenize `text` (named `text_name` in errors and in the protocol) and compute its perplexity.

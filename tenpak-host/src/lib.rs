@@ -6,6 +6,7 @@ pub mod model;
 pub mod artifact;
 pub mod builtins;
 pub mod pack;
+pub mod pipeline;
 pub mod plugins;
 pub mod preset;
 pub mod progress;

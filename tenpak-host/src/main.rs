@@ -11,10 +11,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tenpak_host::artifact::safetensors_writer::sha256_file;
-use tenpak_host::artifact::{Artifact, ArtifactSource, EvaluationRecord};
+use tenpak_host::artifact::{Artifact, ArtifactSource};
 use tenpak_host::eval::{self, PplOptions, PplReport};
-use tenpak_host::pack::rewrite_manifest;
 use tenpak_host::progress::Progress;
 use tenpak_host::runtime::LlamaModel;
 use tenpak_host::tokenize;
@@ -48,10 +46,17 @@ enum Command {
         /// Replace the output if it exists.
         #[arg(long)]
         force: bool,
-        /// Evaluation text: measure baseline and compressed perplexity and record them in the
-        /// manifest (windows and ctx from the preset's [evaluation]).
+        /// Calibration text, for presets whose codecs need calibration statistics (windows and
+        /// ctx from the preset's [calibration]). Must not be the evaluation text.
+        #[arg(long, default_value = "assets/calib.txt")]
+        calib: PathBuf,
+        /// Evaluation text: baseline and compressed perplexity go into the manifest (windows and
+        /// ctx from the preset's [evaluation]).
+        #[arg(long, default_value = "assets/eval.txt")]
+        eval: PathBuf,
+        /// Skip the evaluation.
         #[arg(long)]
-        eval: Option<PathBuf>,
+        no_eval: bool,
         /// Print every tensor's codec, bits and error (default: on).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         tensors: bool,
@@ -69,6 +74,9 @@ enum Command {
         /// Window length in tokens.
         #[arg(long, default_value_t = 512)]
         ctx: usize,
+        /// Windows per forward pass (1 is fastest on small CPUs; more only adds memory).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Show an artifact's manifest: source, preset, sizes, perplexity, per-tensor errors.
     Info {
@@ -138,31 +146,27 @@ fn run(cli: Cli) -> Result<()> {
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
-        Command::Pack { model, preset, output, force, eval, tensors } => {
+        Command::Pack { model, preset, output, force, calib, eval, no_eval, tensors } => {
             let (preset, preset_text) = Preset::load(&preset)?;
             preset.validate(&registry)?;
             let source = model::open(&model)?;
             let output = output.unwrap_or_else(|| default_output(&model));
-            let started = std::time::Instant::now();
-            let job = PackJob { model: source.as_ref(), preset: &preset, preset_text: &preset_text, output: output.clone(), force, progress: true };
-            let mut manifest = pack(&job, &registry)?;
-            if let Some(text) = eval {
-                let options = PplOptions {
-                    ctx: preset.evaluation.ctx,
-                    samples: (preset.evaluation.windows > 0).then_some(preset.evaluation.windows),
-                    ..Default::default()
-                };
-                let baseline = perplexity_of(source.as_ref(), &text, &options)?;
-                let artifact = ArtifactSource::open(&output, registry.clone())?;
-                let compressed = perplexity_of(&artifact, &text, &options)?;
-                manifest.evaluation = Some(EvaluationRecord {
-                    baseline_ppl: baseline.ppl,
-                    compressed_ppl: compressed.ppl,
-                    delta_pct: 100.0 * (compressed.ppl - baseline.ppl) / baseline.ppl,
-                    protocol: format!("{} (text sha256 {})", compressed.protocol, sha256_file(&text)?),
-                });
-                rewrite_manifest(&output, &manifest)?;
+            let eval = (!no_eval).then_some(eval);
+            for text in eval.iter() {
+                anyhow::ensure!(text.is_file(), "{}: no such evaluation text (run scripts/fetch-assets.sh, or pass --eval FILE or --no-eval)", text.display());
             }
+            let started = std::time::Instant::now();
+            let job = PackJob {
+                model: source.as_ref(),
+                preset: &preset,
+                preset_text: &preset_text,
+                output: output.clone(),
+                force,
+                progress: true,
+                calib: Some(calib),
+                eval,
+            };
+            let manifest = pack(&job, &registry)?;
             if tensors {
                 print!("{}", report::tensor_table(&manifest));
                 println!();
@@ -170,9 +174,9 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", report::summary(&manifest));
             println!("artifact      {} ({:.1} s)", output.display(), started.elapsed().as_secs_f64());
         }
-        Command::Eval { model, text, samples, ctx } => {
+        Command::Eval { model, text, samples, ctx, batch } => {
             let source = open_any(&model, registry.clone())?;
-            let options = PplOptions { ctx, samples, ..Default::default() };
+            let options = PplOptions { ctx, samples, batch };
             let report = perplexity_of(source.as_ref(), &text, &options)?;
             println!("model         {}", model.display());
             println!("ppl           {:.4}", report.ppl);

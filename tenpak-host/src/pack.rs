@@ -1,11 +1,16 @@
 //! `tenpak pack`: plan every weight, encode it, write the artifact, record what it cost.
 //!
-//! This is the calibration-free path: each tensor is loaded, encoded and written on its own, so
-//! peak memory is about one tensor in f32 plus its encoding. The block-by-block calibrated
-//! pipeline arrives with the calibrators.
+//! Two paths, one artifact format:
+//!
+//! - **calibration-free** (every planned codec needs no statistics): each tensor is loaded,
+//!   encoded and written on its own, so peak memory is about one tensor in f32 plus its encoding;
+//!   with an evaluation text, the finished artifact is then scored against the source;
+//! - **calibrated** ([`crate::pipeline`]): block by block on calibration text, with the baseline
+//!   and compressed perplexity computed along the way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -14,12 +19,15 @@ use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, W
 
 use crate::artifact::safetensors_writer::sha256_file;
 use crate::artifact::{
-    ArtifactWriter, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord, SourceRecord, TensorRecord, Totals,
+    ArtifactSource, ArtifactWriter, EvaluationRecord, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord,
+    SourceRecord, TensorRecord, Totals,
 };
-use crate::model::{ModelSource, TokenizerSource};
+use crate::eval::{self, PplReport};
+use crate::model::{ModelSource, TensorInfo, TokenizerSource};
 use crate::preset::Preset;
 use crate::progress::Progress;
-use crate::roles;
+use crate::runtime::LlamaModel;
+use crate::{pipeline, roles, tokenize};
 
 /// What to pack and where.
 pub struct PackJob<'a> {
@@ -35,6 +43,10 @@ pub struct PackJob<'a> {
     pub force: bool,
     /// Show progress.
     pub progress: bool,
+    /// Calibration text (needed when the plan's codecs or the preset ask for calibrators).
+    pub calib: Option<PathBuf>,
+    /// Evaluation text: when given, baseline and compressed perplexity go into the manifest.
+    pub eval: Option<PathBuf>,
 }
 
 /// Error of a reconstruction: relative MSE and SNR in dB (`None` when exact).
@@ -148,71 +160,79 @@ pub fn totals(records: &[TensorRecord], model: &dyn ModelSource) -> Totals {
     t
 }
 
+/// A tensor record for `info` stored raw (32 bits per weight); encoding fills in the rest.
+fn raw_record(info: &TensorInfo) -> TensorRecord {
+    let (role, _) = roles::classify(&info.name, &info.shape);
+    TensorRecord {
+        name: info.name.clone(),
+        shape: info.shape.clone(),
+        role,
+        source_dtype: info.dtype.name(),
+        codec: None,
+        codec_source: None,
+        params: Params::new(),
+        bits: info.numel() as u64 * 32,
+        bits_per_weight: 32.0,
+        rel_mse: 0.0,
+        snr_db: None,
+        parts: Vec::new(),
+    }
+}
+
+/// Write tensor `info` with the values `values`: raw if the plan has no entry for it, else
+/// encoded by the planned codec with `stats`. Returns what a reader of the artifact will decode.
+pub(crate) fn write_tensor(
+    writer: &mut ArtifactWriter,
+    registry: &Registry,
+    info: &TensorInfo,
+    values: Vec<f32>,
+    plan: Option<&LayerPlan>,
+    stats: &LayerStats,
+) -> Result<Vec<f32>> {
+    let mut record = raw_record(info);
+    let Some(lp) = plan else {
+        writer.add_raw(record, &values)?;
+        return Ok(values);
+    };
+    let codec = registry.codec(&lp.codec)?;
+    let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
+    let encoded =
+        codec.encode(view, stats, &lp.params).with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
+    let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
+    let (rel_mse, snr_db) = reconstruction_error(&values, &decoded);
+    record.codec = Some(lp.codec.clone());
+    record.codec_source = registry.codec_source(&lp.codec).map(str::to_owned);
+    record.params = encoded.params.clone();
+    record.bits = codec.size_bits(&encoded);
+    record.bits_per_weight = record.bits as f64 / values.len().max(1) as f64;
+    record.rel_mse = rel_mse;
+    record.snr_db = snr_db;
+    writer.add_encoded(record, &encoded)?;
+    Ok(decoded)
+}
+
 /// Pack `job.model` into an artifact at `job.output`. Returns the manifest written.
-pub fn pack(job: &PackJob<'_>, registry: &Registry) -> Result<Manifest> {
+pub fn pack(job: &PackJob<'_>, registry: &Arc<Registry>) -> Result<Manifest> {
     let model = job.model;
     job.preset.validate(registry)?;
-    if !job.preset.calibration.calibrators.is_empty() {
-        bail!(
-            "preset `{}` asks for calibrators ({}), but calibrated packing is not implemented in this build yet",
-            job.preset.name,
-            job.preset.calibration.calibrators.join(", ")
-        );
-    }
     let plan = plan(model, job.preset, registry)?;
+    let calibrators = pipeline::calibrators_for(&plan, job.preset, registry)?;
     let mut writer = ArtifactWriter::create(&job.output, job.force)?;
-    let mut progress = if job.progress { Progress::new(model.tensors().len() as u64, "pack") } else { Progress::hidden() };
-    for info in model.tensors() {
-        let values = model.load_f32(&info.name)?;
-        let (role, _) = roles::classify(&info.name, &info.shape);
-        let mut record = TensorRecord {
-            name: info.name.clone(),
-            shape: info.shape.clone(),
-            role,
-            source_dtype: info.dtype.name(),
-            codec: None,
-            codec_source: None,
-            params: Params::new(),
-            bits: values.len() as u64 * 32,
-            bits_per_weight: 32.0,
-            rel_mse: 0.0,
-            snr_db: None,
-            parts: Vec::new(),
-        };
-        match plan.get(&info.name) {
-            None => writer.add_raw(record, &values)?,
-            Some(lp) => {
-                let codec = registry.codec(&lp.codec)?;
-                let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
-                let encoded = codec
-                    .encode(view, &LayerStats::none(), &lp.params)
-                    .with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
-                let decoded = codec
-                    .decode(&encoded)
-                    .with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
-                let (rel_mse, snr_db) = reconstruction_error(&values, &decoded);
-                record.codec = Some(lp.codec.clone());
-                record.codec_source = registry.codec_source(&lp.codec).map(str::to_owned);
-                record.params = encoded.params.clone();
-                record.bits = codec.size_bits(&encoded);
-                record.bits_per_weight = record.bits as f64 / values.len().max(1) as f64;
-                record.rel_mse = rel_mse;
-                record.snr_db = snr_db;
-                writer.add_encoded(record, &encoded)?;
-            }
+    let (evaluation, calibration) = if calibrators.is_empty() {
+        let mut progress =
+            if job.progress { Progress::new(model.tensors().len() as u64, "pack") } else { Progress::hidden() };
+        for info in model.tensors() {
+            let values = model.load_f32(&info.name)?;
+            write_tensor(&mut writer, registry, info, values, plan.get(&info.name), &LayerStats::none())?;
+            progress.step(&info.name);
         }
-        progress.step(&info.name);
-    }
-    progress.finish();
-    writer.add_file("config.json", model.config_json()?.as_bytes())?;
-    match model.tokenizer() {
-        TokenizerSource::File(path) => {
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            writer.add_file("tokenizer.json", &bytes)?;
-        }
-        TokenizerSource::Json(text) => writer.add_file("tokenizer.json", text.as_bytes())?,
-        TokenizerSource::Missing => {}
-    }
+        progress.finish();
+        (None, None)
+    } else {
+        let outcome = pipeline::run(job, registry, &plan, calibrators, &mut writer)?;
+        (outcome.evaluation, Some(outcome.calibration))
+    };
+    add_side_files(&mut writer, model)?;
     let totals = totals(writer.records(), model);
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -224,11 +244,76 @@ pub fn pack(job: &PackJob<'_>, registry: &Registry) -> Result<Manifest> {
         preset: PresetRecord { name: job.preset.name.clone(), toml: job.preset_text.to_owned() },
         tensors: Vec::new(),
         totals,
-        evaluation: None,
+        evaluation,
+        calibration,
         shards: Vec::new(),
     };
-    let manifest = writer.commit(manifest)?;
+    let mut manifest = writer.commit(manifest)?;
+    if manifest.evaluation.is_none()
+        && let Some(text) = &job.eval
+    {
+        // Calibration-free: score the finished artifact against its source.
+        manifest.evaluation = Some(evaluate_artifact(job, text, registry)?);
+        rewrite_manifest(&job.output, &manifest)?;
+    }
     Ok(manifest)
+}
+
+/// config.json and the tokenizer, copied (or derived), so the artifact stands alone.
+fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> Result<()> {
+    writer.add_file("config.json", model.config_json()?.as_bytes())?;
+    match model.tokenizer() {
+        TokenizerSource::File(path) => {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            writer.add_file("tokenizer.json", &bytes)?;
+        }
+        TokenizerSource::Json(text) => writer.add_file("tokenizer.json", text.as_bytes())?,
+        TokenizerSource::Missing => {}
+    }
+    Ok(())
+}
+
+/// Perplexity of the source and of the finished artifact on `text`, by the preset's evaluation
+/// settings.
+fn evaluate_artifact(job: &PackJob<'_>, text: &Path, registry: &Arc<Registry>) -> Result<EvaluationRecord> {
+    let options = job.preset.eval_options();
+    let tokenizer = tokenize::for_model(job.model)?;
+    let ids = tokenize::encode_file(&tokenizer, text)?;
+    let name = text.display().to_string();
+    let score = |source: &dyn ModelSource, what: &str| -> Result<PplReport> {
+        let model = LlamaModel::load(source.config(), source)
+            .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
+        let mut progress = Progress::hidden();
+        if job.progress {
+            progress = Progress::new(eval::window_count(ids.len(), options.ctx, options.samples, &name)? as u64, what);
+        }
+        let report = eval::perplexity(&model, &ids, &name, &options, &mut |done, _| progress.step(&format!("window {done}")))?;
+        progress.finish();
+        Ok(report)
+    };
+    let baseline = score(job.model, "eval baseline")?;
+    let artifact = ArtifactSource::open(&job.output, registry.clone())?;
+    let compressed = score(&artifact, "eval compressed")?;
+    evaluation_record(&baseline, &compressed, text, None)
+}
+
+/// The manifest's evaluation entry; `warning` is appended to the protocol when set.
+pub(crate) fn evaluation_record(
+    baseline: &PplReport,
+    compressed: &PplReport,
+    text: &Path,
+    warning: Option<&str>,
+) -> Result<EvaluationRecord> {
+    let mut protocol = format!("{} (text sha256 {})", compressed.protocol, sha256_file(text)?);
+    if let Some(warning) = warning {
+        protocol.push_str(&format!("; WARNING: {warning}"));
+    }
+    Ok(EvaluationRecord {
+        baseline_ppl: baseline.ppl,
+        compressed_ppl: compressed.ppl,
+        delta_pct: 100.0 * (compressed.ppl - baseline.ppl) / baseline.ppl,
+        protocol,
+    })
 }
 
 /// Replace the manifest of a finished artifact atomically (write a temporary file, rename).

@@ -157,6 +157,15 @@ pub struct Preset {
 }
 
 impl Preset {
+    /// How to score the evaluation text: the preset's window length and count (0 = all).
+    pub fn eval_options(&self) -> crate::eval::PplOptions {
+        crate::eval::PplOptions {
+            ctx: self.evaluation.ctx,
+            samples: (self.evaluation.windows > 0).then_some(self.evaluation.windows),
+            ..Default::default()
+        }
+    }
+
     /// Parse TOML text; `origin` names the file (or built-in) in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Preset> {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("preset {origin}: {e}"))

@@ -55,6 +55,21 @@ impl Progress {
         }
     }
 
+    /// Say what the current step is doing (`block 3/30: calibrating`), before it is done.
+    pub fn message(&mut self, message: &str) {
+        if self.quiet {
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(message.to_owned());
+            return;
+        }
+        if self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            eprintln!("{} {}/{} {message}", self.label, self.done, self.len);
+            self.last_line = Some(Instant::now());
+        }
+    }
+
     /// Done: clear the bar.
     pub fn finish(self) {
         if let Some(bar) = self.bar {

@@ -116,19 +116,22 @@ fn fast() -> (Preset, String) {
 
 fn pack_tiny(dir: &Path, preset: &Preset, text: &str) -> tenpak_host::artifact::Manifest {
     let model = MemModel::new(7);
-    let registry = builtins::registry().unwrap();
-    let job = PackJob { model: &model, preset, preset_text: text, output: dir.to_owned(), force: false, progress: false };
+    let registry = Arc::new(builtins::registry().unwrap());
+    let job = PackJob { model: &model, preset, preset_text: text, output: dir.to_owned(), force: false, progress: false, calib: None, eval: None };
     pack(&job, &registry).unwrap()
 }
 
 #[test]
 fn registry_has_every_builtin() {
-    let registry = builtins::registry().unwrap();
+    let registry = Arc::new(builtins::registry().unwrap());
     for id in builtins::CODECS {
         registry.codec(id).unwrap_or_else(|e| panic!("{e}"));
     }
     for id in builtins::ALLOCATORS {
         registry.allocator(id).unwrap();
+    }
+    for id in builtins::CALIBRATORS {
+        assert_eq!(registry.calibrator(id).unwrap().id(), *id);
     }
     let err = registry.codec("int3_magic").err().unwrap().to_string();
     for id in builtins::CODECS {
@@ -138,7 +141,7 @@ fn registry_has_every_builtin() {
 
 #[test]
 fn builtin_presets_parse_and_fast_validates() {
-    let registry = builtins::registry().unwrap();
+    let registry = Arc::new(builtins::registry().unwrap());
     for (name, text) in BUILTIN {
         let preset = Preset::parse(text, name).unwrap();
         assert_eq!(&preset.name, name);
@@ -148,7 +151,7 @@ fn builtin_presets_parse_and_fast_validates() {
 
 #[test]
 fn preset_errors_name_the_fault() {
-    let registry = builtins::registry().unwrap();
+    let registry = Arc::new(builtins::registry().unwrap());
     let base = BUILTIN.iter().find(|(n, _)| *n == "fast").unwrap().1;
     // An unknown top-level key: the TOML error names it.
     let err = Preset::parse(&format!("colour = 3\n{base}"), "bad.toml").unwrap_err().to_string();
@@ -179,7 +182,7 @@ fn tiny_round_trip_unpack_equals_decode() {
     let dir = tmp.path().join("tiny.tenpak");
     let (preset, text) = fast();
     let manifest = pack_tiny(&dir, &preset, &text);
-    let registry = builtins::registry().unwrap();
+    let registry = Arc::new(builtins::registry().unwrap());
     let artifact = Artifact::open(&dir).unwrap();
     let model = MemModel::new(7);
     // Totals are the sums of the records; every record's bits are the bytes stored.
@@ -218,7 +221,7 @@ fn tiny_round_trip_unpack_equals_decode() {
     }
     assert!(out.join("config.json").exists());
     // The artifact reads as a model source too.
-    let source = ArtifactSource::open(&dir, Arc::new(registry)).unwrap();
+    let source = ArtifactSource::open(&dir, registry.clone()).unwrap();
     assert_eq!(source.config().hidden_size, 72);
     assert_eq!(source.tensors().len(), manifest.tensors.len());
 }
@@ -281,8 +284,8 @@ fn existing_output_is_not_overwritten_without_force() {
     let (preset, text) = fast();
     pack_tiny(&dir, &preset, &text);
     let model = MemModel::new(7);
-    let registry = builtins::registry().unwrap();
-    let job = PackJob { model: &model, preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false };
+    let registry = Arc::new(builtins::registry().unwrap());
+    let job = PackJob { model: &model, preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false, calib: None, eval: None };
     let err = pack(&job, &registry).unwrap_err().to_string();
     assert!(err.contains("already exists"), "{err}");
     let job = PackJob { force: true, ..job };
@@ -302,7 +305,7 @@ fn real_model_path() -> PathBuf {
 #[test]
 fn real_model_int4_residual_beats_rtn_on_every_linear() {
     let model = tenpak_host::model::open(&real_model_path()).unwrap();
-    let registry = builtins::registry().unwrap();
+    let registry = Arc::new(builtins::registry().unwrap());
     let (rtn, residual) = (registry.codec("int4_rtn").unwrap(), registry.codec("int4_residual").unwrap());
     let mut checked = 0;
     for info in model.tensors() {
@@ -334,8 +337,8 @@ fn real_model_fast_pack_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("smollm2.tenpak");
     let (preset, text) = fast();
-    let registry = builtins::registry().unwrap();
-    let job = PackJob { model: model.as_ref(), preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false };
+    let registry = Arc::new(builtins::registry().unwrap());
+    let job = PackJob { model: model.as_ref(), preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false, calib: None, eval: None };
     let manifest = pack(&job, &registry).unwrap();
     assert_eq!(manifest.tensors.len(), 272);
     // 4-bit codes + f16 scale and min per 64 weights: exactly 4.5 bits on the block linears.

@@ -91,7 +91,7 @@ fn same_error(a: &Error, b: &Error) {
 
 #[test]
 fn static_nf4_is_registered_through_inventory() {
-    let registry = builtins::registry().unwrap();
+    let registry = std::sync::Arc::new(builtins::registry().unwrap());
     assert_eq!(registry.codec_source("nf4"), Some("tenpak-codec-nf4 0.1.0"));
     // The static build answers through the registry exactly as the type does.
     let codec = registry.codec("nf4").unwrap();
@@ -308,7 +308,7 @@ fn pack_with_the_plugin_equals_pack_with_the_static_build() {
     std::fs::write(&preset_path, PRESET).unwrap();
 
     // Static: in this process, nf4 found through inventory.
-    let registry = builtins::registry().unwrap();
+    let registry = std::sync::Arc::new(builtins::registry().unwrap());
     let (preset, preset_text) = Preset::load(preset_path.to_str().unwrap()).unwrap();
     let source = model::open(&model_dir).unwrap();
     let static_dir = tmp.path().join("static.tenpak");
@@ -319,6 +319,8 @@ fn pack_with_the_plugin_equals_pack_with_the_static_build() {
         output: static_dir.clone(),
         force: false,
         progress: false,
+        calib: None,
+        eval: None,
     };
     let static_manifest = pack(&job, &registry).unwrap();
 

@@ -25,7 +25,7 @@ use tenpak_host::{builtins, model, report};
 use tenpak_codec_nf4 as _;
 
 fn run(args: &[String]) -> Result<()> {
-    let registry = builtins::registry()?;
+    let registry = std::sync::Arc::new(builtins::registry()?);
     // The point of this binary: the third-party codec is there, from its crate, not a library.
     let source = registry.codec_source(tenpak_codec_nf4::ID).context("nf4 is not registered: was the crate linked?")?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -45,6 +45,8 @@ fn run(args: &[String]) -> Result<()> {
                 output: PathBuf::from(output),
                 force: false,
                 progress: false,
+                calib: None,
+                eval: None,
             };
             let manifest = pack(&job, &registry)?;
             print!("{}", report::summary(&manifest));

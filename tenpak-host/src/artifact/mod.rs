@@ -58,6 +58,9 @@ pub struct Manifest {
     /// Baseline and compressed perplexity, when `pack` evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvaluationRecord>,
+    /// How calibration statistics were gathered (absent for calibration-free presets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRecord>,
     /// The weight shards with their hashes.
     pub shards: Vec<ShardRecord>,
 }
@@ -184,6 +187,23 @@ pub struct EvaluationRecord {
     pub delta_pct: f64,
     /// How the figures were measured (text, its sha256, ctx, windows, tokens scored).
     pub protocol: String,
+}
+
+/// The calibration behind a calibrated artifact.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    /// Calibrator ids that ran.
+    pub calibrators: Vec<String>,
+    /// The calibration text's path, as given.
+    pub text: String,
+    /// Its sha256.
+    pub text_sha256: String,
+    /// Windows used (the first this-many non-overlapping windows of the text).
+    pub windows: usize,
+    /// Tokens per window.
+    pub ctx: usize,
+    /// Wall time of calibration, encoding and evaluation together, in seconds.
+    pub seconds: f64,
 }
 
 /// One weight shard.

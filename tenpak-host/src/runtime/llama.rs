@@ -324,6 +324,41 @@ impl Head {
         let logits = self.lm_head.forward(&normed, hook)?;
         Ok(logits.reshape((batch, seq, self.lm_head.out_features()))?)
     }
+
+    /// Negative log-likelihood of every token but the first of each sequence, from the hidden
+    /// states `[batch, seq, hidden]` after the last block; `ids` are the `batch` sequences'
+    /// tokens. See [`LlamaModel::token_nll`].
+    pub fn token_nll(&self, hidden: &Tensor, ids: &[u32], hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Vec<f32>> {
+        let (batch, seq, _) = hidden.dims3().context("head input must be [batch, seq, hidden]")?;
+        ensure!(ids.len() == batch * seq, "{} token ids for {batch} sequences of {seq}", ids.len());
+        let normed = self.normed_rows(hidden)?;
+        let lm_head = &self.lm_head;
+        if let Some(hook) = hook {
+            hook.observe(lm_head.name(), &normed).with_context(|| format!("hook at {}", lm_head.name()))?;
+        }
+        let scored = seq.saturating_sub(1);
+        let vocab = lm_head.out_features();
+        let mut nll = Vec::with_capacity(batch * scored);
+        for b in 0..batch {
+            if scored == 0 {
+                continue;
+            }
+            let rows = normed.narrow(0, b * seq, scored)?;
+            let targets = &ids[b * seq + 1..(b + 1) * seq];
+            let mut states = vec![NllState::default(); scored];
+            for first in (0..vocab).step_by(VOCAB_BLOCK) {
+                let width = VOCAB_BLOCK.min(vocab - first);
+                let weight = lm_head.weight.narrow(0, first, width)?;
+                let mut logits = rows.matmul(&weight.t()?)?;
+                if let Some(bias) = &lm_head.bias {
+                    logits = ops::add_bias(&logits, &bias.narrow(0, first, width)?)?;
+                }
+                ops::with_f32_slice(&logits, |logits| kernels::nll_update(logits, width, first, targets, &mut states))?;
+            }
+            nll.extend(states.iter().map(NllState::nll));
+        }
+        Ok(nll)
+    }
 }
 
 /// A whole Llama-family model in memory, f32 on the CPU.
@@ -427,34 +462,7 @@ impl LlamaModel {
     /// held whole.
     pub fn token_nll(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Vec<f32>> {
         let hidden = self.forward_hidden(ids, batch, hook.as_deref_mut())?;
-        let seq = hidden.dims()[1];
-        let normed = self.head.normed_rows(&hidden)?;
-        let lm_head = &self.head.lm_head;
-        if let Some(hook) = hook {
-            hook.observe(lm_head.name(), &normed).with_context(|| format!("hook at {}", lm_head.name()))?;
-        }
-        let scored = seq.saturating_sub(1);
-        let vocab = lm_head.out_features();
-        let mut nll = Vec::with_capacity(batch * scored);
-        for b in 0..batch {
-            if scored == 0 {
-                continue;
-            }
-            let rows = normed.narrow(0, b * seq, scored)?;
-            let targets = &ids[b * seq + 1..(b + 1) * seq];
-            let mut states = vec![NllState::default(); scored];
-            for first in (0..vocab).step_by(VOCAB_BLOCK) {
-                let width = VOCAB_BLOCK.min(vocab - first);
-                let weight = lm_head.weight.narrow(0, first, width)?;
-                let mut logits = rows.matmul(&weight.t()?)?;
-                if let Some(bias) = &lm_head.bias {
-                    logits = ops::add_bias(&logits, &bias.narrow(0, first, width)?)?;
-                }
-                ops::with_f32_slice(&logits, |logits| kernels::nll_update(logits, width, first, targets, &mut states))?;
-            }
-            nll.extend(states.iter().map(NllState::nll));
-        }
-        Ok(nll)
+        self.head.token_nll(&hidden, ids, hook)
     }
 }
 

@@ -1,0 +1,302 @@
+//! TenPak's input-statistics calibrators: what each linear layer saw while the model read the
+//! calibration text.
+//!
+//! | id | statistic | per layer |
+//! |---|---|---|
+//! | `act_scale` | mean \|x\| per input channel (AWQ's salience) | `cols` values |
+//! | `hessian_diag` | mean x² per input channel: the diagonal of XᵀX / n | `cols` values |
+//! | `gram` | the full XᵀX / n (the layer-output error of any weight error E is tr(E·G·Eᵀ)) | `cols²` values |
+//!
+//! Sums run in f64 over every observed row, so the order and size of the batches do not change
+//! the result beyond f32 rounding of the final division. The Gram matrix of one batch is an f32
+//! matrix product (ndarray) added into an f64 accumulator.
+//!
+//! q/k/v (and gate/up) receive the same input tensor; [`Gram`] recognizes a batch equal to the
+//! one it has just multiplied out and reuses that product instead of computing it again, which
+//! cuts its cost per block by more than half. The check compares the values, not addresses.
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+
+use ndarray::ArrayView2;
+use tenpak_api::{Calibrator, Error, LayerInfo, LayerStats, Result, StatKind, WeightView};
+
+/// Sums of one layer's inputs.
+#[derive(Clone, Debug, Default)]
+struct Sums {
+    values: Vec<f64>,
+    rows: usize,
+}
+
+impl Sums {
+    fn new(len: usize) -> Sums {
+        Sums { values: vec![0.0; len], rows: 0 }
+    }
+
+    /// `values / rows` as f32; errors if nothing was observed for `layer`.
+    fn mean(&self, layer: &LayerInfo, id: &str) -> Result<Vec<f32>> {
+        if self.rows == 0 {
+            return Err(Error::invalid_input(format!("{id}: no inputs were observed for `{}`", layer.name)));
+        }
+        let n = self.rows as f64;
+        Ok(self.values.iter().map(|&v| (v / n) as f32).collect())
+    }
+}
+
+/// Check a batch against the layer and refuse non-finite activations (a NaN here would silently
+/// poison every statistic downstream).
+fn check_batch(id: &str, layer: &LayerInfo, inputs: &WeightView<'_>) -> Result<()> {
+    if inputs.cols() != layer.cols {
+        return Err(Error::invalid_input(format!(
+            "{id}: `{}` takes {} input features, the observed batch has {}",
+            layer.name,
+            layer.cols,
+            inputs.cols()
+        )));
+    }
+    if let Some(i) = inputs.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid_input(format!(
+            "{id}: non-finite activation {} at row {}, column {} of the input of `{}`",
+            inputs.data()[i],
+            i / inputs.cols().max(1),
+            i % inputs.cols().max(1),
+            layer.name
+        )));
+    }
+    Ok(())
+}
+
+/// A per-channel statistic: the mean of `f(x)` over every observed row, per input column.
+#[derive(Debug, Default)]
+struct ChannelMean {
+    layers: HashMap<String, Sums>,
+}
+
+impl ChannelMean {
+    fn observe(&mut self, id: &str, layer: &LayerInfo, inputs: WeightView<'_>, f: fn(f32) -> f64) -> Result<()> {
+        check_batch(id, layer, &inputs)?;
+        let sums = self.layers.entry(layer.name.clone()).or_insert_with(|| Sums::new(layer.cols));
+        for r in 0..inputs.rows() {
+            for (acc, &x) in sums.values.iter_mut().zip(inputs.row(r)) {
+                *acc += f(x);
+            }
+        }
+        sums.rows += inputs.rows();
+        Ok(())
+    }
+
+    fn take(&mut self, id: &str, layer: &LayerInfo) -> Result<(Vec<f32>, usize)> {
+        let sums = self.layers.remove(&layer.name).unwrap_or_default();
+        Ok((sums.mean(layer, id)?, sums.rows))
+    }
+}
+
+/// `act_scale`: mean |x| per input channel.
+#[derive(Debug, Default)]
+pub struct ActScale(ChannelMean);
+
+impl Calibrator for ActScale {
+    fn id(&self) -> &str {
+        "act_scale"
+    }
+    fn provides(&self) -> StatKind {
+        StatKind::ActScale
+    }
+    fn observe_input(&mut self, layer: &LayerInfo, inputs: WeightView<'_>) -> Result<()> {
+        self.0.observe("act_scale", layer, inputs, |x| x.abs() as f64)
+    }
+    fn finish(&mut self, layer: &LayerInfo, stats: &mut LayerStats) -> Result<()> {
+        let (mean, rows) = self.0.take("act_scale", layer)?;
+        stats.act_scale = Some(mean);
+        stats.samples = rows;
+        Ok(())
+    }
+}
+
+/// `hessian_diag`: mean x² per input channel.
+#[derive(Debug, Default)]
+pub struct HessianDiag(ChannelMean);
+
+impl Calibrator for HessianDiag {
+    fn id(&self) -> &str {
+        "hessian_diag"
+    }
+    fn provides(&self) -> StatKind {
+        StatKind::HessianDiag
+    }
+    fn observe_input(&mut self, layer: &LayerInfo, inputs: WeightView<'_>) -> Result<()> {
+        self.0.observe("hessian_diag", layer, inputs, |x| (x as f64) * (x as f64))
+    }
+    fn finish(&mut self, layer: &LayerInfo, stats: &mut LayerStats) -> Result<()> {
+        let (mean, rows) = self.0.take("hessian_diag", layer)?;
+        stats.hessian_diag = Some(mean);
+        stats.samples = rows;
+        Ok(())
+    }
+}
+
+/// XᵀX of one batch, in f32.
+fn batch_gram(inputs: &WeightView<'_>) -> Vec<f32> {
+    let x = ArrayView2::from_shape((inputs.rows(), inputs.cols()), inputs.data()).expect("WeightView is rows × cols");
+    let product = x.t().dot(&x);
+    product.into_raw_vec_and_offset().0
+}
+
+/// `gram`: the full XᵀX / n per layer.
+#[derive(Debug, Default)]
+pub struct Gram {
+    layers: HashMap<String, Sums>,
+    /// The last batch multiplied out and its product, reused when the next layer gets the same
+    /// input (q/k/v, gate/up).
+    last: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Calibrator for Gram {
+    fn id(&self) -> &str {
+        "gram"
+    }
+    fn provides(&self) -> StatKind {
+        StatKind::Gram
+    }
+    fn observe_input(&mut self, layer: &LayerInfo, inputs: WeightView<'_>) -> Result<()> {
+        check_batch("gram", layer, &inputs)?;
+        let reuse = matches!(&self.last, Some((data, _)) if data.as_slice() == inputs.data());
+        if !reuse {
+            let product = batch_gram(&inputs);
+            self.last = Some((inputs.data().to_vec(), product));
+        }
+        let (_, product) = self.last.as_ref().expect("set just above");
+        let sums = self.layers.entry(layer.name.clone()).or_insert_with(|| Sums::new(layer.cols * layer.cols));
+        for (acc, &v) in sums.values.iter_mut().zip(product) {
+            *acc += v as f64;
+        }
+        sums.rows += inputs.rows();
+        Ok(())
+    }
+    fn finish(&mut self, layer: &LayerInfo, stats: &mut LayerStats) -> Result<()> {
+        let sums = self.layers.remove(&layer.name).unwrap_or_default();
+        let data = sums.mean(layer, "gram")?;
+        stats.gram = Some(tenpak_api::Gram { dim: layer.cols, data });
+        stats.samples = sums.rows;
+        if self.layers.is_empty() {
+            self.last = None;
+        }
+        Ok(())
+    }
+}
+
+tenpak_api::register_calibrator!("act_scale", ActScale);
+tenpak_api::register_calibrator!("hessian_diag", HessianDiag);
+tenpak_api::register_calibrator!("gram", Gram);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenpak_api::LayerRole;
+
+    fn layer(name: &str, cols: usize) -> LayerInfo {
+        LayerInfo { name: name.into(), role: LayerRole::AttnQ, block: Some(0), rows: 4, cols }
+    }
+
+    /// Deterministic pseudo-random inputs with one large channel, as real activations have.
+    fn inputs(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..rows * cols)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32;
+                if i % cols == 3 { 40.0 * u } else { u }
+            })
+            .collect()
+    }
+
+    /// Direct computations over all rows at once, in f64.
+    fn direct(x: &[f32], cols: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let rows = x.len() / cols;
+        let (mut abs, mut sq, mut gram) = (vec![0f64; cols], vec![0f64; cols], vec![0f64; cols * cols]);
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            for i in 0..cols {
+                abs[i] += row[i].abs() as f64;
+                sq[i] += (row[i] as f64).powi(2);
+                for j in 0..cols {
+                    gram[i * cols + j] += row[i] as f64 * row[j] as f64;
+                }
+            }
+        }
+        let n = rows as f64;
+        let scale = |v: Vec<f64>| v.into_iter().map(|s| s / n).collect();
+        (scale(abs), scale(sq), scale(gram))
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3), "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn statistics_equal_direct_computation_over_uneven_batches() {
+        let cols = 9;
+        let x = inputs(37, cols, 7);
+        let l = layer("model.layers.0.self_attn.q_proj.weight", cols);
+        let (mut a, mut h, mut g) = (ActScale::default(), HessianDiag::default(), Gram::default());
+        // Batches of 5, 16 and 16 rows: the statistic must not depend on the split.
+        for chunk in [&x[..5 * cols], &x[5 * cols..21 * cols], &x[21 * cols..]] {
+            let view = WeightView::new(chunk, chunk.len() / cols, cols).unwrap();
+            a.observe_input(&l, view).unwrap();
+            h.observe_input(&l, view).unwrap();
+            g.observe_input(&l, view).unwrap();
+        }
+        let mut stats = LayerStats::none();
+        a.finish(&l, &mut stats).unwrap();
+        h.finish(&l, &mut stats).unwrap();
+        g.finish(&l, &mut stats).unwrap();
+        let (abs, sq, gram) = direct(&x, cols);
+        assert_close(stats.act_scale.as_ref().unwrap(), &abs, "act_scale");
+        assert_close(stats.hessian_diag.as_ref().unwrap(), &sq, "hessian_diag");
+        let gram_stat = stats.gram.as_ref().unwrap();
+        assert_eq!(gram_stat.dim, cols);
+        assert_close(&gram_stat.data, &gram, "gram");
+        assert_eq!(stats.samples, 37);
+        // The Gram diagonal is the Hessian diagonal.
+        let diag: Vec<f64> = (0..cols).map(|i| gram_stat.data[i * cols + i] as f64).collect();
+        assert_close(stats.hessian_diag.as_ref().unwrap(), &diag, "gram diagonal");
+    }
+
+    #[test]
+    fn gram_reuse_across_layers_sharing_an_input_is_exact() {
+        let cols = 6;
+        let (x1, x2) = (inputs(8, cols, 1), inputs(8, cols, 2));
+        let (q, k) = (layer("q", cols), layer("k", cols));
+        let mut shared = Gram::default();
+        for x in [&x1, &x2] {
+            let view = WeightView::new(x, 8, cols).unwrap();
+            shared.observe_input(&q, view).unwrap();
+            shared.observe_input(&k, view).unwrap();
+        }
+        let mut alone = Gram::default();
+        for x in [&x1, &x2] {
+            alone.observe_input(&k, WeightView::new(x, 8, cols).unwrap()).unwrap();
+        }
+        let (mut s1, mut s2, mut s3) = (LayerStats::none(), LayerStats::none(), LayerStats::none());
+        shared.finish(&q, &mut s1).unwrap();
+        shared.finish(&k, &mut s2).unwrap();
+        alone.finish(&k, &mut s3).unwrap();
+        assert_eq!(s1.gram, s3.gram);
+        assert_eq!(s2.gram, s3.gram);
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let l = layer("model.layers.2.mlp.down_proj.weight", 3);
+        let mut a = ActScale::default();
+        let err = a.observe_input(&l, WeightView::new(&[1.0, f32::NAN, 2.0], 1, 3).unwrap()).unwrap_err();
+        assert!(err.message().contains("down_proj") && err.message().contains("column 1"), "{err}");
+        let err = a.observe_input(&l, WeightView::new(&[1.0, 2.0], 1, 2).unwrap()).unwrap_err();
+        assert!(err.message().contains("3 input features"), "{err}");
+        let err = Gram::default().finish(&l, &mut LayerStats::none()).unwrap_err();
+        assert!(err.message().contains("no inputs were observed"), "{err}");
+    }
+}

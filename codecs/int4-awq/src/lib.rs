@@ -1,0 +1,1 @@
+//! TenPak codec `int4_awq` (being written).
