@@ -163,11 +163,11 @@ pub(crate) fn run(
     }
     let started = Instant::now();
     let tokenizer = tokenize::for_model(model)?;
-    let calib_ids = tokenize::encode_file(&tokenizer, calib_path)?;
+    let calib_ids = tokenize::encode_file_prefix(&tokenizer, calib_path, cal_windows * cal_ctx)?;
     let available = calib_ids.len() / cal_ctx;
     if available < cal_windows {
         bail!(
-            "{}: {} tokens make {available} windows of {cal_ctx}, but preset `{}` asks for {cal_windows} calibration \
+            "{}: its {} tokens make {available} windows of {cal_ctx}, but preset `{}` asks for {cal_windows} calibration \
              windows; use a longer calibration text or fewer [calibration] windows",
             calib_path.display(),
             calib_ids.len(),
@@ -384,3 +384,4 @@ pub(crate) fn run(
     progress.finish();
     Ok(Outcome { evaluation, calibration })
 }
+

@@ -1,0 +1,286 @@
+//! The calibrated pipeline: statistics against a direct computation, a full calibrated pack of a
+//! tiny model checked against recomputed values, bad input, and the real model.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tenpak_api::{Codec, Encoded, LayerStats, ParamSpec, ParamType, Params, Part, StatsNeeds, WeightView};
+use tenpak_host::artifact::{Artifact, ArtifactSource};
+use tenpak_host::eval::{self, PplOptions};
+use tenpak_host::model::{self, ModelSource};
+use tenpak_host::pack::{PackJob, pack, reconstruction_error};
+use tenpak_host::preset::Preset;
+use tenpak_host::runtime::LlamaModel;
+use tenpak_host::{builtins, tokenize};
+
+/// A lossless codec that needs every input statistic and remembers what it was given, so a test
+/// can compare the statistics the pipeline computed with a direct computation.
+#[derive(Default)]
+struct StatsProbe;
+
+/// (weight, statistics) of every encode call of [`StatsProbe`].
+static SEEN: Mutex<Vec<(Vec<f32>, LayerStats)>> = Mutex::new(Vec::new());
+
+impl Codec for StatsProbe {
+    fn id(&self) -> &str {
+        "test_stats_probe"
+    }
+    fn params(&self) -> &[ParamSpec] {
+        &[ParamSpec { name: "group_size", ty: ParamType::Int, default: "0", doc: "ignored" }]
+    }
+    fn needs(&self) -> StatsNeeds {
+        StatsNeeds { act_scale: true, hessian_diag: true, gram: true, fisher_diag: false }
+    }
+    fn encode(&self, weight: WeightView<'_>, stats: &LayerStats, params: &Params) -> tenpak_api::Result<Encoded> {
+        SEEN.lock().unwrap().push((weight.data().to_vec(), stats.clone()));
+        let part = Part::from_f32("values", vec![weight.rows(), weight.cols()], weight.data());
+        Ok(Encoded { codec: self.id().into(), shape: [weight.rows(), weight.cols()], params: params.clone(), parts: vec![part] })
+    }
+    fn decode(&self, encoded: &Encoded) -> tenpak_api::Result<Vec<f32>> {
+        encoded.part("values")?.to_f32()
+    }
+}
+
+tenpak_api::register_codec!("test_stats_probe", StatsProbe);
+
+/// Words the tiny tokenizer knows; text is made of them.
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",
+    "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were",
+    "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would",
+    "who", "so", "no", "nation", "people", "state", "union", "year", "war", "law", "work", "peace", "congress",
+];
+
+/// A tiny model directory: config.json, model.safetensors (untied lm_head), and a word-level
+/// tokenizer.json over [`WORDS`].
+fn write_tiny_model(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = util::tiny_llama_config(72, 160, 2, 96);
+    std::fs::write(dir.join("config.json"), config.to_hf_config_json()).unwrap();
+    let tensors = util::tiny_llama_tensors(&config, seed);
+    util::write_safetensors(&dir.join("model.safetensors"), &tensors, |_| util::StoreAs::F32);
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), 0.into());
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert((*w).into(), (i + 1).into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+/// `words` words of random text, a line break every 12.
+fn write_text(path: &Path, words: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut text = String::new();
+    for i in 0..words {
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        text.push(if i % 12 == 11 { '\n' } else { ' ' });
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn preset(codec: &str, calibrators: &[&str], windows: usize) -> (Preset, String) {
+    preset_with_embedding(codec, calibrators, windows, r#"codec = "int8""#)
+}
+
+/// A preset for the tiny model; `embedding` is the body of its `[roles.embedding]` table.
+fn preset_with_embedding(codec: &str, calibrators: &[&str], windows: usize, embedding: &str) -> (Preset, String) {
+    let text = format!(
+        r#"
+name = "tiny-calibrated"
+[calibration]
+calibrators = [{}]
+windows = {windows}
+ctx = 32
+[evaluation]
+windows = 3
+ctx = 32
+[allocator]
+id = "role_rules"
+[codec]
+codec = "{codec}"
+group_size = 16
+[roles.embedding]
+{embedding}
+[roles.lm_head]
+codec = "int8"
+"#,
+        calibrators.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    );
+    (Preset::parse(&text, "tiny-calibrated.toml").unwrap(), text)
+}
+
+struct Tiny {
+    _tmp: tempfile::TempDir,
+    model: PathBuf,
+    calib: PathBuf,
+    eval: PathBuf,
+    out: PathBuf,
+}
+
+fn tiny(seed: u64) -> Tiny {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    write_tiny_model(&model, seed);
+    let (calib, eval) = (tmp.path().join("calib.txt"), tmp.path().join("eval.txt"));
+    write_text(&calib, 400, seed + 1);
+    write_text(&eval, 200, seed + 2);
+    let out = tmp.path().join("tiny.tenpak");
+    Tiny { _tmp: tmp, model, calib, eval, out }
+}
+
+fn registry() -> Arc<tenpak_api::registry::Registry> {
+    Arc::new(builtins::registry().unwrap())
+}
+
+fn job<'a>(model: &'a dyn ModelSource, preset: &'a (Preset, String), t: &Tiny) -> PackJob<'a> {
+    PackJob {
+        model,
+        preset: &preset.0,
+        preset_text: &preset.1,
+        output: t.out.clone(),
+        force: true,
+        progress: false,
+        calib: Some(t.calib.clone()),
+        eval: Some(t.eval.clone()),
+    }
+}
+
+/// With a lossless codec the quantized path is the float path, so the statistics each layer
+/// received must equal those of the inputs a hook captures from the whole float model.
+#[test]
+fn pipeline_statistics_equal_direct_computation() {
+    let t = tiny(11);
+    let source = model::open(&t.model).unwrap();
+    // An f32 `keep` embedding, so nothing on the way is rounded.
+    let preset = preset_with_embedding("test_stats_probe", &[], 4, "codec = \"keep\"\ndtype = \"f32\"");
+    SEEN.lock().unwrap().clear();
+    let manifest = pack(&job(source.as_ref(), &preset, &t), &registry()).unwrap();
+    assert_eq!(manifest.calibration.as_ref().unwrap().windows, 4);
+    let mut calibrators = manifest.calibration.as_ref().unwrap().calibrators.clone();
+    calibrators.sort();
+    assert_eq!(calibrators, ["act_scale", "gram", "hessian_diag"], "the codec's needs pull in their providers");
+
+    // Direct: run the float model on the same windows, capture every linear's inputs.
+    let tokenizer = tokenize::for_model(source.as_ref()).unwrap();
+    let ids = tokenize::encode_file(&tokenizer, &t.calib).unwrap();
+    let float = LlamaModel::load(source.config(), source.as_ref()).unwrap();
+    let mut captured: std::collections::HashMap<String, Vec<Vec<f32>>> = Default::default();
+    let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+        captured.entry(name.to_owned()).or_default().extend(input.to_vec2::<f32>()?);
+        Ok(())
+    };
+    // Window by window, as the pipeline runs them (a batch of 4 would round differently).
+    for w in 0..4 {
+        float.forward_hidden(&ids[w * 32..(w + 1) * 32], 1, Some(&mut hook)).unwrap();
+    }
+
+    let seen = SEEN.lock().unwrap();
+    let mut checked = 0;
+    for (name, rows) in &captured {
+        let weight = source.load_f32(name).unwrap();
+        let (_, stats) = seen.iter().find(|(w, _)| *w == weight).unwrap_or_else(|| panic!("{name} was not encoded"));
+        let (n, cols) = (rows.len(), rows[0].len());
+        assert_eq!(stats.samples, n, "{name}");
+        let gram = stats.gram.as_ref().unwrap();
+        for i in 0..cols {
+            let abs: f64 = rows.iter().map(|r| r[i].abs() as f64).sum::<f64>() / n as f64;
+            let sq: f64 = rows.iter().map(|r| (r[i] as f64).powi(2)).sum::<f64>() / n as f64;
+            let close = |got: f32, want: f64| (got as f64 - want).abs() <= 1e-4 * want.abs().max(1e-6);
+            assert!(close(stats.act_scale.as_ref().unwrap()[i], abs), "{name} act_scale[{i}]");
+            assert!(close(stats.hessian_diag.as_ref().unwrap()[i], sq), "{name} hessian_diag[{i}]");
+            for j in 0..cols {
+                let want: f64 = rows.iter().map(|r| r[i] as f64 * r[j] as f64).sum::<f64>() / n as f64;
+                let got = gram.data[i * cols + j] as f64;
+                assert!((got - want).abs() <= 1e-4 * want.abs() + 1e-6 * sq, "{name} gram[{i},{j}]: {got} vs {want}");
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 14, "2 blocks × 7 linears");
+    // The baseline is the source model's own perplexity.
+    let evaluation = manifest.evaluation.as_ref().unwrap();
+    let eval_ids = tokenize::encode_file(&tokenizer, &t.eval).unwrap();
+    let options = PplOptions { ctx: 32, samples: Some(3), batch: 1 };
+    let name = t.eval.display().to_string();
+    let baseline = eval::perplexity(&float, &eval_ids, &name, &options, &mut |_, _| {}).unwrap();
+    assert_eq!(evaluation.baseline_ppl, baseline.ppl);
+}
+
+/// A calibrated pack of a tiny model, checked against recomputed values: bits, hashes, and the
+/// compressed perplexity equals that of the artifact read back.
+#[test]
+fn calibrated_pack_of_tiny_model_matches_recomputed_values() {
+    let t = tiny(21);
+    let source = model::open(&t.model).unwrap();
+    let registry = registry();
+    let codec = if registry.codec("int4_awq").is_ok() { "int4_awq" } else { "int4_residual" };
+    let preset = preset(codec, &["act_scale"], 6);
+    let manifest = pack(&job(source.as_ref(), &preset, &t), &registry).unwrap();
+
+    let artifact = Artifact::open(&t.out).unwrap(); // verifies every shard's sha256
+    let mut bits = 0u64;
+    for record in &manifest.tensors {
+        let original = source.load_f32(&record.name).unwrap();
+        let decoded = artifact.load_f32(&record.name, &registry).unwrap();
+        let (rel_mse, _) = reconstruction_error(&original, &decoded);
+        assert!((rel_mse - record.rel_mse).abs() <= 1e-12 + 1e-9 * rel_mse, "{}: rel_mse", record.name);
+        if record.role.is_block_linear() {
+            assert_eq!(record.codec.as_deref(), Some(codec), "{}", record.name);
+            assert!(rel_mse > 0.0 && rel_mse < 0.05, "{}: rel_mse {rel_mse}", record.name);
+        }
+        let encoded_bits = match &record.codec {
+            Some(id) => registry.codec(id).unwrap().size_bits(&artifact.encoded(&record.name).unwrap()),
+            None => 32 * record.numel() as u64,
+        };
+        assert_eq!(encoded_bits, record.bits, "{}", record.name);
+        bits += record.bits;
+    }
+    assert_eq!(manifest.totals.bits, bits);
+
+    let evaluation = manifest.evaluation.as_ref().unwrap();
+    let options = PplOptions { ctx: 32, samples: Some(3), batch: 1 };
+    let tokenizer = tokenize::for_model(source.as_ref()).unwrap();
+    let ids = tokenize::encode_file(&tokenizer, &t.eval).unwrap();
+    let name = t.eval.display().to_string();
+    let score = |s: &dyn ModelSource| {
+        let m = LlamaModel::load(s.config(), s).unwrap();
+        eval::perplexity(&m, &ids, &name, &options, &mut |_, _| {}).unwrap().ppl
+    };
+    let reread = ArtifactSource::open(&t.out, registry.clone()).unwrap();
+    assert_eq!(evaluation.compressed_ppl, score(&reread), "compressed PPL = PPL of the artifact read back");
+    assert_eq!(evaluation.baseline_ppl, score(source.as_ref()));
+    assert!(evaluation.compressed_ppl != evaluation.baseline_ppl);
+    assert!(!evaluation.protocol.contains("WARNING"));
+}
+
+#[test]
+fn bad_calibration_input_is_a_clear_error_or_a_loud_warning() {
+    let t = tiny(31);
+    let source = model::open(&t.model).unwrap();
+    let registry = registry();
+    // 400 words are 12 windows of 32 tokens; ask for 50.
+    let err = pack(&job(source.as_ref(), &preset("int4_residual", &["act_scale"], 50), &t), &registry).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("calib.txt") && msg.contains("50 calibration windows"), "{msg}");
+    assert!(!t.out.exists(), "no artifact after a failed pack");
+
+    // Evaluation text = calibration text: the figures are recorded with a warning.
+    let mut same = tiny(32);
+    same.eval = same.calib.clone();
+    let manifest = pack(&job(source.as_ref(), &preset("int4_residual", &["act_scale"], 4), &same), &registry).unwrap();
+    assert!(manifest.evaluation.unwrap().protocol.contains("WARNING: the evaluation text"));
+
+    // A calibrator that is not registered.
+    let (bad, _) = preset("int4_residual", &["fisher_magic"], 4);
+    let err = format!("{:#}", bad.validate(&registry).unwrap_err());
+    assert!(err.contains("fisher_magic"), "{err}");
+}
