@@ -123,12 +123,14 @@ fn open_any(path: &Path, registry: Arc<tenpak_api::registry::Registry>) -> Resul
     }
 }
 
-/// Load `source` into the runtime and score `text`, with progress on stderr.
-fn perplexity_of(source: &dyn model::ModelSource, text: &Path, options: &PplOptions) -> Result<PplReport> {
-    let tokenizer = tokenize::for_model(source)?;
+/// Load `source` into the runtime and score `text`, with progress on stderr. The source is
+/// closed once its weights are in memory, so a memory-mapped f32 file is not resident twice.
+fn perplexity_of(source: Box<dyn model::ModelSource>, text: &Path, options: &PplOptions) -> Result<PplReport> {
+    let tokenizer = tokenize::for_model(source.as_ref())?;
     let ids = tokenize::encode_file(&tokenizer, text)?;
-    let model = LlamaModel::load(source.config(), source)
+    let model = LlamaModel::load(source.config(), source.as_ref())
         .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
+    drop((source, tokenizer));
     let mut bar: Option<Progress> = None;
     let name = text.display().to_string();
     let report = eval::perplexity(&model, &ids, &name, options, &mut |done, total| {
@@ -177,7 +179,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { model, text, samples, ctx, batch } => {
             let source = open_any(&model, registry.clone())?;
             let options = PplOptions { ctx, samples, batch };
-            let report = perplexity_of(source.as_ref(), &text, &options)?;
+            let report = perplexity_of(source, &text, &options)?;
             println!("model         {}", model.display());
             println!("ppl           {:.4}", report.ppl);
             println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);

@@ -236,6 +236,8 @@ impl GgufModel {
         let storage = blocks
             .dequantize(entry.numel)
             .map_err(|e| anyhow::anyhow!("{file_name}: tensor '{}': cannot dequantize: {e}", entry.gguf_name))?;
+        drop(blocks);
+        super::release_pages(&self.mmap, entry.start, entry.len);
         match storage {
             CpuStorage::F32(values) if values.len() == entry.numel => Ok(values),
             other => bail!(

@@ -138,3 +138,15 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn ModelSource>> {
         ),
     }
 }
+
+/// Drop the pages of `mmap[start..start + len]` from this process's resident set once a tensor
+/// has been copied out of them, so that loading a whole f32 model does not hold the file's pages
+/// and the copies at the same time. Best effort: an error only means the pages stay resident.
+pub(crate) fn release_pages(mmap: &memmap2::Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the map is read-only and backed by a file that TenPak never writes while it is
+    // open (the same assumption that makes mapping it sound at all). MADV_DONTNEED on such a
+    // mapping only discards this process's copy of the pages; the next access faults the same
+    // bytes back in from the file, so no slice into the map ever sees different contents.
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+}

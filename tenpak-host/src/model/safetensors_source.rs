@@ -355,8 +355,9 @@ impl ModelSource for SafetensorsModel {
                 self.tensors.len()
             )
         })?;
-        let bytes = &self.shards[entry.shard].mmap[entry.start..entry.start + entry.len];
-        Ok(match entry.dtype {
+        let mmap = &self.shards[entry.shard].mmap;
+        let bytes = &mmap[entry.start..entry.start + entry.len];
+        let values = match entry.dtype {
             FloatType::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -369,7 +370,9 @@ impl ModelSource for SafetensorsModel {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-        })
+        };
+        super::release_pages(mmap, entry.start, entry.len);
+        Ok(values)
     }
     fn tokenizer(&self) -> TokenizerSource {
         self.tokenizer.clone()
