@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 use tenpak_api::{DType, Error, Part, Result};
 
+use crate::fit::weighted::fit_group_weighted;
 use crate::fit::{FitOptions, fit_group};
 use crate::grid::{GROUP_HEADER_BYTES, GroupHeader, dequantize_value, quantize_value};
 use crate::kernels;
@@ -90,13 +91,105 @@ fn range_error(layout: &GroupLayout, row: usize, group: usize, values: &[f32], b
     ))
 }
 
+/// Which error a quantizer minimizes per group: the plain squared error, or the squared error
+/// weighted by a per-weight importance (row-major, as long as the data).
+#[derive(Clone, Copy)]
+enum Objective<'a> {
+    Plain,
+    Weighted(&'a [f32]),
+}
+
+impl Objective<'_> {
+    /// The header of the group `values` (part of one row), whose first weight is at flat index
+    /// `offset` of the matrix.
+    fn fit(self, values: &[f32], offset: usize, nmax: u8, fit: &FitOptions) -> Option<GroupHeader> {
+        match self {
+            Objective::Plain => fit_group(values, nmax, fit),
+            Objective::Weighted(importance) => fit_group_weighted(
+                values,
+                &importance[offset..offset + values.len()],
+                nmax,
+                fit,
+            ),
+        }
+    }
+
+    /// Fails unless every importance is finite and ≥ 0, naming the first bad one's position.
+    fn check(self, layout: &GroupLayout) -> Result<()> {
+        let Objective::Weighted(importance) = self else {
+            return Ok(());
+        };
+        if importance.len() != layout.numel() {
+            return Err(Error::invalid_input(format!(
+                "importance of a [{}, {}] matrix needs {} values, got {}",
+                layout.rows(),
+                layout.cols(),
+                layout.numel(),
+                importance.len()
+            )));
+        }
+        match importance
+            .iter()
+            .position(|h| !(h.is_finite() && *h >= 0.0))
+        {
+            None => Ok(()),
+            Some(i) => Err(Error::invalid_input(format!(
+                "importance {} at row {}, column {} is not a finite non-negative number",
+                importance[i],
+                i / layout.cols().max(1),
+                i % layout.cols().max(1)
+            ))),
+        }
+    }
+}
+
 impl AsymQuantized {
     /// Reference quantizer: one group at a time, codes packed bit by bit. `data` is row-major,
     /// `rows × cols` of `format`, and must be finite (codecs check this first; non-finite values
     /// give unspecified codes, never a panic).
     pub fn quantize_reference(data: &[f32], format: AsymFormat, fit: &FitOptions) -> Result<Self> {
+        Self::quantize_reference_with(data, format, fit, Objective::Plain)
+    }
+
+    /// Fast quantizer, bit-identical to [`AsymQuantized::quantize_reference`]: rows in parallel
+    /// on the current rayon pool, tight per-group loops, word-wise packing.
+    pub fn quantize(data: &[f32], format: AsymFormat, fit: &FitOptions) -> Result<Self> {
+        Self::quantize_with(data, format, fit, Objective::Plain)
+    }
+
+    /// Reference quantizer that chooses each group's header to minimize Σ h·(w − ŵ)² with the
+    /// per-weight `importance` h (row-major, as long as `data`, finite and ≥ 0; else an
+    /// [`tenpak_api::ErrorKind::InvalidInput`] error naming the first bad position). Weights of
+    /// importance 0 are left out of each group's range and error (see [`crate::fit::weighted`]).
+    /// Codes are still each weight's nearest level, so decoding is unchanged.
+    pub fn quantize_weighted_reference(
+        data: &[f32],
+        importance: &[f32],
+        format: AsymFormat,
+        fit: &FitOptions,
+    ) -> Result<Self> {
+        Self::quantize_reference_with(data, format, fit, Objective::Weighted(importance))
+    }
+
+    /// Fast [`AsymQuantized::quantize_weighted_reference`], bit-identical to it: rows in parallel.
+    pub fn quantize_weighted(
+        data: &[f32],
+        importance: &[f32],
+        format: AsymFormat,
+        fit: &FitOptions,
+    ) -> Result<Self> {
+        Self::quantize_with(data, format, fit, Objective::Weighted(importance))
+    }
+
+    fn quantize_reference_with(
+        data: &[f32],
+        format: AsymFormat,
+        fit: &FitOptions,
+        objective: Objective<'_>,
+    ) -> Result<Self> {
         let layout = format.layout();
         layout.check_data(data)?;
+        objective.check(&layout)?;
         let nmax = format.nmax();
         let mut headers = Vec::with_capacity(layout.num_groups());
         let mut codes = vec![0u8; format.code_bytes()];
@@ -106,7 +199,8 @@ impl AsymQuantized {
             for group in 0..layout.groups_per_row() {
                 let cols = layout.group_columns(group);
                 let group_values = &values[cols.clone()];
-                let header = fit_group(group_values, nmax, fit)
+                let header = objective
+                    .fit(group_values, row * layout.cols() + cols.start, nmax, fit)
                     .ok_or_else(|| range_error(&layout, row, group, group_values, format.bits()))?;
                 let grid = header.unpack();
                 for (code, &w) in row_codes[cols].iter_mut().zip(group_values) {
@@ -128,11 +222,15 @@ impl AsymQuantized {
         })
     }
 
-    /// Fast quantizer, bit-identical to [`AsymQuantized::quantize_reference`]: rows in parallel
-    /// on the current rayon pool, tight per-group loops, word-wise packing.
-    pub fn quantize(data: &[f32], format: AsymFormat, fit: &FitOptions) -> Result<Self> {
+    fn quantize_with(
+        data: &[f32],
+        format: AsymFormat,
+        fit: &FitOptions,
+        objective: Objective<'_>,
+    ) -> Result<Self> {
         let layout = format.layout();
         layout.check_data(data)?;
+        objective.check(&layout)?;
         let (cols, groups, stride) = (
             layout.cols(),
             layout.groups_per_row(),
@@ -159,7 +257,9 @@ impl AsymQuantized {
                     for (group, header_slot) in row_headers.iter_mut().enumerate() {
                         let range = layout.group_columns(group);
                         let group_values = &values[range.clone()];
-                        let Some(header) = fit_group(group_values, nmax, fit) else {
+                        let Some(header) =
+                            objective.fit(group_values, row * cols + range.start, nmax, fit)
+                        else {
                             return Some(range_error(
                                 &layout,
                                 row,

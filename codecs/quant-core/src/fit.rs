@@ -7,7 +7,9 @@
 //! `int4_rtn` group on the same weights.
 
 use crate::f16round;
-use crate::grid::{GroupHeader, dequantize_value, group_sq_error, quantize_value};
+use crate::grid::{GridF32, GroupHeader, dequantize_value, group_sq_error, quantize_value};
+
+pub mod weighted;
 
 /// How a group's `(scale, min)` are chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -35,7 +37,9 @@ pub enum Refine {
     ///
     /// Unlike `make_qkx2_quants`, `min` is not clamped to ≤ 0: k-quants store `−min` unsigned,
     /// TenPak stores `min` as a signed f16, so a group of all-positive weights keeps its offset.
-    /// And the error is unweighted: without calibration there is no importance to weight by.
+    /// [`fit_group`]'s error is unweighted (without calibration there is no importance to
+    /// weight by); [`weighted::fit_group_weighted`] runs the same search on an importance-weighted
+    /// error, as llama.cpp does with an importance matrix.
     Search {
         /// Candidate inverse scales.
         grid: SearchGrid,
@@ -135,11 +139,24 @@ pub fn fit_group(values: &[f32], nmax: u8, options: &FitOptions) -> Option<Group
     if options.refine == Refine::None && !options.allow_zero {
         return Some(rtn);
     }
+    Some(refine(&Group::new(values, nmax), rtn, lo, hi, options))
+}
+
+/// Run `options`' method on `group` from the min/max header `rtn` of its range `[lo, hi]`, and
+/// return the best of its result, `rtn` and (if allowed) [`GroupHeader::ZERO`] by the group's
+/// exact error. Shared by the plain and the importance-weighted fit.
+pub(crate) fn refine<G: FitGroup>(
+    group: &G,
+    rtn: GroupHeader,
+    lo: f32,
+    hi: f32,
+    options: &FitOptions,
+) -> GroupHeader {
     let mut chosen = rtn;
-    let mut chosen_error = group_sq_error(values, rtn, nmax);
+    let mut chosen_error = group.exact_error(rtn);
     let mut offer = |header: GroupHeader| {
         if header != chosen {
-            let error = group_sq_error(values, header, nmax);
+            let error = group.exact_error(header);
             if error < chosen_error {
                 chosen = header;
                 chosen_error = error;
@@ -150,23 +167,51 @@ pub fn fit_group(values: &[f32], nmax: u8, options: &FitOptions) -> Option<Group
         offer(GroupHeader::ZERO);
     }
     if hi > lo {
-        let group = Group::new(values, nmax);
         let refined = match options.refine {
             Refine::None => None,
-            Refine::MinMaxIter { iterations } => Some(minmax_iter(&group, rtn, lo, hi, iterations)),
+            Refine::MinMaxIter { iterations } => Some(minmax_iter(group, rtn, lo, hi, iterations)),
             Refine::LsqIter { iterations } => {
-                Some(lsq_iter(&group, group.start(rtn), iterations).header)
+                Some(lsq_iter(group, group.start(rtn), iterations).header)
             }
             Refine::Search { grid, polish } => {
-                let best = search(&group, rtn, lo, hi, grid);
-                Some(lsq_iter(&group, best, polish).header)
+                let best = search(group, rtn, lo, hi, grid);
+                Some(lsq_iter(group, best, polish).header)
             }
         };
         if let Some(header) = refined {
             offer(header);
         }
     }
-    Some(chosen)
+    chosen
+}
+
+/// A group as the fitting methods see it: its exact stored error under a header, the sums of
+/// an assignment of codes, and the least-squares header for an assignment. [`Group`] is the
+/// plain squared error; [`weighted::WeightedGroup`] weighs each weight by an importance.
+pub(crate) trait FitGroup {
+    /// The sums of one assignment of codes.
+    type Assignment;
+    /// Largest code.
+    fn nmax(&self) -> u8;
+    /// The error the decoder will produce under `header`, each weight at its nearest level.
+    fn exact_error(&self, header: GroupHeader) -> f64;
+    /// Code every weight from `min` with `inv_scale` and sum the assignment.
+    fn assign(&self, min: f32, inv_scale: f32) -> Self::Assignment;
+    /// The error of assignment `a` under `header`, in closed form.
+    fn assignment_error(&self, a: &Self::Assignment, header: GroupHeader) -> f64;
+    /// The least-squares header for assignment `a`, rounded to f16, with its error on `a`.
+    fn fit(&self, a: &Self::Assignment) -> Option<Candidate>;
+    /// The most negative and most positive error `w − ŵ` under `grid` among the weights that
+    /// count (what [`Refine::MinMaxIter`] moves the range by).
+    fn error_range(&self, grid: GridF32) -> (f32, f32);
+    /// `header` with the error of its own nearest-level assignment.
+    fn start(&self, header: GroupHeader) -> Candidate {
+        let grid = header.unpack();
+        Candidate {
+            header,
+            error: self.assignment_error(&self.assign(grid.min, grid.inv_scale), header),
+        }
+    }
 }
 
 /// A group's weights with the sums every least-squares fit needs.
@@ -186,9 +231,9 @@ struct Assignment {
 
 /// A candidate header and its ranking error.
 #[derive(Clone, Copy)]
-struct Candidate {
-    header: GroupHeader,
-    error: f64,
+pub(crate) struct Candidate {
+    pub(crate) header: GroupHeader,
+    pub(crate) error: f64,
 }
 
 impl<'a> Group<'a> {
@@ -206,16 +251,6 @@ impl<'a> Group<'a> {
         }
     }
 
-    /// Code every weight from `min` with `inv_scale` and sum the assignment.
-    fn assign(&self, min: f32, inv_scale: f32) -> Assignment {
-        let sums = crate::kernels::assign_sums(self.values, min, inv_scale, f32::from(self.nmax));
-        Assignment {
-            sum_l: sums.sum_l,
-            sum_l2: sums.sum_l2,
-            sum_xl: sums.sum_xl,
-        }
-    }
-
     /// Minimize Σ (x − scale·l − min)² over `(scale, min)` for assignment `a`. `None` when every
     /// weight got the same code (the system is singular).
     fn least_squares(&self, a: &Assignment) -> Option<(f64, f64)> {
@@ -228,6 +263,27 @@ impl<'a> Group<'a> {
         let scale = (n * a.sum_xl - self.sum_x * sum_l) / det;
         let min = (sum_l2 * self.sum_x - sum_l * a.sum_xl) / det;
         Some((scale, min))
+    }
+}
+
+impl FitGroup for Group<'_> {
+    type Assignment = Assignment;
+
+    fn nmax(&self) -> u8 {
+        self.nmax
+    }
+
+    fn exact_error(&self, header: GroupHeader) -> f64 {
+        group_sq_error(self.values, header, self.nmax)
+    }
+
+    fn assign(&self, min: f32, inv_scale: f32) -> Assignment {
+        let sums = crate::kernels::assign_sums(self.values, min, inv_scale, f32::from(self.nmax));
+        Assignment {
+            sum_l: sums.sum_l,
+            sum_l2: sums.sum_l2,
+            sum_xl: sums.sum_xl,
+        }
     }
 
     /// Σ (x − scale·l − min)² for assignment `a` under `header`, in closed form.
@@ -244,46 +300,52 @@ impl<'a> Group<'a> {
         e.max(0.0)
     }
 
-    /// The least-squares header for assignment `a`, rounded to f16, with its error on `a`.
     fn fit(&self, a: &Assignment) -> Option<Candidate> {
         let (scale, min) = self.least_squares(a)?;
-        match (
-            f16round::nearest_finite(scale as f32),
-            f16round::nearest_finite(min as f32),
-        ) {
-            (Some(scale), Some(min)) if scale.to_f32() >= 0.0 => {
-                let header = GroupHeader { scale, min };
-                Some(Candidate {
-                    header,
-                    error: self.assignment_error(a, header),
-                })
-            }
-            _ => None,
-        }
+        let header = f16_header(scale, min)?;
+        Some(Candidate {
+            header,
+            error: self.assignment_error(a, header),
+        })
     }
 
-    /// `header` with the error of its own nearest-level assignment.
-    fn start(&self, header: GroupHeader) -> Candidate {
-        let grid = header.unpack();
-        Candidate {
-            header,
-            error: self.assignment_error(&self.assign(grid.min, grid.inv_scale), header),
+    fn error_range(&self, grid: GridF32) -> (f32, f32) {
+        let nmax = f32::from(self.nmax);
+        let (mut err_lo, mut err_hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &w in self.values {
+            let q = quantize_value(w, grid.min, grid.inv_scale, nmax);
+            let err = w - dequantize_value(q, grid.scale, grid.min);
+            err_lo = err_lo.min(err);
+            err_hi = err_hi.max(err);
         }
+        (err_lo, err_hi)
+    }
+}
+
+/// A least-squares `(scale, min)` rounded to the f16 header that would be stored; `None` if
+/// either is not finite in f16 or the scale is negative.
+pub(crate) fn f16_header(scale: f64, min: f64) -> Option<GroupHeader> {
+    match (
+        f16round::nearest_finite(scale as f32),
+        f16round::nearest_finite(min as f32),
+    ) {
+        (Some(scale), Some(min)) if scale.to_f32() >= 0.0 => Some(GroupHeader { scale, min }),
+        _ => None,
     }
 }
 
 /// The prototype's heuristic, each iterate judged by its exact stored error.
-fn minmax_iter(
-    group: &Group<'_>,
+fn minmax_iter<G: FitGroup>(
+    group: &G,
     rtn: GroupHeader,
     lo: f32,
     hi: f32,
     iterations: usize,
 ) -> GroupHeader {
-    let nmax = f32::from(group.nmax);
-    let mut best = (rtn, group_sq_error(group.values, rtn, group.nmax));
+    let nmax = f32::from(group.nmax());
+    let mut best = (rtn, group.exact_error(rtn));
     let mut consider = |header: GroupHeader| {
-        let error = group_sq_error(group.values, header, group.nmax);
+        let error = group.exact_error(header);
         if error < best.1 {
             best = (header, error);
         }
@@ -309,14 +371,7 @@ fn minmax_iter(
             break;
         }
         // The prototype's update, on the errors of the grid as stored.
-        let grid = header.unpack();
-        let (mut err_lo, mut err_hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for &w in group.values {
-            let q = quantize_value(w, grid.min, grid.inv_scale, nmax);
-            let err = w - dequantize_value(q, grid.scale, grid.min);
-            err_lo = err_lo.min(err);
-            err_hi = err_hi.max(err);
-        }
+        let (err_lo, err_hi) = group.error_range(header.unpack());
         lo += 0.5 * err_lo;
         hi += 0.5 * err_hi;
     }
@@ -325,7 +380,7 @@ fn minmax_iter(
 
 /// Alternating least squares from `start`: recode to the nearest levels, refit; stop when a
 /// round does not lower the error.
-fn lsq_iter(group: &Group<'_>, start: Candidate, iterations: usize) -> Candidate {
+fn lsq_iter<G: FitGroup>(group: &G, start: Candidate, iterations: usize) -> Candidate {
     let mut best = start;
     for _ in 0..iterations {
         let grid = best.header.unpack();
@@ -347,8 +402,14 @@ fn lsq_iter(group: &Group<'_>, start: Candidate, iterations: usize) -> Candidate
 const RECODE_MARGIN: f64 = 1.1;
 
 /// The k-quants search: one least-squares fit per candidate inverse scale, coding from `lo`.
-fn search(group: &Group<'_>, rtn: GroupHeader, lo: f32, hi: f32, grid: SearchGrid) -> Candidate {
-    let nmax = f32::from(group.nmax);
+fn search<G: FitGroup>(
+    group: &G,
+    rtn: GroupHeader,
+    lo: f32,
+    hi: f32,
+    grid: SearchGrid,
+) -> Candidate {
+    let nmax = f32::from(group.nmax());
     let mut best = group.start(rtn);
     for k in 0..=grid.steps {
         let inv_scale = (nmax + grid.rmin + grid.rdelta * k as f32) / (hi - lo);

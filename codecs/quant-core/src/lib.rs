@@ -15,8 +15,10 @@
 //! - [`pack`]: b-bit codes packed per row;
 //! - [`grid`]: one group's header and the per-weight arithmetic;
 //! - [`fit`]: choosing a header (min/max, the prototype's min/max iteration, alternating least
-//!   squares, k-quants-style search);
-//! - [`asym`]: whole matrices on asymmetric b-bit grids and their stored parts;
+//!   squares, k-quants-style search), on the plain squared error or, in [`fit::weighted`], on an
+//!   importance-weighted one (calibrated codecs);
+//! - [`asym`]: whole matrices on asymmetric b-bit grids and their stored parts (with a plain or
+//!   an importance-weighted fit);
 //! - [`sym`]: whole matrices on symmetric int8 grids;
 //! - [`encoded`]: the checks every decoder makes on what it is given;
 //! - [`metrics`]: reconstruction error;

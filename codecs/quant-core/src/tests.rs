@@ -184,3 +184,193 @@ fn parts_of_the_wrong_size_or_dtype_are_corrupt() {
         tenpak_api::ErrorKind::Corrupt
     );
 }
+
+/// Importance shaped like a calibrated layer's: log-normal per column (heavy-tailed channel
+/// energies), a few exact zeros (dead channels, or outliers stored elsewhere).
+fn importance_for(m: &TestMatrix, seed: u64) -> Vec<f32> {
+    let mut rng = testing::Rng::new(seed);
+    let per_col: Vec<f32> = (0..m.cols)
+        .map(|_| (rng.normal() * 1.5).exp() as f32)
+        .collect();
+    (0..m.rows * m.cols)
+        .map(|i| {
+            if rng.next_u64().is_multiple_of(50) {
+                0.0
+            } else {
+                per_col[i % m.cols]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn weighted_fast_path_equals_reference() {
+    for m in matrices() {
+        let importance = importance_for(&m, 3);
+        for group_size in [8, 32, 100, m.cols] {
+            let layout = GroupLayout::new(m.rows, m.cols, group_size).unwrap();
+            for bits in [1, 2, 4, 8] {
+                let format = AsymFormat::new(layout, bits).unwrap();
+                for refine in REFINES {
+                    for allow_zero in [false, true] {
+                        let fit = FitOptions { refine, allow_zero };
+                        let ctx = format!(
+                            "{} g{group_size} b{bits} {refine:?} zero={allow_zero}",
+                            m.name
+                        );
+                        let reference = AsymQuantized::quantize_weighted_reference(
+                            &m.data,
+                            &importance,
+                            format,
+                            &fit,
+                        )
+                        .unwrap();
+                        let fast =
+                            AsymQuantized::quantize_weighted(&m.data, &importance, format, &fit)
+                                .unwrap();
+                        assert_eq!(reference, fast, "{ctx}");
+                        assert!(fast.dequantize().iter().all(|v| v.is_finite()), "{ctx}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// With every importance 1 the weighted quantizer is the plain one, bit for bit (codes of up to
+/// 5 bits, where every lane sum is exact): the weighted fit is the plain fit plus weights.
+#[test]
+fn weighted_with_unit_importance_is_the_plain_quantizer() {
+    for m in matrices() {
+        let ones = vec![1f32; m.data.len()];
+        for group_size in [8, 32, 100, m.cols, m.cols + 5] {
+            let layout = GroupLayout::new(m.rows, m.cols, group_size).unwrap();
+            for bits in 1..=5 {
+                let format = AsymFormat::new(layout, bits).unwrap();
+                for refine in REFINES {
+                    for allow_zero in [false, true] {
+                        let fit = FitOptions { refine, allow_zero };
+                        let plain = AsymQuantized::quantize(&m.data, format, &fit).unwrap();
+                        let weighted =
+                            AsymQuantized::quantize_weighted(&m.data, &ones, format, &fit).unwrap();
+                        assert_eq!(
+                            plain, weighted,
+                            "{} g{group_size} b{bits} {refine:?} zero={allow_zero}",
+                            m.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per group, the weighted fit's weighted error is never above its min/max header's, and summed
+/// over a heavy-tailed matrix it is clearly below the plain fit's weighted error.
+#[test]
+fn weighted_fit_lowers_the_weighted_error() {
+    use crate::fit::rtn_header;
+    use crate::fit::weighted::{group_weighted_sq_error, min_max_weighted};
+    for m in matrices().into_iter().take(4) {
+        let importance = importance_for(&m, 5);
+        for group_size in [32, 128] {
+            let layout = GroupLayout::new(m.rows, m.cols, group_size).unwrap();
+            let format = AsymFormat::new(layout, 4).unwrap();
+            let fit = FitOptions {
+                refine: Refine::Search {
+                    grid: SearchGrid::K_QUANTS,
+                    polish: 5,
+                },
+                allow_zero: false,
+            };
+            let weighted =
+                AsymQuantized::quantize_weighted(&m.data, &importance, format, &fit).unwrap();
+            let plain = AsymQuantized::quantize(&m.data, format, &fit).unwrap();
+            let (mut total_weighted, mut total_plain) = (0f64, 0f64);
+            for row in 0..m.rows {
+                for group in 0..layout.groups_per_row() {
+                    let cols = layout.group_columns(group);
+                    let range = row * m.cols + cols.start..row * m.cols + cols.end;
+                    let (values, h) = (&m.data[range.clone()], &importance[range]);
+                    let index = row * layout.groups_per_row() + group;
+                    let ours = group_weighted_sq_error(values, h, weighted.headers()[index], 15);
+                    let (lo, hi) = min_max_weighted(values, h);
+                    if lo <= hi {
+                        let rtn =
+                            group_weighted_sq_error(values, h, rtn_header(lo, hi, 15).unwrap(), 15);
+                        assert!(
+                            ours <= rtn,
+                            "{} g{group_size} row {row} group {group}",
+                            m.name
+                        );
+                    }
+                    total_weighted += ours;
+                    total_plain += group_weighted_sq_error(values, h, plain.headers()[index], 15);
+                }
+            }
+            assert!(
+                total_weighted < 0.97 * total_plain,
+                "{} g{group_size}: weighted {total_weighted} vs plain {total_plain}",
+                m.name
+            );
+        }
+    }
+}
+
+/// A weight of importance 0 is left out of the range: one huge value does not stretch its group.
+#[test]
+fn zero_importance_weights_are_out_of_the_range() {
+    let mut m = testing::gaussian(2, 64, 8);
+    m.data[10] = 50.0;
+    let mut importance = vec![1f32; m.data.len()];
+    importance[10] = 0.0;
+    let layout = GroupLayout::new(2, 64, 32).unwrap();
+    let format = AsymFormat::new(layout, 4).unwrap();
+    for fit in [
+        FitOptions::RTN,
+        FitOptions {
+            refine: REFINES[4],
+            allow_zero: false,
+        },
+    ] {
+        let q = AsymQuantized::quantize_weighted(&m.data, &importance, format, &fit).unwrap();
+        let grid = q.headers()[0].unpack();
+        assert!(grid.min + 15.0 * grid.scale < 1.0, "{fit:?}: {grid:?}");
+        // Every weight that counts is still within its group's grid.
+        let decoded = q.dequantize();
+        for i in (0..32).filter(|&i| i != 10) {
+            assert!((decoded[i] - m.data[i]).abs() <= grid.scale, "{fit:?} {i}");
+        }
+    }
+    // A group in which nothing counts gets the plain fit.
+    let zeros = vec![0f32; m.data.len()];
+    let fit = FitOptions {
+        refine: REFINES[4],
+        allow_zero: false,
+    };
+    assert_eq!(
+        AsymQuantized::quantize_weighted(&m.data, &zeros, format, &fit).unwrap(),
+        AsymQuantized::quantize(&m.data, format, &fit).unwrap()
+    );
+}
+
+#[test]
+fn bad_importance_is_refused_with_its_position() {
+    let m = testing::gaussian(3, 20, 1);
+    let format = AsymFormat::new(GroupLayout::new(3, 20, 8).unwrap(), 4).unwrap();
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        let mut importance = vec![1f32; 60];
+        importance[20 + 7] = bad;
+        for quantize in [
+            AsymQuantized::quantize_weighted,
+            AsymQuantized::quantize_weighted_reference,
+        ] {
+            let err = quantize(&m.data, &importance, format, &FitOptions::RTN).unwrap_err();
+            assert_eq!(err.kind(), tenpak_api::ErrorKind::InvalidInput);
+            assert!(err.message().contains("row 1, column 7"), "{err}");
+        }
+    }
+    let err = AsymQuantized::quantize_weighted(&m.data, &[1.0; 59], format, &FitOptions::RTN)
+        .unwrap_err();
+    assert!(err.message().contains("59"), "{err}");
+}
