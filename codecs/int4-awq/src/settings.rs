@@ -1,0 +1,298 @@
+//! The codec's parameters: what a preset may set, their defaults and ranges, and what is recorded
+//! with each encoded tensor.
+
+use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params};
+use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
+
+use crate::ID;
+
+/// Group size when the parameter is absent.
+pub const DEFAULT_GROUP_SIZE: usize = 128;
+/// Smallest accepted group size: below 8 weights the 32-bit header costs more than the codes.
+pub const MIN_GROUP_SIZE: usize = 8;
+/// Steps of the α grid when `alpha_grid` is absent: α ∈ {0, 0.05, …, 1}, which holds AWQ's 0.5.
+pub const DEFAULT_ALPHA_GRID: usize = 20;
+/// Largest accepted `alpha_grid`.
+pub const MAX_ALPHA_GRID: usize = 100;
+/// Fraction of weights kept as fp16 outliers when `outlier_fraction` is absent (0.5 %).
+pub const DEFAULT_OUTLIER_FRACTION: f64 = 0.005;
+/// Largest accepted `outlier_fraction`.
+pub const MAX_OUTLIER_FRACTION: f64 = 0.1;
+/// Least-squares rounds when `iterations` is absent.
+pub const DEFAULT_ITERATIONS: usize = 5;
+/// Largest accepted `iterations`.
+pub const MAX_ITERATIONS: usize = 100;
+/// Candidate steps of the range search when `search_steps` is absent (k-quants' 20).
+pub const DEFAULT_SEARCH_STEPS: usize = 20;
+/// Largest accepted `search_steps`.
+pub const MAX_SEARCH_STEPS: usize = 200;
+/// The accepted `refine` values (as `int4_residual`).
+pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
+/// Rows the α ranking runs on when `alpha_search_rows` is absent (0 = every row).
+pub const DEFAULT_ALPHA_SEARCH_ROWS: usize = 128;
+/// The accepted `alpha_search_fit` values.
+pub const ALPHA_SEARCH_FITS: &[&str] = &["rtn", "full"];
+
+/// What a preset may set.
+pub(crate) const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "group_size",
+        ty: ParamType::Int,
+        default: "128",
+        doc: "weights per (scale, min) pair along a row; >= 8; >= the row length means one group per row",
+    },
+    ParamSpec {
+        name: "alpha",
+        ty: ParamType::Float,
+        default: "(searched)",
+        doc: "fixed AWQ exponent in [0, 1] (column scale = act_scale^alpha); absent: searched on the output error",
+    },
+    ParamSpec {
+        name: "alpha_grid",
+        ty: ParamType::Int,
+        default: "20",
+        doc: "alpha search: candidates k/alpha_grid for k = 0..=alpha_grid (1..=100); 0.5 is always tried",
+    },
+    ParamSpec {
+        name: "alpha_search_fit",
+        ty: ParamType::Str,
+        default: "\"full\"",
+        doc: "range fit while ranking alpha candidates: rtn (min/max) | full; the finalists (the best, 0 and 0.5) always get the full fit",
+    },
+    ParamSpec {
+        name: "alpha_search_rows",
+        ty: ParamType::Int,
+        default: "128",
+        doc: "rank alpha candidates on this many evenly spaced rows (0 = all rows); the finalists are always scored on all rows",
+    },
+    ParamSpec {
+        name: "outlier_fraction",
+        ty: ParamType::Float,
+        default: "0.005",
+        doc: "fraction of weights (largest |w|) corrected by an fp16 residual; in [0, 0.1]; indices and values are stored and counted",
+    },
+    ParamSpec {
+        name: "weighted_fit",
+        ty: ParamType::Bool,
+        default: "true",
+        doc: "choose each group's scale and min to minimize the output error (hessian_diag-weighted) instead of the weight error",
+    },
+    ParamSpec {
+        name: "refine",
+        ty: ParamType::Str,
+        default: "\"search\"",
+        doc: "how each group's scale and min are chosen: search | lsq_iter | minmax_iter | none",
+    },
+    ParamSpec {
+        name: "iterations",
+        ty: ParamType::Int,
+        default: "5",
+        doc: "rounds of minmax_iter / lsq_iter, or least-squares polish rounds after search (0..=100)",
+    },
+    ParamSpec {
+        name: "search_steps",
+        ty: ParamType::Int,
+        default: "20",
+        doc: "search: candidate steps (max-min)/(15 - 1 + 2k/steps), k = 0..=steps (1..=200)",
+    },
+];
+
+/// Written by the encoder beside the settings, so the manifest shows them; accepted (and
+/// ignored) when the recorded parameters are read back, refused in a preset.
+pub(crate) const RECORDED: &[ParamSpec] = &[ParamSpec {
+    name: "output_error",
+    ty: ParamType::Float,
+    default: "recorded",
+    doc: "recorded: tr(E G Eᵀ) / tr(W G Wᵀ) of the stored tensor on the calibration activations",
+}];
+
+/// How α candidates are ranked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlphaSearchFit {
+    /// Rank the candidates with the min/max (round-to-nearest) range fit.
+    Rtn,
+    /// Rank the candidates with the full range fit.
+    Full,
+}
+
+impl AlphaSearchFit {
+    /// The parameter value.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlphaSearchFit::Rtn => "rtn",
+            AlphaSearchFit::Full => "full",
+        }
+    }
+}
+
+/// Parameters after defaults and checks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// Group size.
+    pub group_size: usize,
+    /// A fixed α, or `None` to search.
+    pub alpha: Option<f64>,
+    /// Steps of the α grid.
+    pub alpha_grid: usize,
+    /// How α candidates are ranked.
+    pub alpha_search_fit: AlphaSearchFit,
+    /// Rows the ranking runs on (0 = all).
+    pub alpha_search_rows: usize,
+    /// Fraction of weights stored as fp16 residuals.
+    pub outlier_fraction: f64,
+    /// Importance-weighted range fit.
+    pub weighted_fit: bool,
+    /// Range-fit method, one of [`REFINE_METHODS`].
+    pub refine: &'static str,
+    /// Rounds (see the `iterations` parameter).
+    pub iterations: usize,
+    /// Range-search steps.
+    pub search_steps: usize,
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&'static str]) -> Result<&'static str> {
+    allowed
+        .iter()
+        .copied()
+        .find(|m| *m == value)
+        .ok_or_else(|| {
+            Error::invalid_param(format!(
+                "{ID}: parameter `{key}` must be one of {}, got {value:?}",
+                allowed.join(", ")
+            ))
+        })
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
+    // `!(a && b)` rather than `a || b` so a NaN float is refused too.
+    if !(value >= lo && value <= hi) {
+        return Err(Error::invalid_param(format!(
+            "{ID}: parameter `{key}` must be in [{lo}, {hi}], got {value}"
+        )));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Read and check the parameters of a preset or request (unknown keys, wrong types and
+    /// out-of-range values are [`tenpak_api::ErrorKind::InvalidParam`] errors naming the key).
+    pub fn from_params(params: &Params) -> Result<Self> {
+        validate_params(ID, PARAMS, params)?;
+        Self::read(params)
+    }
+
+    /// Read the parameters recorded with an encoded tensor: the settings plus what the encoder
+    /// recorded (`output_error`).
+    pub fn from_recorded(params: &Params) -> Result<Self> {
+        let all: Vec<ParamSpec> = PARAMS.iter().chain(RECORDED).copied().collect();
+        validate_params(ID, &all, params)?;
+        Self::read(params)
+    }
+
+    fn read(params: &Params) -> Result<Self> {
+        let group_size = params.usize_or("group_size", DEFAULT_GROUP_SIZE)?;
+        if group_size < MIN_GROUP_SIZE {
+            return Err(Error::invalid_param(format!(
+                "{ID}: parameter `group_size` must be at least {MIN_GROUP_SIZE}, got {group_size}"
+            )));
+        }
+        let alpha = match params.get("alpha") {
+            None => None,
+            Some(_) => Some(params.float_or("alpha", 0.0)?),
+        };
+        if let Some(alpha) = alpha {
+            in_range("alpha", alpha, 0.0, 1.0)?;
+        }
+        let alpha_grid = params.usize_or("alpha_grid", DEFAULT_ALPHA_GRID)?;
+        in_range("alpha_grid", alpha_grid, 1, MAX_ALPHA_GRID)?;
+        let alpha_search_fit = match one_of(
+            "alpha_search_fit",
+            params.str_or("alpha_search_fit", "full")?,
+            ALPHA_SEARCH_FITS,
+        )? {
+            "full" => AlphaSearchFit::Full,
+            _ => AlphaSearchFit::Rtn,
+        };
+        let alpha_search_rows = params.usize_or("alpha_search_rows", DEFAULT_ALPHA_SEARCH_ROWS)?;
+        let outlier_fraction = params.float_or("outlier_fraction", DEFAULT_OUTLIER_FRACTION)?;
+        in_range(
+            "outlier_fraction",
+            outlier_fraction,
+            0.0,
+            MAX_OUTLIER_FRACTION,
+        )?;
+        let weighted_fit = params.bool_or("weighted_fit", true)?;
+        let refine = one_of("refine", params.str_or("refine", "search")?, REFINE_METHODS)?;
+        let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
+        in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
+        let search_steps = params.usize_or("search_steps", DEFAULT_SEARCH_STEPS)?;
+        in_range("search_steps", search_steps, 1, MAX_SEARCH_STEPS)?;
+        Ok(Self {
+            group_size,
+            alpha,
+            alpha_grid,
+            alpha_search_fit,
+            alpha_search_rows,
+            outlier_fraction,
+            weighted_fit,
+            refine,
+            iterations,
+            search_steps,
+        })
+    }
+
+    /// The parameters recorded with a tensor encoded with α = `alpha`: every setting (defaults
+    /// included) with `alpha` fixed to the one used, so they reproduce the encoding.
+    pub fn to_params(&self, alpha: f64) -> Params {
+        Params::new()
+            .with("group_size", self.group_size)
+            .with("alpha", alpha)
+            .with("alpha_grid", self.alpha_grid)
+            .with("alpha_search_fit", self.alpha_search_fit.name())
+            .with("alpha_search_rows", self.alpha_search_rows)
+            .with("outlier_fraction", self.outlier_fraction)
+            .with("weighted_fit", self.weighted_fit)
+            .with("refine", self.refine)
+            .with("iterations", self.iterations)
+            .with("search_steps", self.search_steps)
+    }
+
+    /// The range fit these settings ask for (as `int4_residual`'s).
+    pub fn fit_options(&self) -> FitOptions {
+        let refine = match self.refine {
+            "none" => Refine::None,
+            "minmax_iter" => Refine::MinMaxIter {
+                iterations: self.iterations,
+            },
+            "lsq_iter" => Refine::LsqIter {
+                iterations: self.iterations,
+            },
+            _ => Refine::Search {
+                // k-quants' candidates nmax − 1 … nmax + 1, spread over `search_steps`.
+                grid: SearchGrid {
+                    rmin: -1.0,
+                    rdelta: 2.0 / self.search_steps as f32,
+                    steps: self.search_steps,
+                },
+                polish: self.iterations,
+            },
+        };
+        FitOptions {
+            refine,
+            allow_zero: false,
+        }
+    }
+
+    /// The α candidates of the search: `k / alpha_grid` for `k = 0..=alpha_grid`, plus 0.5 if
+    /// the grid does not hold it.
+    pub fn alpha_candidates(&self) -> Vec<f64> {
+        let mut grid: Vec<f64> = (0..=self.alpha_grid)
+            .map(|k| k as f64 / self.alpha_grid as f64)
+            .collect();
+        if !grid.contains(&0.5) {
+            grid.push(0.5);
+            grid.sort_by(f64::total_cmp);
+        }
+        grid
+    }
+}
