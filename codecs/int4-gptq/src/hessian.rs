@@ -1,0 +1,161 @@
+//! The layer Hessian GPTQ works with: the calibration Gram matrix, checked, symmetrized, in f64,
+//! with dead input channels neutralized and the diagonal dampened.
+//!
+//! For a linear layer `y = W x`, the output error of a weight error `E` averaged over the
+//! calibration tokens is `tr(E G Eᵀ)` with `G = XᵀX / n`, so `G` is (half) the Hessian of that
+//! error in each row of `W` (Frantar et al. 2022, §3). Two repairs make it invertible, both from
+//! the reference implementation (IST-DASLab/gptq, `fasterquant`):
+//!
+//! - a *dead* channel (`G_jj = 0`: the input was zero on every calibration token) gets
+//!   `H_jj = 1`, so it is coded on its own, like round-to-nearest, and spreads no error;
+//! - `percdamp · mean(diag H)` is added to the diagonal. A Gram matrix from fewer tokens than
+//!   columns is singular, and one from f32 sums can be slightly indefinite; dampening also keeps
+//!   the error updates from growing without bound along directions the calibration data barely
+//!   saw.
+//!
+//! Unlike the reference, the weights of a dead channel are not zeroed: on the calibration data
+//! that makes no difference (the channel is zero there), and a channel silent on the
+//! calibration text need not be silent on every text, so its weights are kept and coded to their
+//! nearest level.
+
+use tenpak_api::{Error, ErrorKind, LayerStats, Result};
+
+use crate::ID;
+use crate::linalg::NotPositiveDefinite;
+
+/// How many times the dampening is raised ×10 after a failed factorization before giving up
+/// (so the largest tried is `percdamp · 10⁴`).
+pub const MAX_DAMPING_RETRIES: usize = 4;
+
+/// A layer's Gram matrix, checked and prepared, before dampening.
+#[derive(Clone, Debug)]
+pub struct Hessian {
+    dim: usize,
+    /// `(G + Gᵀ) / 2` in f64, row-major, with the diagonal of dead channels set to 1.
+    data: Vec<f64>,
+    dead: Vec<bool>,
+    mean_diag: f64,
+}
+
+impl Hessian {
+    /// The Hessian of a layer with `cols` input columns from its statistics. A missing `gram`
+    /// is an [`ErrorKind::MissingStats`] error naming it; a wrong size, a NaN/Inf or a negative
+    /// diagonal entry (no Gram matrix has one) is [`ErrorKind::InvalidInput`] naming the
+    /// position.
+    pub fn from_stats(stats: &LayerStats, cols: usize) -> Result<Self> {
+        let gram = stats.gram.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::MissingStats,
+                format!(
+                    "{ID} needs the calibration statistic `gram` (XᵀX / n of the layer's inputs); \
+                     it was not provided"
+                ),
+            )
+        })?;
+        if gram.dim != cols || gram.data.len() != cols * cols {
+            return Err(Error::invalid_input(format!(
+                "{ID}: statistic `gram` must be {cols} x {cols} ({} values) for a layer with {cols} input \
+                 columns, got dim {} with {} values",
+                cols * cols,
+                gram.dim,
+                gram.data.len()
+            )));
+        }
+        Self::from_gram(&gram.data, cols)
+    }
+
+    /// The Hessian from a `cols × cols` row-major Gram matrix (checked as
+    /// [`Hessian::from_stats`] does; panics if the length is wrong, a caller bug).
+    pub fn from_gram(gram: &[f32], cols: usize) -> Result<Self> {
+        assert_eq!(gram.len(), cols * cols, "gram must be cols x cols");
+        if let Some(i) = gram.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid_input(format!(
+                "{ID}: statistic `gram` has non-finite value {} at [{}, {}]",
+                gram[i],
+                i / cols,
+                i % cols
+            )));
+        }
+        if let Some(j) = (0..cols).find(|&j| gram[j * cols + j] < 0.0) {
+            return Err(Error::invalid_input(format!(
+                "{ID}: statistic `gram` has negative diagonal entry {} at [{j}, {j}]; a Gram matrix XᵀX / n \
+                 has none",
+                gram[j * cols + j]
+            )));
+        }
+        // (G + Gᵀ) / 2, tile by tile so the transposed reads stay in cache.
+        const TILE: usize = 32;
+        let mut data = vec![0f64; cols * cols];
+        for i0 in (0..cols).step_by(TILE) {
+            for j0 in (0..cols).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(cols) {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        data[i * cols + j] =
+                            0.5 * (f64::from(gram[i * cols + j]) + f64::from(gram[j * cols + i]));
+                    }
+                }
+            }
+        }
+        let dead: Vec<bool> = (0..cols).map(|j| data[j * cols + j] == 0.0).collect();
+        for j in (0..cols).filter(|&j| dead[j]) {
+            data[j * cols + j] = 1.0;
+        }
+        let mean_diag = if cols == 0 {
+            0.0
+        } else {
+            (0..cols).map(|j| data[j * cols + j]).sum::<f64>() / cols as f64
+        };
+        Ok(Self { dim: cols, data, dead, mean_diag })
+    }
+
+    /// Side length (the layer's input columns).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Which input channels are dead (zero on every calibration token).
+    pub fn dead(&self) -> &[bool] {
+        &self.dead
+    }
+
+    /// Mean of the diagonal after the dead-channel repair: the unit of `percdamp`.
+    pub fn mean_diag(&self) -> f64 {
+        self.mean_diag
+    }
+
+    /// `H + percdamp · mean(diag H) · I`, row-major.
+    pub fn damped(&self, percdamp: f64) -> Vec<f64> {
+        let mut h = self.data.clone();
+        let damp = percdamp * self.mean_diag;
+        for j in 0..self.dim {
+            h[j * self.dim + j] += damp;
+        }
+        h
+    }
+
+    /// Run `factor` on the dampened Hessian, raising `percdamp` ×10 after each failure, at most
+    /// [`MAX_DAMPING_RETRIES`] times. Returns the result and the `percdamp` it succeeded with,
+    /// or an [`ErrorKind::InvalidInput`] error: a Gram matrix that stays indefinite under that
+    /// much dampening is not a Gram matrix of any activations.
+    pub fn factor_dampened<T>(
+        &self,
+        percdamp: f64,
+        mut factor: impl FnMut(Vec<f64>) -> std::result::Result<T, NotPositiveDefinite>,
+    ) -> Result<(T, f64)> {
+        let mut p = percdamp;
+        let mut failure = NotPositiveDefinite { column: 0 };
+        for _ in 0..=MAX_DAMPING_RETRIES {
+            match factor(self.damped(p)) {
+                Ok(t) => return Ok((t, p)),
+                Err(e) => failure = e,
+            }
+            p *= 10.0;
+        }
+        Err(Error::invalid_input(format!(
+            "{ID}: statistic `gram` is not positive semi-definite: the dampened Hessian H + p·mean(diag H)·I \
+             has no Cholesky factor (pivot at column {}) even with p = {}; the calibration statistics are broken",
+            failure.column,
+            p / 10.0
+        )))
+    }
+}

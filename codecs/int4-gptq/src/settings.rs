@@ -1,0 +1,232 @@
+//! The codec's parameters: what a preset may set, their defaults and ranges, and what the encoder
+//! records beside them.
+
+use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params};
+use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
+
+use crate::ID;
+
+/// Group size when the parameter is absent (as `int4_rtn`).
+pub const DEFAULT_GROUP_SIZE: usize = 128;
+/// Smallest accepted group size: below 8 weights the 32-bit header costs more than the codes.
+pub const MIN_GROUP_SIZE: usize = 8;
+/// Dampening when `percdamp` is absent: the reference's 1 % of the mean diagonal.
+pub const DEFAULT_PERCDAMP: f64 = 0.01;
+/// Columns per lazy batch when `block_size` is absent (the reference's 128).
+pub const DEFAULT_BLOCK_SIZE: usize = 128;
+/// Largest accepted `block_size`.
+pub const MAX_BLOCK_SIZE: usize = 4096;
+/// Refinement rounds when `iterations` is absent (as `int4_residual`).
+pub const DEFAULT_ITERATIONS: usize = 5;
+/// Largest accepted `iterations`.
+pub const MAX_ITERATIONS: usize = 100;
+/// The accepted `refine` values (as `int4_residual`).
+pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
+/// The accepted `groups` values.
+pub const GROUPS: &[&str] = &["best", "dynamic", "static"];
+/// Candidate steps of the `search` range fit: k-quants' 20, as `int4_residual`'s default.
+pub const SEARCH_STEPS: usize = 20;
+
+/// What a preset may set.
+pub(crate) const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "group_size",
+        ty: ParamType::Int,
+        default: "128",
+        doc: "weights per (scale, min) pair along a row; >= 8; >= the row length means one group per row",
+    },
+    ParamSpec {
+        name: "percdamp",
+        ty: ParamType::Float,
+        default: "0.01",
+        doc: "dampening: add percdamp * mean(diag H) to H's diagonal; in (0, 1]; raised x10 (up to 4 times) if H is still not positive definite",
+    },
+    ParamSpec {
+        name: "block_size",
+        ty: ParamType::Int,
+        default: "128",
+        doc: "columns per lazy batch of the error update (speed only; 1..=4096)",
+    },
+    ParamSpec {
+        name: "refine",
+        ty: ParamType::Str,
+        default: "\"search\"",
+        doc: "how each group's scale and min are chosen from its error-updated weights: search | lsq_iter | minmax_iter | none",
+    },
+    ParamSpec {
+        name: "iterations",
+        ty: ParamType::Int,
+        default: "5",
+        doc: "rounds of minmax_iter / lsq_iter, or least-squares polish rounds after search (0..=100)",
+    },
+    ParamSpec {
+        name: "groups",
+        ty: ParamType::Str,
+        default: "\"best\"",
+        doc: "group headers: dynamic (fitted on the error-updated weights when reached) | static (fitted on the original weights first) | best (both sweeps, per row the lower output error)",
+    },
+    ParamSpec {
+        name: "rtn_fallback",
+        ty: ParamType::Bool,
+        default: "true",
+        doc: "per row, store the same range fit without compensation where its output error on the calibration Gram matrix is lower",
+    },
+];
+
+/// Written by the encoder beside the settings, so the manifest shows them; accepted (and
+/// ignored) when the recorded parameters are read back, refused in a preset.
+pub(crate) const RECORDED: &[ParamSpec] = &[
+    ParamSpec {
+        name: "output_error",
+        ty: ParamType::Float,
+        default: "recorded",
+        doc: "recorded: tr(E G Eᵀ) / tr(W G Wᵀ) of the stored tensor on the calibration Gram matrix G",
+    },
+    ParamSpec {
+        name: "rtn_output_error",
+        ty: ParamType::Float,
+        default: "recorded",
+        doc: "recorded: the same for the same group fit without error compensation (int4_residual's stage 1)",
+    },
+    ParamSpec {
+        name: "static_rows",
+        ty: ParamType::Int,
+        default: "recorded",
+        doc: "recorded: rows stored from the static-groups sweep",
+    },
+    ParamSpec {
+        name: "rtn_rows",
+        ty: ParamType::Int,
+        default: "recorded",
+        doc: "recorded: rows stored with the uncompensated fit by rtn_fallback",
+    },
+    ParamSpec {
+        name: "percdamp_applied",
+        ty: ParamType::Float,
+        default: "recorded",
+        doc: "recorded: the dampening the factorization succeeded with (percdamp unless raised)",
+    },
+];
+
+/// Parameters after defaults and checks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// Group size.
+    pub group_size: usize,
+    /// Relative dampening of the Hessian diagonal.
+    pub percdamp: f64,
+    /// Columns per lazy batch.
+    pub block_size: usize,
+    /// Range-fit method, one of [`REFINE_METHODS`].
+    pub refine: &'static str,
+    /// Rounds (see the `iterations` parameter).
+    pub iterations: usize,
+    /// Which sweeps run, one of [`GROUPS`].
+    pub groups: &'static str,
+    /// Per row, keep the uncompensated fit where it has the lower output error.
+    pub rtn_fallback: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            group_size: DEFAULT_GROUP_SIZE,
+            percdamp: DEFAULT_PERCDAMP,
+            block_size: DEFAULT_BLOCK_SIZE,
+            refine: "search",
+            iterations: DEFAULT_ITERATIONS,
+            groups: "best",
+            rtn_fallback: true,
+        }
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&'static str]) -> Result<&'static str> {
+    allowed.iter().copied().find(|m| *m == value).ok_or_else(|| {
+        Error::invalid_param(format!(
+            "{ID}: parameter `{key}` must be one of {}, got {value:?}",
+            allowed.join(", ")
+        ))
+    })
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
+    // `!(a && b)` rather than `a || b` so a NaN float is refused too.
+    if !(value >= lo && value <= hi) {
+        return Err(Error::invalid_param(format!(
+            "{ID}: parameter `{key}` must be in [{lo}, {hi}], got {value}"
+        )));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Read and check the parameters of a preset or request (unknown keys, wrong types and
+    /// out-of-range values are [`tenpak_api::ErrorKind::InvalidParam`] errors naming the key).
+    pub fn from_params(params: &Params) -> Result<Self> {
+        validate_params(ID, PARAMS, params)?;
+        Self::read(params)
+    }
+
+    /// Read the parameters recorded with an encoded tensor: the settings plus what the encoder
+    /// recorded.
+    pub fn from_recorded(params: &Params) -> Result<Self> {
+        let all: Vec<ParamSpec> = PARAMS.iter().chain(RECORDED).copied().collect();
+        validate_params(ID, &all, params)?;
+        Self::read(params)
+    }
+
+    fn read(params: &Params) -> Result<Self> {
+        let group_size = params.usize_or("group_size", DEFAULT_GROUP_SIZE)?;
+        if group_size < MIN_GROUP_SIZE {
+            return Err(Error::invalid_param(format!(
+                "{ID}: parameter `group_size` must be at least {MIN_GROUP_SIZE}, got {group_size}"
+            )));
+        }
+        let percdamp = params.float_or("percdamp", DEFAULT_PERCDAMP)?;
+        if !(percdamp > 0.0 && percdamp <= 1.0) {
+            return Err(Error::invalid_param(format!(
+                "{ID}: parameter `percdamp` must be in (0, 1], got {percdamp}"
+            )));
+        }
+        let block_size = params.usize_or("block_size", DEFAULT_BLOCK_SIZE)?;
+        in_range("block_size", block_size, 1, MAX_BLOCK_SIZE)?;
+        let refine = one_of("refine", params.str_or("refine", "search")?, REFINE_METHODS)?;
+        let groups = one_of("groups", params.str_or("groups", "best")?, GROUPS)?;
+        let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
+        in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
+        let rtn_fallback = params.bool_or("rtn_fallback", true)?;
+        Ok(Self { group_size, percdamp, block_size, refine, iterations, groups, rtn_fallback })
+    }
+
+    /// Every setting (defaults included), as recorded with each encoded tensor.
+    pub fn to_params(&self) -> Params {
+        Params::new()
+            .with("group_size", self.group_size)
+            .with("percdamp", self.percdamp)
+            .with("block_size", self.block_size)
+            .with("refine", self.refine)
+            .with("iterations", self.iterations)
+            .with("groups", self.groups)
+            .with("rtn_fallback", self.rtn_fallback)
+    }
+
+    /// The range fit these settings ask for (as `int4_residual`'s).
+    pub fn fit_options(&self) -> FitOptions {
+        let refine = match self.refine {
+            "none" => Refine::None,
+            "minmax_iter" => Refine::MinMaxIter { iterations: self.iterations },
+            "lsq_iter" => Refine::LsqIter { iterations: self.iterations },
+            _ => Refine::Search {
+                // k-quants' candidates nmax − 1 … nmax + 1.
+                grid: SearchGrid {
+                    rmin: -1.0,
+                    rdelta: 2.0 / SEARCH_STEPS as f32,
+                    steps: SEARCH_STEPS,
+                },
+                polish: self.iterations,
+            },
+        };
+        FitOptions { refine, allow_zero: false }
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers of this crate's tests: synthetic calibration activations shaped like an LLM layer's
+//! inputs, their statistics, and the baselines GPTQ is compared with.
+#![allow(dead_code, unused_imports)]
+
+pub use tenpak_quant::testing::{Rng, TestMatrix, adversarial, codec_matrices as matrices, gaussian, llm_like, stored_bytes, student_t};
+use tenpak_api::{Gram, LayerStats, Params, WeightView};
+use tenpak_codec_int4_gptq::{Int4Gptq, Report, Settings};
+use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout};
+
+/// `tokens × cols` activations, row-major: log-normal channel scales (σ = 1), one channel in 16
+/// an outlier channel 20× larger, channels correlated through four shared factors (so GPTQ has
+/// something to exploit), heavy-tailed per-token magnitudes.
+pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let channel: Vec<f64> =
+        (0..cols).map(|j| rng.normal().exp() * if j % 16 == 5 { 20.0 } else { 1.0 }).collect();
+    let loadings: Vec<[f64; 4]> = (0..cols).map(|_| std::array::from_fn(|_| rng.normal())).collect();
+    let mut x = Vec::with_capacity(tokens * cols);
+    for _ in 0..tokens {
+        let factors: [f64; 4] = std::array::from_fn(|_| rng.normal());
+        let chi2: f64 = (0..4).map(|_| rng.normal().powi(2)).sum();
+        let magnitude = 1.0 / (chi2 / 4.0).sqrt().max(0.2);
+        for j in 0..cols {
+            let shared: f64 = loadings[j].iter().zip(&factors).map(|(l, f)| l * f).sum();
+            x.push((channel[j] * magnitude * (rng.normal() + 0.5 * shared)) as f32);
+        }
+    }
+    x
+}
+
+/// XᵀX / n of `x` (`tokens × cols`), accumulated in f64 and rounded to f32, as the `gram`
+/// calibrator computes it.
+pub fn gram_of(x: &[f32], cols: usize) -> Vec<f32> {
+    let tokens = x.len() / cols;
+    let mut gram = vec![0f64; cols * cols];
+    for t in x.chunks_exact(cols) {
+        for i in 0..cols {
+            let xi = f64::from(t[i]);
+            for j in 0..cols {
+                gram[i * cols + j] += xi * f64::from(t[j]);
+            }
+        }
+    }
+    gram.iter().map(|v| (v / tokens.max(1) as f64) as f32).collect()
+}
+
+/// Statistics holding only `gram`.
+pub fn stats_with_gram(gram: Vec<f32>, cols: usize, samples: usize) -> LayerStats {
+    LayerStats { gram: Some(Gram { dim: cols, data: gram }), samples, ..LayerStats::none() }
+}
+
+/// Statistics of `tokens` synthetic tokens for a layer with `cols` inputs.
+pub fn synthetic_stats(tokens: usize, cols: usize, seed: u64) -> LayerStats {
+    stats_with_gram(gram_of(&activations(tokens, cols, seed), cols), cols, tokens)
+}
+
+/// The 4-bit format of an `rows × cols` matrix in groups of `group_size`.
+pub fn format(rows: usize, cols: usize, group_size: usize) -> AsymFormat {
+    AsymFormat::new(GroupLayout::new(rows, cols, group_size).unwrap(), 4).unwrap()
+}
+
+/// The same range fit without error compensation: `int4_residual`'s stage 1 with these settings.
+pub fn rtn_search(m: &TestMatrix, settings: &Settings) -> AsymQuantized {
+    AsymQuantized::quantize(&m.data, format(m.rows, m.cols, settings.group_size), &settings.fit_options()).unwrap()
+}
+
+/// Encode `m` with `stats` and `params`, panicking with the matrix and parameters in the message.
+pub fn report(m: &TestMatrix, stats: &LayerStats, params: &Params) -> Report {
+    let view = WeightView::new(&m.data, m.rows, m.cols).unwrap();
+    Int4Gptq
+        .encode_report(view, stats, params)
+        .unwrap_or_else(|e| panic!("{} [{}, {}] {params:?}: {e}", m.name, m.rows, m.cols))
+}
+
+/// Mean over the tokens of `‖(W − Ŵ) x‖²`, straight from the activations, in f64.
+pub fn output_error_on(x: &[f32], w: &[f32], w_hat: &[f32], rows: usize, cols: usize) -> f64 {
+    let tokens = x.len() / cols;
+    let mut total = 0f64;
+    for t in x.chunks_exact(cols) {
+        for r in 0..rows {
+            let mut y = 0f64;
+            for j in 0..cols {
+                y += (f64::from(w[r * cols + j]) - f64::from(w_hat[r * cols + j])) * f64::from(t[j]);
+            }
+            total += y * y;
+        }
+    }
+    total / tokens as f64
+}
+
+/// A random symmetric positive-definite `n × n` matrix: `AᵀA / k + 0.01 I` for a `k × n` Gaussian
+/// `A` with column scales spread over two orders of magnitude.
+pub fn random_spd(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    let k = n + 3;
+    let scale: Vec<f64> = (0..n).map(|_| (2.0 * rng.normal()).exp()).collect();
+    let a: Vec<f64> = (0..k * n).map(|i| rng.normal() * scale[i % n]).collect();
+    let mut h = vec![0f64; n * n];
+    for r in 0..k {
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] += a[r * n + i] * a[r * n + j] / k as f64;
+            }
+        }
+    }
+    for j in 0..n {
+        h[j * n + j] += 0.01;
+    }
+    h
+}
