@@ -284,3 +284,91 @@ fn bad_calibration_input_is_a_clear_error_or_a_loud_warning() {
     let err = format!("{:#}", bad.validate(&registry).unwrap_err());
     assert!(err.contains("fisher_magic"), "{err}");
 }
+
+/// The real model. Fails loudly, telling how to fetch it, when assets/ is missing.
+mod real {
+    use super::*;
+
+    /// `balanced` on SmolLM2 with fewer windows than the preset's (CI time): the manifest's
+    /// figures are recomputed independently, and AWQ must beat RTN at the same group sizes.
+    #[test]
+    fn real_model_balanced_pack_beats_rtn_and_records_what_it_cost() {
+        let source = model::open(&util::real_gguf()).unwrap();
+        let (calib, eval_text) = (util::asset("calib.txt"), util::asset("eval.txt"));
+        let registry = registry();
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, builtin) = Preset::load("balanced").unwrap();
+        let text = builtin
+            .replacen("[evaluation]\nwindows = 16\n", "[evaluation]\nwindows = 4\n", 1)
+            .replacen("[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 128\n", "[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 16\n", 1);
+        let preset = Preset::parse(&text, "balanced (CI)").unwrap();
+        assert_eq!((preset.calibration.windows, preset.evaluation.windows), (16, 4), "{text}");
+        let run = |preset: &Preset, text: &str, out: &str| {
+            let job = PackJob {
+                model: source.as_ref(),
+                preset,
+                preset_text: text,
+                output: tmp.path().join(out),
+                force: false,
+                progress: false,
+                calib: Some(calib.clone()),
+                eval: Some(eval_text.clone()),
+            };
+            pack(&job, &registry).unwrap()
+        };
+        let awq = run(&preset, &text, "awq.tenpak");
+
+        // Every block linear went through int4_awq with its group size; the bits add up.
+        let mut linear_bits = 0;
+        for record in awq.tensors.iter().filter(|r| r.role.is_block_linear()) {
+            assert_eq!(record.codec.as_deref(), Some("int4_awq"), "{}", record.name);
+            let group = if record.role.is_attention() { 256 } else { 2048 };
+            assert_eq!(record.params.usize_or("group_size", 0).unwrap(), group, "{}", record.name);
+            linear_bits += record.bits;
+        }
+        assert_eq!(awq.totals.linear_bits, linear_bits);
+        let bpw = awq.totals.linear_bits_per_weight;
+        assert!((4.0..4.5).contains(&bpw), "balanced linears at {bpw} bits per weight");
+        assert_eq!(awq.calibration.as_ref().unwrap().windows, 16);
+
+        // The recorded compressed PPL is the PPL of the artifact read back.
+        let evaluation = awq.evaluation.as_ref().unwrap();
+        let artifact = ArtifactSource::open(&tmp.path().join("awq.tenpak"), registry.clone()).unwrap();
+        let tokenizer = tokenize::for_model(source.as_ref()).unwrap();
+        let ids = tokenize::encode_file(&tokenizer, &eval_text).unwrap();
+        let options = PplOptions { ctx: 512, samples: Some(4), batch: 1 };
+        let model = LlamaModel::load(artifact.config(), &artifact).unwrap();
+        let reread = eval::perplexity(&model, &ids, &eval_text.display().to_string(), &options, &mut |_, _| {}).unwrap();
+        assert_eq!(evaluation.compressed_ppl, reread.ppl);
+        drop(model);
+
+        // RTN at the same group sizes, same embedding, same evaluation.
+        let rtn_text = r#"
+name = "balanced-rtn"
+[evaluation]
+windows = 4
+ctx = 512
+[allocator]
+id = "role_rules"
+[codec]
+codec = "int4_rtn"
+[roles.attention]
+group_size = 256
+[roles.mlp]
+group_size = 2048
+[roles.embedding]
+codec = "int8"
+[roles.lm_head]
+codec = "int8"
+"#;
+        let rtn = run(&Preset::parse(rtn_text, "balanced-rtn").unwrap(), rtn_text, "rtn.tenpak");
+        let rtn_eval = rtn.evaluation.as_ref().unwrap();
+        assert_eq!(rtn_eval.baseline_ppl, evaluation.baseline_ppl, "both paths score the same baseline");
+        assert!(
+            evaluation.compressed_ppl < rtn_eval.compressed_ppl,
+            "int4_awq {} must beat int4_rtn {} at the same group sizes",
+            evaluation.compressed_ppl,
+            rtn_eval.compressed_ppl
+        );
+    }
+}
