@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The README's figures table: every built-in calibrated preset, and int4_rtn / int4_residual at the
-# same group sizes, packed from the real model and evaluated on the held-out text.
+# The README's figures table: every built-in calibrated preset (int4_awq), and int4_gptq /
+# int4_residual / int4_rtn at the same group sizes, packed from the real model and evaluated on the held-out text.
 #
 #   bash scripts/figures.sh                  # all presets (about 15 min per calibrated preset here)
 #   bash scripts/figures.sh balanced         # one preset
-#   CALIB_WINDOWS=16 bash scripts/figures.sh # fewer calibration windows (quicker, a little worse)
+#   CALIB_WINDOWS=16 bash scripts/figures.sh # fewer calibration windows (quicker)
 #
 # Prints a Markdown table; artifacts and logs go to out/figures/ (git-ignored).
 set -euo pipefail
@@ -21,12 +21,12 @@ mkdir -p "$out"
 
 rows=()
 for preset in "${presets[@]}"; do
-    for codec in int4_awq int4_residual int4_rtn; do
+    for codec in int4_awq int4_gptq int4_residual int4_rtn; do
         name="$preset-$codec"
         toml="$out/$name.toml"
         if [[ $codec == int4_awq ]]; then
             cp "presets/$preset.toml" "$toml"
-            [[ -z ${CALIB_WINDOWS:-} ]] || sed -i "s/^windows = 128$/windows = $CALIB_WINDOWS/" "$toml"
+            [[ -z ${CALIB_WINDOWS:-} ]] || sed -i "/^\[calibration\]/,/^\[/ s/^windows = .*/windows = $CALIB_WINDOWS/" "$toml"
         else
             # Same group sizes, embedding and evaluation; no calibration and no AWQ-only parameters.
             python3 - "presets/$preset.toml" "$codec" > "$toml" <<'EOF'
@@ -36,6 +36,9 @@ preset = tomllib.load(open(path, "rb"))
 roles = preset.get("roles", {})
 print(f'name = "{preset["name"]}-{codec}"')
 print(f'[evaluation]\nwindows = {preset["evaluation"]["windows"]}\nctx = {preset["evaluation"]["ctx"]}')
+if codec == "int4_gptq":  # needs the Gram matrix: same calibration text and windows
+    cal = preset["calibration"]
+    print(f'[calibration]\nwindows = {cal["windows"]}\nctx = {cal["ctx"]}')
 print(f'[allocator]\nid = "{preset["allocator"]["id"]}"')
 print(f'[codec]\ncodec = "{codec}"\ngroup_size = {preset["codec"].get("group_size", 128)}')
 for role, table in roles.items():

@@ -300,7 +300,7 @@ mod real {
         let (_, builtin) = Preset::load("balanced").unwrap();
         let text = builtin
             .replacen("[evaluation]\nwindows = 16\n", "[evaluation]\nwindows = 4\n", 1)
-            .replacen("[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 128\n", "[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 16\n", 1);
+            .replacen("[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 32\n", "[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 16\n", 1);
         let preset = Preset::parse(&text, "balanced (CI)").unwrap();
         assert_eq!((preset.calibration.windows, preset.evaluation.windows), (16, 4), "{text}");
         let run = |preset: &Preset, text: &str, out: &str| {
