@@ -54,6 +54,18 @@ pub fn summary(manifest: &Manifest) -> String {
         mib(t.fp16_bytes),
         t.ratio_vs_fp16
     );
+    if let Some(c) = &manifest.calibration {
+        let _ = writeln!(
+            out,
+            "calibration   {} on {} windows of {} tokens of {} (sha256 {}…), {:.0} s",
+            c.calibrators.join(", "),
+            c.windows,
+            c.ctx,
+            c.text,
+            &c.text_sha256[..c.text_sha256.len().min(12)],
+            c.seconds
+        );
+    }
     if let Some(e) = &manifest.evaluation {
         let _ = writeln!(
             out,
