@@ -38,7 +38,8 @@ enum Command {
         /// The model to compress.
         model: PathBuf,
         /// A built-in preset name (see `tenpak presets`) or a preset TOML file.
-        #[arg(long, default_value = "fast")]
+        /// `balanced` (the default) calibrates on --calib; `fast` needs no calibration text.
+        #[arg(long, default_value = "balanced")]
         preset: String,
         /// Output directory [default: <model name>.tenpak beside the current directory].
         #[arg(short, long)]

@@ -161,6 +161,13 @@ pub(crate) fn run(
             config.max_position_embeddings
         );
     }
+    ensure!(
+        calib_path.is_file(),
+        "{}: no such calibration text (preset `{}` calibrates; run scripts/fetch-assets.sh, pass --calib FILE, \
+         or use the calibration-free preset `fast`)",
+        calib_path.display(),
+        preset.name
+    );
     let started = Instant::now();
     let tokenizer = tokenize::for_model(model)?;
     let calib_ids = tokenize::encode_file_prefix(&tokenizer, calib_path, cal_windows * cal_ctx)?;
