@@ -70,6 +70,24 @@ pub fn validate_params(owner: &str, specs: &[ParamSpec], params: &Params) -> Res
     Ok(())
 }
 
+/// `value` if it is one of `allowed`, else an [`crate::ErrorKind::InvalidParam`] error naming
+/// `owner`, `key` and the accepted values.
+pub fn param_one_of(owner: &str, key: &str, value: &str, allowed: &[&'static str]) -> Result<&'static str> {
+    allowed.iter().copied().find(|m| *m == value).ok_or_else(|| {
+        Error::invalid_param(format!("{owner}: parameter `{key}` must be one of {}, got {value:?}", allowed.join(", ")))
+    })
+}
+
+/// Check `lo <= value <= hi` (a NaN is refused too), else an
+/// [`crate::ErrorKind::InvalidParam`] error naming `owner`, `key` and the range.
+pub fn param_in_range<T: PartialOrd + std::fmt::Display>(owner: &str, key: &str, value: T, lo: T, hi: T) -> Result<()> {
+    // `!(a && b)` rather than `a || b` so a NaN float is refused too.
+    if !(value >= lo && value <= hi) {
+        return Err(Error::invalid_param(format!("{owner}: parameter `{key}` must be in [{lo}, {hi}], got {value}")));
+    }
+    Ok(())
+}
+
 /// A weight-matrix codec: encodes one row-major `f32` matrix into named parts and decodes them.
 ///
 /// Implementors provide [`id`](Codec::id), [`encode`](Codec::encode) and

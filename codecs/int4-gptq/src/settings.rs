@@ -142,22 +142,11 @@ impl Default for Settings {
 }
 
 fn one_of(key: &str, value: &str, allowed: &[&'static str]) -> Result<&'static str> {
-    allowed.iter().copied().find(|m| *m == value).ok_or_else(|| {
-        Error::invalid_param(format!(
-            "{ID}: parameter `{key}` must be one of {}, got {value:?}",
-            allowed.join(", ")
-        ))
-    })
+    tenpak_api::param_one_of(ID, key, value, allowed)
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
-    // `!(a && b)` rather than `a || b` so a NaN float is refused too.
-    if !(value >= lo && value <= hi) {
-        return Err(Error::invalid_param(format!(
-            "{ID}: parameter `{key}` must be in [{lo}, {hi}], got {value}"
-        )));
-    }
-    Ok(())
+    tenpak_api::param_in_range(ID, key, value, lo, hi)
 }
 
 impl Settings {

@@ -153,16 +153,7 @@ impl Settings {
         validate_params(ID, PARAMS, params)?;
         let group_size = params.usize_or("group_size", DEFAULT_GROUP_SIZE)?;
         let refine_name = params.str_or("refine", "search")?;
-        let refine = REFINE_METHODS
-            .iter()
-            .copied()
-            .find(|m| *m == refine_name)
-            .ok_or_else(|| {
-                Error::invalid_param(format!(
-                    "{ID}: parameter `refine` must be one of {}, got {refine_name:?}",
-                    REFINE_METHODS.join(", ")
-                ))
-            })?;
+        let refine = tenpak_api::param_one_of(ID, "refine", refine_name, REFINE_METHODS)?;
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         let search_steps = params.usize_or("search_steps", DEFAULT_SEARCH_STEPS)?;
         let residual_bits = params.usize_or("residual_bits", 0)?;
