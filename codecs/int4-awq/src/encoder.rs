@@ -3,7 +3,10 @@
 use std::borrow::Cow;
 
 use half::f16;
-use tenpak_api::{ErrorKind, Result};
+use tenpak_api::{DType, ErrorKind, Part, Result};
+use tenpak_codec_int4_gptq::hessian::Hessian;
+use tenpak_codec_int4_gptq::output_error::{difference, quadratic_form_rows};
+use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor};
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 
 use crate::calibration::Calibration;
@@ -29,7 +32,12 @@ pub struct Stored {
     pub reconstruction: Vec<f32>,
     /// `tr(E G Eᵀ)` of that reconstruction.
     pub output_error: f64,
+    /// Rows stored from the error-feedback sweep (0 without error feedback).
+    pub feedback_rows: usize,
 }
+
+/// Columns per lazy batch of the error-feedback sweep (speed only; `int4_gptq`'s default).
+const FEEDBACK_BLOCK: usize = 128;
 
 /// `Ŵ = deq(W') / s` (in f32, column by column), the dense part of the decoding; the encoder and
 /// the decoder both go through this function, then [`outliers::apply`].
@@ -57,6 +65,8 @@ pub struct Encoder<'a> {
     weighted_fit: bool,
     outlier_index: Vec<u32>,
     evaluator: OutputError<'a>,
+    /// Error feedback: the dampening asked for, and the factor once computed.
+    feedback: Option<(f64, Option<InverseFactor>)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -69,13 +79,17 @@ impl<'a> Encoder<'a> {
     ) -> Result<Self> {
         let outlier_index =
             outliers::select(weight, &calibration.act_scale, settings.outlier_fraction)?;
-        Ok(Self::with_outliers(
+        let mut encoder = Self::with_outliers(
             Cow::Borrowed(weight),
             format,
             calibration,
             settings.weighted_fit,
             outlier_index,
-        ))
+        );
+        if settings.error_feedback {
+            encoder.feedback = Some((settings.percdamp, None));
+        }
+        Ok(encoder)
     }
 
     fn with_outliers(
@@ -94,11 +108,14 @@ impl<'a> Encoder<'a> {
             weighted_fit,
             outlier_index,
             evaluator: OutputError::new(calibration.gram, layout.rows(), layout.cols()),
+            feedback: None,
         }
     }
 
     /// The same layer restricted to `count` evenly spaced rows (the centres of `count` equal
     /// bands), with the same outliers where they fall in those rows; `None` if that is every row.
+    /// The sample has no error feedback: it ranks α candidates on the plain fit, which is cheap,
+    /// and the finalists are then encoded with feedback on every row.
     ///
     /// Rows are quantized independently and the output error is a sum over rows, so a candidate
     /// scored on these rows is scored exactly as on the whole layer, only on fewer rows: an
@@ -211,7 +228,7 @@ impl<'a> Encoder<'a> {
         )?;
         outliers::apply(&mut reconstruction, &self.outlier_index, &outlier_value);
         let output_error = self.evaluator.error(&self.weight, &reconstruction);
-        Ok(Stored {
+        let plain = Stored {
             alpha,
             col_scale,
             quantized,
@@ -219,6 +236,83 @@ impl<'a> Encoder<'a> {
             outlier_value,
             reconstruction,
             output_error,
+            feedback_rows: 0,
+        };
+        if self.feedback.is_none() {
+            return Ok(plain);
+        }
+        self.with_feedback(plain, scales.as_deref())
+    }
+
+    /// The factor `U` (`(G + damp·I)⁻¹ = UᵀU`) of the error feedback, computed on first use.
+    fn feedback_factor(&mut self) -> Result<&InverseFactor> {
+        let (percdamp, factor) = self.feedback.as_mut().expect("error feedback is on");
+        if factor.is_none() {
+            let hessian = Hessian::from_gram(self.calibration.gram, self.cols)?;
+            *factor = Some(InverseFactor::new(&hessian, *percdamp)?);
+        }
+        Ok(factor.as_ref().expect("just computed"))
+    }
+
+    /// Error feedback on top of the plain candidate `plain`: with the same headers (the weighted
+    /// fit's), column scales and outliers, the GPTQ sweep re-chooses every code so that each
+    /// column's output error is compensated by the columns after it (`int4_gptq`'s sweep on the
+    /// column-scaled grid). Per row, the encoding with the lower `e_r G e_rᵀ` is kept: rows are
+    /// independent in storage and in `tr(E G Eᵀ) = Σ_r e_r G e_rᵀ`, so the result is never worse
+    /// than the plain fit on the calibration objective. The stored format is unchanged.
+    fn with_feedback(&mut self, plain: Stored, scales: Option<&[f32]>) -> Result<Stored> {
+        let format = self.format;
+        let layout = format.layout();
+        let (rows, cols) = (layout.rows(), layout.cols());
+        let weight = self.weight.clone();
+        let factor = self.feedback_factor()?;
+        let swept = sweep::quantize_scaled(
+            &weight,
+            format,
+            factor,
+            Groups::Static(plain.quantized.headers()),
+            scales,
+            FEEDBACK_BLOCK,
+        )?
+        .to_asym(format)?;
+        let mut fed = unscale(swept.dequantize(), plain.col_scale.as_deref());
+        let fed_outliers = outliers::residuals(&weight, &fed, &self.outlier_index, cols)?;
+        outliers::apply(&mut fed, &self.outlier_index, &fed_outliers);
+        let gram = self.calibration.gram;
+        let fed_rows = quadratic_form_rows(&difference(&weight, &fed), gram, rows, cols);
+        let plain_rows =
+            quadratic_form_rows(&difference(&weight, &plain.reconstruction), gram, rows, cols);
+        let use_fed: Vec<bool> = fed_rows.iter().zip(&plain_rows).map(|(f, p)| f < p).collect();
+        let output_error = (0..rows)
+            .map(|r| if use_fed[r] { fed_rows[r] } else { plain_rows[r] })
+            .sum();
+        // Assemble row by row: same headers, codes and reconstruction from the chosen encoding.
+        let stride = format.row_code_bytes();
+        let mut codes = plain.quantized.codes().to_vec();
+        let mut reconstruction = plain.reconstruction;
+        for r in (0..rows).filter(|&r| use_fed[r]) {
+            codes[r * stride..(r + 1) * stride]
+                .copy_from_slice(&swept.codes()[r * stride..(r + 1) * stride]);
+            reconstruction[r * cols..(r + 1) * cols].copy_from_slice(&fed[r * cols..(r + 1) * cols]);
+        }
+        let mut outlier_value = plain.outlier_value;
+        for (k, &i) in self.outlier_index.iter().enumerate() {
+            if use_fed[i as usize / cols] {
+                outlier_value[k] = fed_outliers[k];
+            }
+        }
+        let [_, headers] = plain.quantized.to_parts("codes", "scale_min");
+        let codes = Part { name: "codes".to_owned(), dtype: DType::U8, shape: vec![rows, stride], data: codes };
+        let quantized = AsymQuantized::from_parts(format, &codes, &headers)?;
+        Ok(Stored {
+            alpha: plain.alpha,
+            col_scale: plain.col_scale,
+            quantized,
+            outlier_index: plain.outlier_index,
+            outlier_value,
+            reconstruction,
+            output_error,
+            feedback_rows: use_fed.iter().filter(|&&f| f).count(),
         })
     }
 

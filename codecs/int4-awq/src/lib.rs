@@ -118,6 +118,7 @@ use half::f16;
 use tenpak_api::{
     Codec, Encoded, Error, LayerStats, ParamSpec, Params, Result, StatsNeeds, WeightView,
 };
+use tenpak_quant::rotation::Rotation;
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
 
 use calibration::Calibration;
@@ -189,16 +190,36 @@ impl Int4Awq {
         let settings = Settings::from_recorded(params)?;
         weight.check_finite()?;
         let (rows, cols) = (weight.rows(), weight.cols());
+        Calibration::new(stats, cols)?;
+        // Incoherence processing: everything below runs on W·Tᵀ with the rotated statistics;
+        // only the reconstruction is rotated back.
+        let rotated = settings.incoherence.then(|| {
+            let rotation = Rotation::new(cols, settings.rotation_seed);
+            let mut data = weight.data().to_vec();
+            rotation.rotate_rows(&mut data);
+            let stats = rotated_stats(&rotation, stats);
+            (rotation, data, stats)
+        });
+        let (data, stats) = match &rotated {
+            Some((_, data, stats)) => (&data[..], stats),
+            None => (weight.data(), stats),
+        };
         let calibration = Calibration::new(stats, cols)?;
         let format = format(rows, cols, settings.group_size)?;
-        let mut encoder = Encoder::new(weight.data(), format, &calibration, &settings)?;
+        let mut encoder = Encoder::new(data, format, &calibration, &settings)?;
         let energy = encoder.energy();
-        let stored = if weight.data().is_empty() {
+        let mut stored = if data.is_empty() {
             encoder.candidate(settings.alpha.unwrap_or(0.0), &settings.fit_options())?
         } else {
             encoder.encode(&settings)?
         };
+        if let Some((rotation, _, _)) = &rotated {
+            rotation.unrotate_rows(&mut stored.reconstruction);
+        }
         let mut params = settings.to_params(stored.alpha);
+        if settings.error_feedback {
+            params.set("feedback_rows", stored.feedback_rows);
+        }
         if energy > 0.0 {
             params.set("output_error", stored.output_error / energy);
         } else if stored.output_error == 0.0 {
@@ -235,6 +256,24 @@ impl Int4Awq {
             parts: out,
         };
         Ok((encoded, stored))
+    }
+}
+
+/// The statistics of the rotated inputs `x' = T x`: `G' = T G Tᵀ`, `hessian_diag' = diag G'`,
+/// and for `act_scale'` (mean |x'|, which the Gram matrix does not determine) the RMS
+/// `sqrt(diag G')`: after the rotation every channel is a mix of all, near Gaussian, and mean |x|
+/// is then a fixed fraction of the RMS, which the column scales' normalization cancels.
+fn rotated_stats(rotation: &Rotation, stats: &LayerStats) -> LayerStats {
+    let gram = stats.gram.as_ref().expect("checked by Calibration::new");
+    let n = gram.dim;
+    let data = rotation.rotate_gram(&gram.data);
+    let diag: Vec<f32> = (0..n).map(|j| data[j * n + j].max(0.0)).collect();
+    LayerStats {
+        act_scale: Some(diag.iter().map(|v| v.sqrt()).collect()),
+        hessian_diag: Some(diag),
+        gram: Some(tenpak_api::Gram { dim: n, data }),
+        fisher_diag: None,
+        samples: stats.samples,
     }
 }
 
@@ -347,6 +386,9 @@ impl Codec for Int4Awq {
         };
         let mut out = unscale(quantized.dequantize(), col_scale.as_deref());
         outliers::apply(&mut out, &index, &value);
+        if settings.incoherence {
+            Rotation::new(cols, settings.rotation_seed).unrotate_rows(&mut out);
+        }
         Ok(out)
     }
 }

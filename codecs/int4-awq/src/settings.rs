@@ -30,6 +30,8 @@ pub const MAX_SEARCH_STEPS: usize = 200;
 pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
 /// Rows the α ranking runs on when `alpha_search_rows` is absent (0 = every row).
 pub const DEFAULT_ALPHA_SEARCH_ROWS: usize = 128;
+/// Hessian dampening of the error feedback when `percdamp` is absent (GPTQ's 1 %).
+pub const DEFAULT_PERCDAMP: f64 = 0.01;
 /// The accepted `alpha_search_fit` values.
 pub const ALPHA_SEARCH_FITS: &[&str] = &["rtn", "full"];
 
@@ -78,6 +80,30 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
         doc: "choose each group's scale and min to minimize the output error (hessian_diag-weighted) instead of the weight error",
     },
     ParamSpec {
+        name: "error_feedback",
+        ty: ParamType::Bool,
+        default: "false",
+        doc: "GPTQ error feedback: code the columns in turn, each one's output error compensated by the later columns through the Cholesky factor of the damped Gram matrix (headers from the weighted fit); per row the better of with and without",
+    },
+    ParamSpec {
+        name: "incoherence",
+        ty: ParamType::Bool,
+        default: "false",
+        doc: "incoherence processing: quantize W·Tᵀ for a seeded random orthogonal T on the input dimension (fast Hadamard ⊗ small random rotation), statistics rotated with it; decode multiplies by T",
+    },
+    ParamSpec {
+        name: "rotation_seed",
+        ty: ParamType::Int,
+        default: "0",
+        doc: "incoherence: the seed of T (recorded, so the decoder rebuilds T)",
+    },
+    ParamSpec {
+        name: "percdamp",
+        ty: ParamType::Float,
+        default: "0.01",
+        doc: "error feedback: add percdamp * mean(diag G) to the Gram matrix's diagonal; in (0, 1]",
+    },
+    ParamSpec {
         name: "refine",
         ty: ParamType::Str,
         default: "\"search\"",
@@ -99,12 +125,20 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
 
 /// Written by the encoder beside the settings, so the manifest shows them; accepted (and
 /// ignored) when the recorded parameters are read back, refused in a preset.
-pub(crate) const RECORDED: &[ParamSpec] = &[ParamSpec {
-    name: "output_error",
-    ty: ParamType::Float,
-    default: "recorded",
-    doc: "recorded: tr(E G Eᵀ) / tr(W G Wᵀ) of the stored tensor on the calibration activations",
-}];
+pub(crate) const RECORDED: &[ParamSpec] = &[
+    ParamSpec {
+        name: "output_error",
+        ty: ParamType::Float,
+        default: "recorded",
+        doc: "recorded: tr(E G Eᵀ) / tr(W G Wᵀ) of the stored tensor on the calibration activations",
+    },
+    ParamSpec {
+        name: "feedback_rows",
+        ty: ParamType::Int,
+        default: "recorded",
+        doc: "recorded (error_feedback): rows stored from the error-feedback sweep; the others from the plain fit",
+    },
+];
 
 /// How α candidates are ranked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +176,14 @@ pub struct Settings {
     pub outlier_fraction: f64,
     /// Importance-weighted range fit.
     pub weighted_fit: bool,
+    /// GPTQ error feedback through the Gram matrix.
+    pub error_feedback: bool,
+    /// Dampening of the Gram matrix for the error feedback.
+    pub percdamp: f64,
+    /// Incoherence processing of the input dimension.
+    pub incoherence: bool,
+    /// Seed of the rotation.
+    pub rotation_seed: u64,
     /// Range-fit method, one of [`REFINE_METHODS`].
     pub refine: &'static str,
     /// Rounds (see the `iterations` parameter).
@@ -207,6 +249,15 @@ impl Settings {
             MAX_OUTLIER_FRACTION,
         )?;
         let weighted_fit = params.bool_or("weighted_fit", true)?;
+        let error_feedback = params.bool_or("error_feedback", false)?;
+        let incoherence = params.bool_or("incoherence", false)?;
+        let rotation_seed = params.usize_or("rotation_seed", 0)? as u64;
+        let percdamp = params.float_or("percdamp", DEFAULT_PERCDAMP)?;
+        if !(percdamp > 0.0 && percdamp <= 1.0) {
+            return Err(Error::invalid_param(format!(
+                "{ID}: parameter `percdamp` must be in (0, 1], got {percdamp}"
+            )));
+        }
         let refine = one_of("refine", params.str_or("refine", "search")?, REFINE_METHODS)?;
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
@@ -220,6 +271,10 @@ impl Settings {
             alpha_search_rows,
             outlier_fraction,
             weighted_fit,
+            error_feedback,
+            percdamp,
+            incoherence,
+            rotation_seed,
             refine,
             iterations,
             search_steps,
@@ -237,6 +292,10 @@ impl Settings {
             .with("alpha_search_rows", self.alpha_search_rows)
             .with("outlier_fraction", self.outlier_fraction)
             .with("weighted_fit", self.weighted_fit)
+            .with("error_feedback", self.error_feedback)
+            .with("percdamp", self.percdamp)
+            .with("incoherence", self.incoherence)
+            .with("rotation_seed", self.rotation_seed as usize)
             .with("refine", self.refine)
             .with("iterations", self.iterations)
             .with("search_steps", self.search_steps)

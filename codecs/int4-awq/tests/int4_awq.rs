@@ -323,6 +323,122 @@ fn weighted_fit_lowers_output_error() {
     }
 }
 
+/// Error feedback (GPTQ's sweep inside the codec, on the weighted fit's headers and the column
+/// scales) lowers the output error on correlated activations, with α searched or fixed and with
+/// outliers; decoding stays exact and the format and size are unchanged.
+#[test]
+fn error_feedback_lowers_output_error() {
+    for (rows, cols, seed) in [(96, 256, 4), (64, 384, 5), (40, 200, 6)] {
+        let l = layer(rows, cols, seed);
+        for base in [
+            Params::new().with("outlier_fraction", 0.0),
+            Params::new().with("alpha", 0.0).with("outlier_fraction", 0.0),
+            Params::new().with("alpha", 0.5),
+            Params::new().with("group_size", 64usize),
+        ] {
+            let (plain, _) = encode(&l.m, &l.stats, &base);
+            let fed_params = base.clone().with("error_feedback", true);
+            let (fed, scored) = encode(&l.m, &l.stats, &fed_params);
+            let (f, p) = (output_error(&fed), output_error(&plain));
+            let ctx = format!("[{rows}, {cols}] {base:?}");
+            // Outliers are chosen before the sweep and corrected after it, so the sweep spends
+            // some compensation on weights whose error the residual removes anyway: the gain is
+            // smaller with them (about 10 % here against 20-40 % without).
+            let bound = if base.float_or("outlier_fraction", 0.005).unwrap() > 0.0 { 1.0 } else { 0.9 };
+            assert!(f < bound * p, "{ctx}: with feedback {f}, without {p}");
+            let rows_fed = fed.params.int_or("feedback_rows", -1).unwrap();
+            assert!(rows_fed > 0 && rows_fed <= rows as i64, "{ctx}: feedback_rows {rows_fed}");
+            assert_eq!(bits(&Int4Awq.decode(&through_bytes(&fed)).unwrap()), bits(&scored), "{ctx}: decode");
+            let g = fed.params.usize_or("group_size", 0).unwrap();
+            assert_eq!(stored_bytes(&fed) as u64, expected_bytes(&fed, g), "{ctx}: size");
+            // The recorded error is the true one on the calibration activations.
+            let true_error = output_error_on(&l.x, &l.m.data, &scored, rows, cols);
+            assert!((true_error - f * output_error_on(&l.x, &l.m.data, &vec![0.0; rows * cols], rows, cols)).abs() <= 1e-3 * true_error, "{ctx}: recorded error");
+        }
+    }
+}
+
+/// The size an encoding must have: the formula, with the column scales present when α ≠ 0.
+fn expected_bytes(e: &Encoded, group_size: usize) -> u64 {
+    let [rows, cols] = e.shape;
+    let alpha = e.params.float_or("alpha", f64::NAN).unwrap();
+    let outliers = outlier_count(rows * cols, e.params.float_or("outlier_fraction", 0.005).unwrap());
+    stored_bits(rows, cols, group_size, alpha != 0.0, outliers) / 8
+}
+
+/// Incoherence processing: decoding is exact (the rotation is rebuilt from the recorded seed),
+/// the recorded error is the true output error of the decoded weights on the calibration
+/// activations, and the size is the formula's. On long rows with a few huge entries and inputs
+/// without dominant channels (the case the rotation is for: a grid must stretch over the
+/// outliers, and no channel is worth protecting more than another) it lowers the output error.
+/// Where a few input channels dominate, the rotation spreads them over all channels and the
+/// column scales and weighted fit lose their grip; there error feedback is what recovers it
+/// (measured, not asserted: on `activations()`'s one-in-32 loud channels, g32 without feedback
+/// 3.8e-3 rotated vs 2.1e-4 plain; with feedback 1.1e-4 vs 0.9e-4).
+#[test]
+fn incoherence_decodes_exactly_and_spreads_outliers() {
+    for (rows, cols, seed) in [(64, 576, 8), (32, 1536, 9), (30, 100, 10)] {
+        let mut m = llm_like(rows, cols, seed);
+        // One weight in 500 fifty times its row's scale.
+        for i in (0..rows * cols).step_by(499) {
+            m.data[i] *= 50.0;
+        }
+        let mut rng = Rng::new(seed + 1000);
+        let x: Vec<f32> = (0..1024 * cols).map(|_| rng.normal() as f32).collect();
+        let stats = stats_of(&x, cols);
+        let zero = vec![0f32; rows * cols];
+        let energy = output_error_on(&x, &m.data, &zero, rows, cols);
+        for base in [
+            Params::new().with("outlier_fraction", 0.0).with("group_size", 32usize),
+            Params::new().with("outlier_fraction", 0.0).with("error_feedback", true).with("group_size", 32usize),
+        ] {
+            let (plain, _) = encode(&m, &stats, &base);
+            let rotated_params = base.clone().with("incoherence", true).with("rotation_seed", 7usize);
+            let (rotated, scored) = encode(&m, &stats, &rotated_params);
+            let ctx = format!("[{rows}, {cols}] {base:?}");
+            assert_eq!(bits(&Int4Awq.decode(&through_bytes(&rotated)).unwrap()), bits(&scored), "{ctx}: decode");
+            assert_eq!(stored_bytes(&rotated) as u64, expected_bytes(&rotated, 32), "{ctx}: size");
+            let true_error = output_error_on(&x, &m.data, &scored, rows, cols) / energy;
+            let recorded = output_error(&rotated);
+            assert!((true_error - recorded).abs() <= 2e-2 * true_error, "{ctx}: recorded {recorded}, true {true_error}");
+            let p = output_error(&plain);
+            // On short rows (100 = 4 · 25) one outlier per row spreads over only 100 entries
+            // and raises every group of the row: that case checks exactness and size only.
+            // With error feedback both are close (1536 columns: 1.94e-3 rotated, 1.88e-3 plain;
+            // 576: 3.6e-3 vs 4.2e-3): only exactness and size are asserted there.
+            if cols >= 500 && !base.bool_or("error_feedback", false).unwrap() {
+                assert!(recorded < 0.9 * p, "{ctx}: rotated {recorded}, plain {p}");
+            }
+        }
+    }
+}
+
+/// With an identity Gram matrix no column can compensate another, so error feedback reduces to
+/// the plain fit: the same parts, byte for byte, and no row taken from the sweep.
+#[test]
+fn error_feedback_with_identity_gram_is_the_plain_fit() {
+    for m in matrices() {
+        let cols = m.cols;
+        let mut gram = vec![0f32; cols * cols];
+        for j in 0..cols {
+            gram[j * cols + j] = 1.0;
+        }
+        let stats = LayerStats {
+            act_scale: Some(vec![1.0; cols]),
+            hessian_diag: Some(vec![1.0; cols]),
+            gram: Some(Gram { dim: cols, data: gram }),
+            ..LayerStats::default()
+        };
+        for base in [Params::new(), Params::new().with("alpha", 0.5).with("group_size", 32usize)] {
+            let (plain, _) = encode(&m, &stats, &base);
+            let (fed, _) = encode(&m, &stats, &base.clone().with("error_feedback", true));
+            let ctx = format!("{} {base:?}", m.name);
+            assert_eq!(fed.parts, plain.parts, "{ctx}: parts");
+            assert_eq!(fed.params.int_or("feedback_rows", -1).unwrap(), 0, "{ctx}");
+        }
+    }
+}
+
 /// The fast evaluator (one f32 matrix product) agrees with the definition computed in f64.
 #[test]
 fn output_error_matches_the_reference() {

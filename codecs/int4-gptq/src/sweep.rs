@@ -183,10 +183,30 @@ pub fn quantize(
     groups: Groups<'_>,
     block_size: usize,
 ) -> Result<GptqQuantized> {
+    quantize_scaled(weight, format, factor, groups, None, block_size)
+}
+
+/// [`quantize`] for a codec that stores `W·diag(s)` on the grid and decodes `deq(W') / s`
+/// (`int4_awq`'s column scales): the sweep still runs on `W` with `W`'s own factor, and only the
+/// grid of column `j` changes, to the stored grid divided by `s_j`. Each weight is coded on
+/// `(w̃·s_j)` rounded to f32 (what a fit on `W·diag(s)` saw) and decoded as
+/// `dequantize(code) / s_j` in f32, exactly as the decoder computes it; dynamic headers are
+/// fitted on the scaled values. `col_scale = None` is [`quantize`].
+pub fn quantize_scaled(
+    weight: &[f32],
+    format: AsymFormat,
+    factor: &InverseFactor,
+    groups: Groups<'_>,
+    col_scale: Option<&[f32]>,
+    block_size: usize,
+) -> Result<GptqQuantized> {
     let layout = format.layout();
     layout.check_data(weight)?;
     groups.check(&layout);
     let cols = layout.cols();
+    if let Some(s) = col_scale {
+        assert_eq!(s.len(), cols, "one column scale per column");
+    }
     assert_eq!(factor.dim, cols, "the factor must match the weight's columns");
     assert!(block_size > 0, "block_size must be positive");
     let percdamp_applied = factor.percdamp_applied;
@@ -203,6 +223,7 @@ pub fn quantize(
         groups_per_row: layout.groups_per_row(),
         nmax: format.nmax(),
         groups,
+        col_scale,
         blocks: blocks(cols, layout.group_size(), block_size),
     };
     let per_chunk: Vec<Result<Vec<f64>>> = weight
@@ -228,6 +249,7 @@ struct Sweep<'a> {
     groups_per_row: usize,
     nmax: u8,
     groups: Groups<'a>,
+    col_scale: Option<&'a [f32]>,
     blocks: Vec<Range<usize>>,
 }
 
@@ -264,8 +286,8 @@ impl Sweep<'_> {
                             Groups::Dynamic(fit) => {
                                 let end = (i + self.group_size).min(n);
                                 let values = &mut scratch[..end - i];
-                                for (s, &v) in values.iter_mut().zip(&row[i..end]) {
-                                    *s = v as f32;
+                                for (k, (s, &v)) in values.iter_mut().zip(&row[i..end]).enumerate() {
+                                    *s = scaled(v, self.col_scale, i + k);
                                 }
                                 fit_group(values, self.nmax, &fit)
                                     .ok_or_else(|| range_error(first_row + r, i..end, values))?
@@ -274,7 +296,7 @@ impl Sweep<'_> {
                         headers[r * self.groups_per_row + i / self.group_size] = header;
                         grids[r] = header.unpack();
                     }
-                    let (code, decoded) = nearest(row[i], grids[r], nmax);
+                    let (code, decoded) = nearest_scaled(row[i], grids[r], nmax, self.col_scale, i);
                     codes[r * n + i] = code;
                     let u_row = &self.u[i * n..(i + 1) * n];
                     let e = (row[i] - decoded) / u_row[i];
@@ -309,6 +331,29 @@ fn nearest(w: f64, grid: GridF32, nmax: f32) -> (u8, f64) {
     (code, f64::from(dequantize_value(code, grid.scale, grid.min)))
 }
 
+/// `w·s_j` rounded to f32 (plain `w` rounded to f32 without column scales): the value the grid
+/// of column `j` sees.
+#[inline]
+fn scaled(w: f64, col_scale: Option<&[f32]>, j: usize) -> f32 {
+    match col_scale {
+        Some(s) => (w * f64::from(s[j])) as f32,
+        None => w as f32,
+    }
+}
+
+/// [`nearest`] on column `j` of a column-scaled grid: the code of `w·s_j` and its decoded value
+/// `dequantize(code) / s_j` (f32 arithmetic, as the codec's decoder).
+#[inline]
+fn nearest_scaled(w: f64, grid: GridF32, nmax: f32, col_scale: Option<&[f32]>, j: usize) -> (u8, f64) {
+    match col_scale {
+        None => nearest(w, grid, nmax),
+        Some(s) => {
+            let code = quantize_index(scaled(w, col_scale, j), grid.min, grid.inv_scale, nmax) as u8;
+            (code, f64::from(dequantize_value(code, grid.scale, grid.min) / s[j]))
+        }
+    }
+}
+
 /// The reference sweep: one column at a time over all rows, no blocking, the explicit inverse
 /// Hessian downdated after each column (see the module docs). `O(cols³ + rows · cols²)` with no
 /// matrix products: for tests.
@@ -319,11 +364,26 @@ pub fn quantize_reference(
     percdamp: f64,
     groups: Groups<'_>,
 ) -> Result<GptqQuantized> {
+    quantize_reference_scaled(weight, format, hessian, percdamp, groups, None)
+}
+
+/// The reference for [`quantize_scaled`]: [`quantize_reference`] on column-scaled grids.
+pub fn quantize_reference_scaled(
+    weight: &[f32],
+    format: AsymFormat,
+    hessian: &Hessian,
+    percdamp: f64,
+    groups: Groups<'_>,
+    col_scale: Option<&[f32]>,
+) -> Result<GptqQuantized> {
     let layout = format.layout();
     layout.check_data(weight)?;
     groups.check(&layout);
     let (rows, n, g) = (layout.rows(), layout.cols(), layout.group_size());
     assert_eq!(hessian.dim(), n, "hessian must match the weight's columns");
+    if let Some(s) = col_scale {
+        assert_eq!(s.len(), n, "one column scale per column");
+    }
     let (mut hinv, percdamp_applied) =
         hessian.factor_dampened(percdamp, |h| inverse_reference(&h, n))?;
     let nmax = f32::from(format.nmax());
@@ -340,8 +400,9 @@ pub fn quantize_reference(
                 let header = match groups {
                     Groups::Static(given) => given[group],
                     Groups::Dynamic(fit) => {
-                        let values: Vec<f32> =
-                            w[r * n + j..r * n + end].iter().map(|&v| v as f32).collect();
+                        let values: Vec<f32> = (j..end)
+                            .map(|k| scaled(w[r * n + k], col_scale, k))
+                            .collect();
                         fit_group(&values, format.nmax(), &fit)
                             .ok_or_else(|| range_error(r, j..end, &values))?
                     }
@@ -352,7 +413,7 @@ pub fn quantize_reference(
         }
         let d = hinv[j * n + j];
         for r in 0..rows {
-            let (code, decoded) = nearest(w[r * n + j], grids[r], nmax);
+            let (code, decoded) = nearest_scaled(w[r * n + j], grids[r], nmax, col_scale, j);
             codes[r * n + j] = code;
             let delta = w[r * n + j] - decoded;
             row_damped_errors[r] += delta * delta / d;

@@ -19,6 +19,8 @@
 //!   importance-weighted one (calibrated codecs);
 //! - [`asym`]: whole matrices on asymmetric b-bit grids and their stored parts (with a plain or
 //!   an importance-weighted fit);
+//! - [`rotation`]: incoherence processing, a seeded random orthogonal transform of the input
+//!   dimension (fast Walsh–Hadamard ⊗ a small random rotation) and its inverse;
 //! - [`sym`]: whole matrices on symmetric int8 grids;
 //! - [`encoded`]: the checks every decoder makes on what it is given;
 //! - [`metrics`]: reconstruction error;
@@ -50,6 +52,7 @@ mod kernels;
 pub mod layout;
 pub mod metrics;
 pub mod pack;
+pub mod rotation;
 pub mod sym;
 pub mod testing;
 
