@@ -144,7 +144,7 @@ impl<'a> Encoder<'a> {
                 position[r].map(|p| (p * self.cols + c) as u32)
             })
             .collect();
-        let format = AsymFormat::new(GroupLayout::new(count, self.cols, layout.group_size())?, 4)?;
+        let format = AsymFormat::new(GroupLayout::new(count, self.cols, layout.group_size())?, self.format.bits())?;
         Ok(Some(Encoder::with_outliers(
             Cow::Owned(weight),
             format,

@@ -29,6 +29,27 @@
 //!    α and the relative output error `tr(E G Eᵀ) / tr(W G Wᵀ)` are recorded in the tensor's
 //!    parameters (`alpha`, `output_error`), so the manifest shows them.
 //!
+//! 5. **Error feedback** (`error_feedback = true`; [`encoder`]): GPTQ's sweep (Frantar et al.
+//!    2022, `int4_gptq`'s implementation) inside the codec. With the headers of step 3 and the
+//!    column scales of step 2 fixed, the columns are coded in turn and each one's error is
+//!    compensated by the columns not yet coded, through the upper Cholesky factor of
+//!    `(G + percdamp·mean(diag G)·I)⁻¹`; the grid of column `j` is the stored grid divided by
+//!    `s_j`, so the sweep runs on `W` with one factorization per layer for every α. Per row, the
+//!    encoding with the lower `e_r G e_rᵀ` is kept (recorded as `feedback_rows`), so feedback
+//!    never loses to the plain fit on the calibration objective. The α search ranks candidates
+//!    without feedback on its row sample; the finalists get it. Outliers are chosen before the
+//!    sweep and corrected after it, which wastes some compensation on them: with feedback,
+//!    smaller groups pay better than outliers.
+//! 6. **Incoherence processing** (`incoherence = true`, `rotation_seed`): everything above runs
+//!    on `W·Tᵀ` with `G' = T G Tᵀ` for the seeded orthogonal `T` of
+//!    [`tenpak_quant::rotation`] (fast Walsh–Hadamard ⊗ a small random rotation, any
+//!    dimension); the decoder rebuilds `T` from the recorded seed and multiplies back. It
+//!    spreads weight outliers over the row; it also spreads the loud input channels that the
+//!    column scales and the weighted fit would otherwise protect, so it pays with error
+//!    feedback and on weights without a grid of their own (measurements in BENCHMARKS.md).
+//!
+//! Any code width from 2 to 8 bits (`bits`, default 4) works the same way.
+//!
 //! Decoding is exact for the stored representation: the encoder scores the f16-rounded scales
 //! and the f16 residuals through the very functions `decode` uses, so the output error it
 //! records is the one the decoded weights have, and a test checks it bit for bit.
@@ -100,6 +121,10 @@
 //!
 //! # Statistics
 //!
+//! With `incoherence`, the parts hold the rotated matrix's encoding (outlier positions
+//! included); the size is the same formula. With `bits ≠ 4`, `codes` is
+//! `[rows, ceil(cols·bits/8)]` ([`stored_bits_with`]).
+//!
 //! [`Codec::needs`] asks for `act_scale`, `hessian_diag` and `gram`; without them `encode` fails
 //! with [`tenpak_api::ErrorKind::MissingStats`] naming the missing ones. NaN/Inf or negative
 //! statistics and wrong lengths are [`tenpak_api::ErrorKind::InvalidInput`] errors naming the
@@ -143,7 +168,7 @@ pub mod parts {
     pub const OUTLIER_VALUE: &str = "outlier_value";
 }
 
-/// Exact stored bits of an `int4_awq` tensor: the INT4 codes and headers,
+/// Exact stored bits of an `int4_awq` tensor with 4-bit codes: the codes and headers,
 /// `rows · (8·ceil(cols/2) + 32·ceil(cols/group_size))`, plus `16·cols` for the column scales
 /// when α ≠ 0, plus 48 per outlier.
 pub fn stored_bits(
@@ -153,7 +178,20 @@ pub fn stored_bits(
     col_scale: bool,
     outliers: usize,
 ) -> u64 {
-    rows as u64 * (8 * cols.div_ceil(2) as u64 + 32 * cols.div_ceil(group_size) as u64)
+    stored_bits_with(4, rows, cols, group_size, col_scale, outliers)
+}
+
+/// [`stored_bits`] for `bits`-bit codes: `rows · (8·ceil(cols·bits/8) + 32·ceil(cols/group_size))`
+/// plus the column scales and outliers.
+pub fn stored_bits_with(
+    bits: u32,
+    rows: usize,
+    cols: usize,
+    group_size: usize,
+    col_scale: bool,
+    outliers: usize,
+) -> u64 {
+    rows as u64 * (8 * (cols * bits as usize).div_ceil(8) as u64 + 32 * cols.div_ceil(group_size) as u64)
         + if col_scale { 16 * cols as u64 } else { 0 }
         + 48 * outliers as u64
 }
@@ -162,8 +200,8 @@ pub fn stored_bits(
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Int4Awq;
 
-fn format(rows: usize, cols: usize, group_size: usize) -> Result<AsymFormat> {
-    AsymFormat::new(GroupLayout::new(rows, cols, group_size)?, 4)
+fn format(rows: usize, cols: usize, settings: &Settings) -> Result<AsymFormat> {
+    AsymFormat::new(GroupLayout::new(rows, cols, settings.group_size)?, settings.bits)
 }
 
 /// The parts an encoding with these settings and α has, in storage order.
@@ -205,7 +243,7 @@ impl Int4Awq {
             None => (weight.data(), stats),
         };
         let calibration = Calibration::new(stats, cols)?;
-        let format = format(rows, cols, settings.group_size)?;
+        let format = format(rows, cols, &settings)?;
         let mut encoder = Encoder::new(data, format, &calibration, &settings)?;
         let energy = encoder.energy();
         let mut stored = if data.is_empty() {
@@ -324,7 +362,7 @@ impl Codec for Int4Awq {
             .alpha
             .ok_or_else(|| corrupt(encoded, "no `alpha` recorded"))?;
         let [rows, cols] = encoded.shape;
-        let format = format(rows, cols, settings.group_size).map_err(|e| corrupt(encoded, e))?;
+        let format = format(rows, cols, &settings).map_err(|e| corrupt(encoded, e))?;
         encoded::expect_parts(encoded, &part_names(alpha, settings.outlier_fraction))?;
         let quantized = AsymQuantized::from_parts(
             format,

@@ -35,8 +35,17 @@ pub const DEFAULT_PERCDAMP: f64 = 0.01;
 /// The accepted `alpha_search_fit` values.
 pub const ALPHA_SEARCH_FITS: &[&str] = &["rtn", "full"];
 
+/// Code width when `bits` is absent.
+pub const DEFAULT_BITS: u32 = 4;
+
 /// What a preset may set.
 pub(crate) const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "bits",
+        ty: ParamType::Int,
+        default: "4",
+        doc: "bits per code, 2..=8 (the codec is named for its default width)",
+    },
     ParamSpec {
         name: "group_size",
         ty: ParamType::Int,
@@ -162,6 +171,8 @@ impl AlphaSearchFit {
 /// Parameters after defaults and checks.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Settings {
+    /// Bits per code.
+    pub bits: u32,
     /// Group size.
     pub group_size: usize,
     /// A fixed α, or `None` to search.
@@ -217,6 +228,9 @@ impl Settings {
     }
 
     fn read(params: &Params) -> Result<Self> {
+        let bits = params.usize_or("bits", DEFAULT_BITS as usize)?;
+        in_range("bits", bits, 2, 8)?;
+        let bits = bits as u32;
         let group_size = params.usize_or("group_size", DEFAULT_GROUP_SIZE)?;
         if group_size < MIN_GROUP_SIZE {
             return Err(Error::invalid_param(format!(
@@ -264,6 +278,7 @@ impl Settings {
         let search_steps = params.usize_or("search_steps", DEFAULT_SEARCH_STEPS)?;
         in_range("search_steps", search_steps, 1, MAX_SEARCH_STEPS)?;
         Ok(Self {
+            bits,
             group_size,
             alpha,
             alpha_grid,
@@ -285,6 +300,7 @@ impl Settings {
     /// included) with `alpha` fixed to the one used, so they reproduce the encoding.
     pub fn to_params(&self, alpha: f64) -> Params {
         Params::new()
+            .with("bits", self.bits as usize)
             .with("group_size", self.group_size)
             .with("alpha", alpha)
             .with("alpha_grid", self.alpha_grid)

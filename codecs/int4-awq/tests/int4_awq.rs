@@ -5,7 +5,7 @@ mod util;
 
 use tenpak_api::{Codec, DType, Encoded, ErrorKind, Gram, LayerStats, Params, Part, WeightView};
 use tenpak_codec_int4_awq::output_error::{OutputError, output_error_reference};
-use tenpak_codec_int4_awq::{Int4Awq, Settings, outlier_count, stored_bits};
+use tenpak_codec_int4_awq::{Int4Awq, Settings, outlier_count, stored_bits, stored_bits_with};
 use tenpak_codec_int4_residual::Int4Residual;
 use tenpak_quant::testing::group_sizes;
 use util::{
@@ -22,6 +22,10 @@ fn encode(m: &TestMatrix, stats: &LayerStats, params: &Params) -> (Encoded, Vec<
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
+    bits_of(v)
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
@@ -410,6 +414,33 @@ fn incoherence_decodes_exactly_and_spreads_outliers() {
                 assert!(recorded < 0.9 * p, "{ctx}: rotated {recorded}, plain {p}");
             }
         }
+    }
+}
+
+/// Other code widths (2..=8): exact decoding, the size formula, and each extra bit lowers the
+/// output error, with and without error feedback; widths outside 2..=8 are refused.
+#[test]
+fn code_widths_from_2_to_8() {
+    let l = layer(48, 200, 12);
+    for feedback in [false, true] {
+        let mut last = f64::INFINITY;
+        for bits in 2usize..=8 {
+            let p = Params::new().with("bits", bits).with("group_size", 64usize).with("error_feedback", feedback);
+            let (e, scored) = encode(&l.m, &l.stats, &p);
+            let ctx = format!("bits {bits} feedback {feedback}");
+            assert_eq!(bits_of(&Int4Awq.decode(&through_bytes(&e)).unwrap()), bits_of(&scored), "{ctx}: decode");
+            let alpha = e.params.float_or("alpha", f64::NAN).unwrap();
+            let outliers = outlier_count(48 * 200, 0.005);
+            assert_eq!(stored_bytes(&e) as u64 * 8, stored_bits_with(bits as u32, 48, 200, 64, alpha != 0.0, outliers), "{ctx}: size");
+            let err = output_error(&e);
+            assert!(err < 0.6 * last, "{ctx}: error {err} after {last}");
+            last = err;
+        }
+    }
+    for bits in [0usize, 1, 9] {
+        let err = Int4Awq.validate(&Params::new().with("bits", bits)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidParam);
+        assert!(err.to_string().contains("bits"), "{err}");
     }
 }
 
