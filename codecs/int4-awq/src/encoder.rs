@@ -7,6 +7,7 @@ use tenpak_api::{DType, ErrorKind, Part, Result};
 use tenpak_codec_int4_gptq::hessian::Hessian;
 use tenpak_codec_int4_gptq::output_error::{difference, quadratic_form_rows};
 use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor};
+use tenpak_quant::dq::{DqHeaders, DqLayout, code_on_grids, dequantize_on_grids};
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 
 use crate::calibration::Calibration;
@@ -22,8 +23,11 @@ pub struct Stored {
     pub alpha: f64,
     /// The column scales (`None` when α = 0: all ones, not stored).
     pub col_scale: Option<Vec<f16>>,
-    /// The INT4 codes and group headers of `W·diag(s)`.
+    /// The INT4 codes and group headers of `W·diag(s)` (with double-quantized headers, the f16
+    /// headers they were quantized from; the codes follow the double-quantized grids).
     pub quantized: AsymQuantized,
+    /// The double-quantized headers, when `header_bits > 0`.
+    pub dq: Option<DqHeaders>,
     /// Flat indices of the outliers, increasing.
     pub outlier_index: Vec<u32>,
     /// Their f16 residuals.
@@ -55,6 +59,28 @@ pub fn unscale(mut dense: Vec<f32>, col_scale: Option<&[f16]>) -> Vec<f32> {
     dense
 }
 
+/// `quantized` with its packed codes replaced by `codes` (same format, same headers).
+fn with_codes(quantized: &AsymQuantized, codes: Vec<u8>) -> Result<AsymQuantized> {
+    let format = quantized.format();
+    let [_, headers] = quantized.to_parts("codes", "scale_min");
+    let codes = Part {
+        name: "codes".to_owned(),
+        dtype: DType::U8,
+        shape: vec![format.layout().rows(), format.row_code_bytes()],
+        data: codes,
+    };
+    AsymQuantized::from_parts(format, &codes, &headers)
+}
+
+/// `deq(W')`: the codes on the f16 headers, or on the double-quantized grids. The decoder goes
+/// through the same two functions.
+pub fn dense(quantized: &AsymQuantized, dq: Option<&DqHeaders>) -> Vec<f32> {
+    match dq {
+        None => quantized.dequantize(),
+        Some(dq) => dequantize_on_grids(quantized.codes(), &dq.grids(), quantized.format()),
+    }
+}
+
 /// One layer's encoding state: the weight, its statistics, the outliers (which do not depend on
 /// α) and the output-error evaluator.
 pub struct Encoder<'a> {
@@ -67,6 +93,8 @@ pub struct Encoder<'a> {
     evaluator: OutputError<'a>,
     /// Error feedback: the dampening asked for, and the factor once computed.
     feedback: Option<(f64, Option<InverseFactor>)>,
+    /// Double-quantized headers: `(header_bits, super_group)`.
+    header_dq: Option<(u32, usize)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -89,6 +117,9 @@ impl<'a> Encoder<'a> {
         if settings.error_feedback {
             encoder.feedback = Some((settings.percdamp, None));
         }
+        if settings.header_bits > 0 {
+            encoder.header_dq = Some((settings.header_bits, settings.super_group));
+        }
         Ok(encoder)
     }
 
@@ -109,6 +140,7 @@ impl<'a> Encoder<'a> {
             outlier_index,
             evaluator: OutputError::new(calibration.gram, layout.rows(), layout.cols()),
             feedback: None,
+            header_dq: None,
         }
     }
 
@@ -145,13 +177,15 @@ impl<'a> Encoder<'a> {
             })
             .collect();
         let format = AsymFormat::new(GroupLayout::new(count, self.cols, layout.group_size())?, self.format.bits())?;
-        Ok(Some(Encoder::with_outliers(
+        let mut sample = Encoder::with_outliers(
             Cow::Owned(weight),
             format,
             self.calibration,
             self.weighted_fit,
             outlier_index,
-        )))
+        );
+        sample.header_dq = self.header_dq;
+        Ok(Some(sample))
     }
 
     /// `tr(W G Wᵀ)`.
@@ -219,7 +253,18 @@ impl<'a> Encoder<'a> {
                 e.context("int4_awq")
             }
         })?;
-        let mut reconstruction = unscale(quantized.dequantize(), col_scale.as_deref());
+        let (quantized, dq) = match self.header_dq {
+            None => (quantized, None),
+            Some((header_bits, super_group)) => {
+                let dq = DqHeaders::quantize(
+                    quantized.headers(),
+                    DqLayout::new(self.format.layout(), header_bits, super_group)?,
+                );
+                let codes = code_on_grids(&scaled, &dq.grids(), self.format)?;
+                (with_codes(&quantized, codes)?, Some(dq))
+            }
+        };
+        let mut reconstruction = unscale(dense(&quantized, dq.as_ref()), col_scale.as_deref());
         let outlier_value = outliers::residuals(
             &self.weight,
             &reconstruction,
@@ -232,6 +277,7 @@ impl<'a> Encoder<'a> {
             alpha,
             col_scale,
             quantized,
+            dq,
             outlier_index: self.outlier_index.clone(),
             outlier_value,
             reconstruction,
@@ -266,16 +312,15 @@ impl<'a> Encoder<'a> {
         let (rows, cols) = (layout.rows(), layout.cols());
         let weight = self.weight.clone();
         let factor = self.feedback_factor()?;
-        let swept = sweep::quantize_scaled(
-            &weight,
-            format,
-            factor,
-            Groups::Static(plain.quantized.headers()),
-            scales,
-            FEEDBACK_BLOCK,
-        )?
-        .to_asym(format)?;
-        let mut fed = unscale(swept.dequantize(), plain.col_scale.as_deref());
+        let grids = plain.dq.as_ref().map(DqHeaders::grids);
+        let groups = match &grids {
+            Some(grids) => Groups::Grids(grids),
+            None => Groups::Static(plain.quantized.headers()),
+        };
+        let [swept_codes, _] = sweep::quantize_scaled(&weight, format, factor, groups, scales, FEEDBACK_BLOCK)?
+            .to_parts(format);
+        let swept = with_codes(&plain.quantized, swept_codes.data)?;
+        let mut fed = unscale(dense(&swept, plain.dq.as_ref()), plain.col_scale.as_deref());
         let fed_outliers = outliers::residuals(&weight, &fed, &self.outlier_index, cols)?;
         outliers::apply(&mut fed, &self.outlier_index, &fed_outliers);
         let gram = self.calibration.gram;
@@ -301,13 +346,12 @@ impl<'a> Encoder<'a> {
                 outlier_value[k] = fed_outliers[k];
             }
         }
-        let [_, headers] = plain.quantized.to_parts("codes", "scale_min");
-        let codes = Part { name: "codes".to_owned(), dtype: DType::U8, shape: vec![rows, stride], data: codes };
-        let quantized = AsymQuantized::from_parts(format, &codes, &headers)?;
+        let quantized = with_codes(&plain.quantized, codes)?;
         Ok(Stored {
             alpha: plain.alpha,
             col_scale: plain.col_scale,
             quantized,
+            dq: plain.dq,
             outlier_index: plain.outlier_index,
             outlier_value,
             reconstruction,

@@ -143,6 +143,7 @@ use half::f16;
 use tenpak_api::{
     Codec, Encoded, Error, LayerStats, ParamSpec, Params, Result, StatsNeeds, WeightView,
 };
+use tenpak_quant::dq::{DqHeaders, DqLayout, dequantize_on_grids};
 use tenpak_quant::rotation::Rotation;
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
 
@@ -166,6 +167,11 @@ pub mod parts {
     pub const OUTLIER_INDEX: &str = "outlier_index";
     /// Outlier residuals, f16 `[k]` (absent when outlier_fraction = 0).
     pub const OUTLIER_VALUE: &str = "outlier_value";
+    /// Double-quantized headers (`header_bits > 0`, instead of `scale_min`): per group the scale
+    /// and min codes, u8 `[rows, ceil(2·groups_per_row·header_bits/8)]`, packed.
+    pub const HEADER_Q: &str = "header_q";
+    /// Double-quantized headers: per super-group `(d, m)`, f16 `[rows, supers_per_row, 2]`.
+    pub const HEADER_SUPER: &str = "header_super";
 }
 
 /// Exact stored bits of an `int4_awq` tensor with 4-bit codes: the codes and headers,
@@ -205,8 +211,13 @@ fn format(rows: usize, cols: usize, settings: &Settings) -> Result<AsymFormat> {
 }
 
 /// The parts an encoding with these settings and α has, in storage order.
-fn part_names(alpha: f64, outlier_fraction: f64) -> Vec<&'static str> {
-    let mut names = vec![parts::CODES, parts::SCALE_MIN];
+fn part_names(alpha: f64, settings: &Settings) -> Vec<&'static str> {
+    let outlier_fraction = settings.outlier_fraction;
+    let mut names = if settings.header_bits > 0 {
+        vec![parts::CODES, parts::HEADER_Q, parts::HEADER_SUPER]
+    } else {
+        vec![parts::CODES, parts::SCALE_MIN]
+    };
     if alpha != 0.0 {
         names.push(parts::COL_SCALE);
     }
@@ -263,10 +274,12 @@ impl Int4Awq {
         } else if stored.output_error == 0.0 {
             params.set("output_error", 0.0);
         }
-        let mut out: Vec<_> = stored
-            .quantized
-            .to_parts(parts::CODES, parts::SCALE_MIN)
-            .into();
+        let [codes, scale_min] = stored.quantized.to_parts(parts::CODES, parts::SCALE_MIN);
+        let mut out = vec![codes];
+        match &stored.dq {
+            Some(dq) => out.extend(dq.to_parts(parts::HEADER_Q, parts::HEADER_SUPER)),
+            None => out.push(scale_min),
+        }
         if let Some(col_scale) = &stored.col_scale {
             out.push(tenpak_api::Part::from_f16(
                 parts::COL_SCALE,
@@ -363,12 +376,32 @@ impl Codec for Int4Awq {
             .ok_or_else(|| corrupt(encoded, "no `alpha` recorded"))?;
         let [rows, cols] = encoded.shape;
         let format = format(rows, cols, &settings).map_err(|e| corrupt(encoded, e))?;
-        encoded::expect_parts(encoded, &part_names(alpha, settings.outlier_fraction))?;
-        let quantized = AsymQuantized::from_parts(
-            format,
-            encoded.part(parts::CODES)?,
-            encoded.part(parts::SCALE_MIN)?,
-        )?;
+        encoded::expect_parts(encoded, &part_names(alpha, &settings))?;
+        let dense = if settings.header_bits > 0 {
+            let dq = DqLayout::new(format.layout(), settings.header_bits, settings.super_group)
+                .map_err(|e| corrupt(encoded, e))?;
+            let headers = DqHeaders::from_parts(
+                dq,
+                encoded.part(parts::HEADER_Q)?,
+                encoded.part(parts::HEADER_SUPER)?,
+            )?;
+            let codes = encoded.part(parts::CODES)?;
+            let want = [rows, format.row_code_bytes()];
+            if codes.dtype != tenpak_api::DType::U8 || codes.shape != want {
+                return Err(corrupt(
+                    encoded,
+                    format!("`codes` must be u8 {want:?}, got {:?} {:?}", codes.dtype, codes.shape),
+                ));
+            }
+            dequantize_on_grids(&codes.data, &headers.grids(), format)
+        } else {
+            AsymQuantized::from_parts(
+                format,
+                encoded.part(parts::CODES)?,
+                encoded.part(parts::SCALE_MIN)?,
+            )?
+            .dequantize()
+        };
         let col_scale = if alpha != 0.0 {
             let scales = encoded.part(parts::COL_SCALE)?.to_f16()?;
             if scales.len() != cols {
@@ -422,7 +455,7 @@ impl Codec for Int4Awq {
         } else {
             (Vec::new(), Vec::<f16>::new())
         };
-        let mut out = unscale(quantized.dequantize(), col_scale.as_deref());
+        let mut out = unscale(dense, col_scale.as_deref());
         outliers::apply(&mut out, &index, &value);
         if settings.incoherence {
             Rotation::new(cols, settings.rotation_seed).unrotate_rows(&mut out);

@@ -95,6 +95,18 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
         doc: "GPTQ error feedback: code the columns in turn, each one's output error compensated by the later columns through the Cholesky factor of the damped Gram matrix (headers from the weighted fit); per row the better of with and without",
     },
     ParamSpec {
+        name: "header_bits",
+        ty: ParamType::Int,
+        default: "0",
+        doc: "0: f16 (scale, min) per group; 3..=8: double-quantized, each group's scale and min as header_bits-bit integers against an f16 pair per super-group (k-quants; 6 with groups of 32 and super_group 8 is 4.5 bits per weight)",
+    },
+    ParamSpec {
+        name: "super_group",
+        ty: ParamType::Int,
+        default: "8",
+        doc: "header_bits > 0: groups per super-group (consecutive within a row; the last may be shorter)",
+    },
+    ParamSpec {
         name: "incoherence",
         ty: ParamType::Bool,
         default: "false",
@@ -191,6 +203,10 @@ pub struct Settings {
     pub error_feedback: bool,
     /// Dampening of the Gram matrix for the error feedback.
     pub percdamp: f64,
+    /// Double-quantized header width (0: f16 headers).
+    pub header_bits: u32,
+    /// Groups per super-group of double-quantized headers.
+    pub super_group: usize,
     /// Incoherence processing of the input dimension.
     pub incoherence: bool,
     /// Seed of the rotation.
@@ -264,6 +280,13 @@ impl Settings {
         )?;
         let weighted_fit = params.bool_or("weighted_fit", true)?;
         let error_feedback = params.bool_or("error_feedback", false)?;
+        let header_bits = params.usize_or("header_bits", 0)?;
+        if header_bits != 0 {
+            in_range("header_bits", header_bits, 3, 8)?;
+        }
+        let header_bits = header_bits as u32;
+        let super_group = params.usize_or("super_group", 8)?;
+        in_range("super_group", super_group, 1, 1 << 20)?;
         let incoherence = params.bool_or("incoherence", false)?;
         let rotation_seed = params.usize_or("rotation_seed", 0)? as u64;
         let percdamp = params.float_or("percdamp", DEFAULT_PERCDAMP)?;
@@ -288,6 +311,8 @@ impl Settings {
             weighted_fit,
             error_feedback,
             percdamp,
+            header_bits,
+            super_group,
             incoherence,
             rotation_seed,
             refine,
@@ -310,6 +335,8 @@ impl Settings {
             .with("weighted_fit", self.weighted_fit)
             .with("error_feedback", self.error_feedback)
             .with("percdamp", self.percdamp)
+            .with("header_bits", self.header_bits as usize)
+            .with("super_group", self.super_group)
             .with("incoherence", self.incoherence)
             .with("rotation_seed", self.rotation_seed as usize)
             .with("refine", self.refine)

@@ -444,6 +444,49 @@ fn code_widths_from_2_to_8() {
     }
 }
 
+/// Double-quantized headers: decoding is exact, the size is the formula (codes, packed header
+/// codes, f16 super headers), damaged header parts are refused by name, and at 4.5 bits per
+/// weight (groups of 32, 6-bit headers in super-groups of 8) the output error is below f16
+/// headers on groups of 64, the same size.
+#[test]
+fn double_quantized_headers() {
+    use tenpak_quant::GroupLayout;
+    use tenpak_quant::dq::DqLayout;
+    for (rows, cols, seed) in [(64, 256, 13), (24, 576, 14), (9, 100, 15)] {
+        let l = layer(rows, cols, seed);
+        for feedback in [false, true] {
+            let base = Params::new().with("outlier_fraction", 0.0).with("error_feedback", feedback);
+            let dq_params = base.clone().with("group_size", 32usize).with("header_bits", 6usize).with("super_group", 8usize);
+            let (dq, scored) = encode(&l.m, &l.stats, &dq_params);
+            let ctx = format!("[{rows}, {cols}] feedback {feedback}");
+            assert_eq!(bits_of(&Int4Awq.decode(&through_bytes(&dq)).unwrap()), bits_of(&scored), "{ctx}: decode");
+            let alpha = dq.params.float_or("alpha", f64::NAN).unwrap();
+            let headers = DqLayout::new(GroupLayout::new(rows, cols, 32).unwrap(), 6, 8).unwrap().stored_bits();
+            let codes = 8 * (rows * cols.div_ceil(2)) as u64;
+            let col_scale = if alpha != 0.0 { 16 * cols as u64 } else { 0 };
+            assert_eq!(stored_bytes(&dq) as u64 * 8, codes + headers + col_scale, "{ctx}: size");
+            let names: Vec<&str> = dq.parts.iter().map(|p| p.name.as_str()).collect();
+            assert!(names.contains(&"header_q") && names.contains(&"header_super") && !names.contains(&"scale_min"), "{ctx}: {names:?}");
+            let (g64, _) = encode(&l.m, &l.stats, &base.clone().with("group_size", 64usize));
+            let (e_dq, e_64) = (output_error(&dq), output_error(&g64));
+            if cols % 256 == 0 {
+                assert!(e_dq < e_64, "{ctx}: g32 6-bit headers {e_dq}, g64 f16 headers {e_64}");
+            }
+            // A damaged super header is named.
+            let mut bad = through_bytes(&dq);
+            let sup = bad.parts.iter_mut().find(|p| p.name == "header_super").unwrap();
+            let mut data = sup.data.to_vec();
+            data[1] = 0x7C; // +Inf
+            *sup = Part::new("header_super", DType::F16, sup.shape.clone(), data).unwrap();
+            let err = Int4Awq.decode(&bad).unwrap_err();
+            assert!(err.to_string().contains("header_super"), "{ctx}: {err}");
+        }
+    }
+    for hb in [1usize, 2, 9] {
+        assert!(Int4Awq.validate(&Params::new().with("header_bits", hb)).is_err(), "header_bits {hb}");
+    }
+}
+
 /// With an identity Gram matrix no column can compensate another, so error feedback reduces to
 /// the plain fit: the same parts, byte for byte, and no row taken from the sweep.
 #[test]

@@ -18,9 +18,12 @@ use tenpak_quant::testing::{Rng, llm_like};
 /// larger, channels correlated through eight shared factors, heavy-tailed token magnitudes.
 fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    let channel: Vec<f64> =
-        (0..cols).map(|j| rng.normal().exp() * if j % 32 == 7 { 20.0 } else { 1.0 }).collect();
-    let loadings: Vec<[f64; 8]> = (0..cols).map(|_| std::array::from_fn(|_| rng.normal())).collect();
+    let channel: Vec<f64> = (0..cols)
+        .map(|j| rng.normal().exp() * if j % 32 == 7 { 20.0 } else { 1.0 })
+        .collect();
+    let loadings: Vec<[f64; 8]> = (0..cols)
+        .map(|_| std::array::from_fn(|_| rng.normal()))
+        .collect();
     let mut x = Vec::with_capacity(tokens * cols);
     for _ in 0..tokens {
         let factors: [f64; 8] = std::array::from_fn(|_| rng.normal());
@@ -36,7 +39,9 @@ fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
 
 fn gram_of(x: &[f32], cols: usize) -> Vec<f32> {
     let tokens = x.len() / cols;
-    let xv = ArrayView2::from_shape((tokens, cols), x).unwrap().mapv(f64::from);
+    let xv = ArrayView2::from_shape((tokens, cols), x)
+        .unwrap()
+        .mapv(f64::from);
     let mut g = Array2::<f64>::zeros((cols, cols));
     ndarray::linalg::general_mat_mul(1.0 / tokens as f64, &xv.t(), &xv, 0.0, &mut g);
     g.iter().map(|&v| v as f32).collect()
@@ -47,7 +52,10 @@ fn main() {
     for (rows, cols) in [(1536usize, 576usize), (576, 1536), (576, 576), (192, 576)] {
         let x = activations(2048, cols, 7);
         let stats = LayerStats {
-            gram: Some(Gram { dim: cols, data: gram_of(&x, cols) }),
+            gram: Some(Gram {
+                dim: cols,
+                data: gram_of(&x, cols),
+            }),
             samples: 2048,
             ..LayerStats::none()
         };

@@ -47,7 +47,8 @@ pub fn assemble(candidates: &[Candidate], choice: &[usize], format: AsymFormat) 
         let from = &candidates[k];
         let span = |stride: usize| r * stride..(r + 1) * stride;
         out.codes.data[span(code_stride)].copy_from_slice(&from.codes.data[span(code_stride)]);
-        out.headers.data[span(header_stride)].copy_from_slice(&from.headers.data[span(header_stride)]);
+        out.headers.data[span(header_stride)]
+            .copy_from_slice(&from.headers.data[span(header_stride)]);
         out.decoded[span(cols)].copy_from_slice(&from.decoded[span(cols)]);
         out.row_errors[r] = from.row_errors[r];
     }

@@ -105,7 +105,12 @@ impl Hessian {
         } else {
             (0..cols).map(|j| data[j * cols + j]).sum::<f64>() / cols as f64
         };
-        Ok(Self { dim: cols, data, dead, mean_diag })
+        Ok(Self {
+            dim: cols,
+            data,
+            dead,
+            mean_diag,
+        })
     }
 
     /// Side length (the layer's input columns).

@@ -156,7 +156,11 @@ impl Int4Gptq {
         weight.check_finite()?;
         let (rows, cols) = (weight.rows(), weight.cols());
         let hessian = Hessian::from_stats(stats, cols)?;
-        let gram = &stats.gram.as_ref().expect("checked by Hessian::from_stats").data;
+        let gram = &stats
+            .gram
+            .as_ref()
+            .expect("checked by Hessian::from_stats")
+            .data;
         let format = format(rows, cols, settings.group_size)?;
         let fit = settings.fit_options();
         // The uncompensated fit: the baseline of the record, the static sweep's headers, and the
@@ -171,7 +175,12 @@ impl Int4Gptq {
                 rows,
                 cols,
             );
-            Candidate { codes, headers, decoded, row_errors }
+            Candidate {
+                codes,
+                headers,
+                decoded,
+                row_errors,
+            }
         };
         let factor = InverseFactor::new(&hessian, settings.percdamp)?;
         let sweep = |groups: Groups<'_>| -> Result<Candidate> {
@@ -185,7 +194,12 @@ impl Int4Gptq {
                 &hessian,
                 q.percdamp_applied,
             );
-            Ok(Candidate { codes, headers, decoded, row_errors })
+            Ok(Candidate {
+                codes,
+                headers,
+                decoded,
+                row_errors,
+            })
         };
         // In order of preference on ties.
         let mut kinds = Vec::new();
@@ -257,14 +271,22 @@ impl Codec for Int4Gptq {
     }
 
     fn needs(&self) -> StatsNeeds {
-        StatsNeeds { gram: true, ..StatsNeeds::NONE }
+        StatsNeeds {
+            gram: true,
+            ..StatsNeeds::NONE
+        }
     }
 
     fn validate(&self, params: &Params) -> Result<()> {
         Settings::from_params(params).map(|_| ())
     }
 
-    fn encode(&self, weight: WeightView<'_>, stats: &LayerStats, params: &Params) -> Result<Encoded> {
+    fn encode(
+        &self,
+        weight: WeightView<'_>,
+        stats: &LayerStats,
+        params: &Params,
+    ) -> Result<Encoded> {
         self.encode_report(weight, stats, params).map(|r| r.encoded)
     }
 

@@ -35,7 +35,12 @@ pub struct NotPositiveDefinite {
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0f64; 4];
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..4 {
             acc[k] += x[k] * y[k];
@@ -87,7 +92,11 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), NotPositiveDefinite
 /// Reference for [`cholesky_lower`]: the textbook column-by-column algorithm with plain
 /// sequential sums.
 pub fn cholesky_lower_reference(a: &mut [f64], n: usize) -> Result<(), NotPositiveDefinite> {
-    assert_eq!(a.len(), n * n, "cholesky_lower_reference: matrix must be n x n");
+    assert_eq!(
+        a.len(),
+        n * n,
+        "cholesky_lower_reference: matrix must be n x n"
+    );
     for j in 0..n {
         let mut d = a[j * n + j];
         for m in 0..j {
@@ -173,7 +182,11 @@ pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
 
 /// Reference for [`invert_lower`]: forward substitution on the whole matrix.
 pub fn invert_lower_reference(l: &[f64], n: usize) -> Vec<f64> {
-    assert_eq!(l.len(), n * n, "invert_lower_reference: matrix must be n x n");
+    assert_eq!(
+        l.len(),
+        n * n,
+        "invert_lower_reference: matrix must be n x n"
+    );
     let mut x = vec![0f64; n * n];
     invert_lower_block(l, &mut x, n, 0, n);
     x
@@ -184,10 +197,16 @@ pub fn invert_lower_reference(l: &[f64], n: usize) -> Vec<f64> {
 /// read (it becomes the lower triangle of `P h P`, which the factorization reads). On failure,
 /// `column` is the column of `h` (not of its reversal) at which the factorization stopped.
 pub fn inverse_cholesky_upper(mut h: Vec<f64>, n: usize) -> Result<Vec<f64>, NotPositiveDefinite> {
-    assert_eq!(h.len(), n * n, "inverse_cholesky_upper: matrix must be n x n");
+    assert_eq!(
+        h.len(),
+        n * n,
+        "inverse_cholesky_upper: matrix must be n x n"
+    );
     // `P a P` maps entry [i, j] to [n−1−i, n−1−j]: in row-major order, the flat array reversed.
     h.reverse();
-    cholesky_lower(&mut h, n).map_err(|e| NotPositiveDefinite { column: n - 1 - e.column })?;
+    cholesky_lower(&mut h, n).map_err(|e| NotPositiveDefinite {
+        column: n - 1 - e.column,
+    })?;
     let mut u = invert_lower(&h, n);
     u.reverse();
     Ok(u)

@@ -12,14 +12,20 @@ pub fn quadratic_form(a: &[f32], gram: &[f32], cols: usize) -> f64 {
     if cols == 0 {
         return 0.0;
     }
-    quadratic_form_rows(a, gram, a.len() / cols, cols).iter().sum()
+    quadratic_form_rows(a, gram, a.len() / cols, cols)
+        .iter()
+        .sum()
 }
 
 /// `a_r G a_rᵀ` for every row `a_r` of a row-major `rows × cols` matrix `a` and the
 /// `cols × cols` `gram`: `P = A·G` in f32 (one matrix product), then each row of `P ∘ A` summed
 /// in f64.
 pub fn quadratic_form_rows(a: &[f32], gram: &[f32], rows: usize, cols: usize) -> Vec<f64> {
-    assert_eq!(a.len(), rows * cols, "quadratic_form_rows: a must be rows x cols");
+    assert_eq!(
+        a.len(),
+        rows * cols,
+        "quadratic_form_rows: a must be rows x cols"
+    );
     if cols == 0 || rows == 0 {
         return vec![0.0; rows];
     }
@@ -58,7 +64,11 @@ pub fn quadratic_form_reference(a: &[f32], gram: &[f32], cols: usize) -> f64 {
     for row in a.chunks_exact(cols) {
         for i in 0..cols {
             let g = &gram[i * cols..(i + 1) * cols];
-            let ga: f64 = g.iter().zip(row).map(|(&g, &x)| f64::from(g) * f64::from(x)).sum();
+            let ga: f64 = g
+                .iter()
+                .zip(row)
+                .map(|(&g, &x)| f64::from(g) * f64::from(x))
+                .sum();
             total += f64::from(row[i]) * ga;
         }
     }
@@ -68,7 +78,11 @@ pub fn quadratic_form_reference(a: &[f32], gram: &[f32], cols: usize) -> f64 {
 /// `W − Ŵ`, element by element in f32 (exact whenever the two are within a factor of two, as a
 /// weight and its reconstruction nearly always are; otherwise one rounding).
 pub fn difference(weight: &[f32], reconstruction: &[f32]) -> Vec<f32> {
-    weight.iter().zip(reconstruction).map(|(w, r)| w - r).collect()
+    weight
+        .iter()
+        .zip(reconstruction)
+        .map(|(w, r)| w - r)
+        .collect()
 }
 
 /// GPTQ's output error per row, `δ G δᵀ` (`δ = w − ŵ`), from what the sweep measured for free on

@@ -185,7 +185,15 @@ impl Settings {
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
         let rtn_fallback = params.bool_or("rtn_fallback", true)?;
-        Ok(Self { group_size, percdamp, block_size, refine, iterations, groups, rtn_fallback })
+        Ok(Self {
+            group_size,
+            percdamp,
+            block_size,
+            refine,
+            iterations,
+            groups,
+            rtn_fallback,
+        })
     }
 
     /// Every setting (defaults included), as recorded with each encoded tensor.
@@ -204,8 +212,12 @@ impl Settings {
     pub fn fit_options(&self) -> FitOptions {
         let refine = match self.refine {
             "none" => Refine::None,
-            "minmax_iter" => Refine::MinMaxIter { iterations: self.iterations },
-            "lsq_iter" => Refine::LsqIter { iterations: self.iterations },
+            "minmax_iter" => Refine::MinMaxIter {
+                iterations: self.iterations,
+            },
+            "lsq_iter" => Refine::LsqIter {
+                iterations: self.iterations,
+            },
             _ => Refine::Search {
                 // k-quants' candidates nmax − 1 … nmax + 1.
                 grid: SearchGrid {
@@ -216,6 +228,9 @@ impl Settings {
                 polish: self.iterations,
             },
         };
-        FitOptions { refine, allow_zero: false }
+        FitOptions {
+            refine,
+            allow_zero: false,
+        }
     }
 }

@@ -77,7 +77,11 @@ impl GptqQuantized {
         let stride = format.row_code_bytes();
         let mut packed = vec![0u8; format.code_bytes()];
         if layout.cols() > 0 {
-            for (codes, out) in self.codes.chunks_exact(layout.cols()).zip(packed.chunks_exact_mut(stride)) {
+            for (codes, out) in self
+                .codes
+                .chunks_exact(layout.cols())
+                .zip(packed.chunks_exact_mut(stride))
+            {
                 pack_row(codes, format.bits(), out);
             }
         }
@@ -140,12 +144,25 @@ pub enum Groups<'a> {
     /// Given before the sweep, one per group, row-major over `[rows, groups_per_row]` (the
     /// reference's `static_groups`, which fits them on the original weights).
     Static(&'a [GroupHeader]),
+    /// Given before the sweep as decoded grids, one per group (headers stored some other way,
+    /// e.g. double-quantized); the sweep's `headers` are then left at zero.
+    Grids(&'a [GridF32]),
 }
 
 impl Groups<'_> {
     fn check(&self, layout: &tenpak_quant::GroupLayout) {
-        if let Groups::Static(headers) = self {
-            assert_eq!(headers.len(), layout.num_groups(), "one static header per group");
+        match self {
+            Groups::Static(headers) => {
+                assert_eq!(
+                    headers.len(),
+                    layout.num_groups(),
+                    "one static header per group"
+                )
+            }
+            Groups::Grids(grids) => {
+                assert_eq!(grids.len(), layout.num_groups(), "one grid per group")
+            }
+            Groups::Dynamic(_) => {}
         }
     }
 }
@@ -166,7 +183,11 @@ impl InverseFactor {
         let dim = hessian.dim();
         let (u, percdamp_applied) =
             hessian.factor_dampened(percdamp, |h| inverse_cholesky_upper(h, dim))?;
-        Ok(Self { u, dim, percdamp_applied })
+        Ok(Self {
+            u,
+            dim,
+            percdamp_applied,
+        })
     }
 
     /// The `percdamp` the factorization succeeded with.
@@ -207,14 +228,22 @@ pub fn quantize_scaled(
     if let Some(s) = col_scale {
         assert_eq!(s.len(), cols, "one column scale per column");
     }
-    assert_eq!(factor.dim, cols, "the factor must match the weight's columns");
+    assert_eq!(
+        factor.dim, cols,
+        "the factor must match the weight's columns"
+    );
     assert!(block_size > 0, "block_size must be positive");
     let percdamp_applied = factor.percdamp_applied;
     let mut headers = vec![GroupHeader::ZERO; layout.num_groups()];
     let mut codes = vec![0u8; layout.numel()];
     if layout.numel() == 0 {
         let row_damped_errors = vec![0.0; layout.rows()];
-        return Ok(GptqQuantized { headers, codes, percdamp_applied, row_damped_errors });
+        return Ok(GptqQuantized {
+            headers,
+            codes,
+            percdamp_applied,
+            row_damped_errors,
+        });
     }
     let sweep = Sweep {
         u: &factor.u,
@@ -238,7 +267,12 @@ pub fn quantize_scaled(
     for r in per_chunk {
         row_damped_errors.extend(r?);
     }
-    Ok(GptqQuantized { headers, codes, percdamp_applied, row_damped_errors })
+    Ok(GptqQuantized {
+        headers,
+        codes,
+        percdamp_applied,
+        row_damped_errors,
+    })
 }
 
 /// Everything a chunk of rows needs.
@@ -281,20 +315,27 @@ impl Sweep<'_> {
                 for i in i1..i2 {
                     if i % self.group_size == 0 {
                         let group = (first_row + r) * self.groups_per_row + i / self.group_size;
-                        let header = match self.groups {
-                            Groups::Static(given) => given[group],
-                            Groups::Dynamic(fit) => {
-                                let end = (i + self.group_size).min(n);
-                                let values = &mut scratch[..end - i];
-                                for (k, (s, &v)) in values.iter_mut().zip(&row[i..end]).enumerate() {
-                                    *s = scaled(v, self.col_scale, i + k);
+                        if let Groups::Grids(given) = self.groups {
+                            grids[r] = given[group];
+                        } else {
+                            let header = match self.groups {
+                                Groups::Static(given) => given[group],
+                                Groups::Grids(_) => unreachable!("handled above"),
+                                Groups::Dynamic(fit) => {
+                                    let end = (i + self.group_size).min(n);
+                                    let values = &mut scratch[..end - i];
+                                    for (k, (s, &v)) in
+                                        values.iter_mut().zip(&row[i..end]).enumerate()
+                                    {
+                                        *s = scaled(v, self.col_scale, i + k);
+                                    }
+                                    fit_group(values, self.nmax, &fit)
+                                        .ok_or_else(|| range_error(first_row + r, i..end, values))?
                                 }
-                                fit_group(values, self.nmax, &fit)
-                                    .ok_or_else(|| range_error(first_row + r, i..end, values))?
-                            }
-                        };
-                        headers[r * self.groups_per_row + i / self.group_size] = header;
-                        grids[r] = header.unpack();
+                            };
+                            headers[r * self.groups_per_row + i / self.group_size] = header;
+                            grids[r] = header.unpack();
+                        }
                     }
                     let (code, decoded) = nearest_scaled(row[i], grids[r], nmax, self.col_scale, i);
                     codes[r * n + i] = code;
@@ -308,8 +349,10 @@ impl Sweep<'_> {
                 }
             }
             if i2 < n {
-                let e_view = ArrayView2::from_shape((nrows, b), &err[..nrows * b]).expect("rows x b");
-                let mut w_view = ArrayViewMut2::from_shape((nrows, n), &mut w[..]).expect("rows x n");
+                let e_view =
+                    ArrayView2::from_shape((nrows, b), &err[..nrows * b]).expect("rows x b");
+                let mut w_view =
+                    ArrayViewMut2::from_shape((nrows, n), &mut w[..]).expect("rows x n");
                 general_mat_mul(
                     -1.0,
                     &e_view,
@@ -328,7 +371,10 @@ impl Sweep<'_> {
 #[inline]
 fn nearest(w: f64, grid: GridF32, nmax: f32) -> (u8, f64) {
     let code = quantize_index(w as f32, grid.min, grid.inv_scale, nmax) as u8;
-    (code, f64::from(dequantize_value(code, grid.scale, grid.min)))
+    (
+        code,
+        f64::from(dequantize_value(code, grid.scale, grid.min)),
+    )
 }
 
 /// `w·s_j` rounded to f32 (plain `w` rounded to f32 without column scales): the value the grid
@@ -344,12 +390,22 @@ fn scaled(w: f64, col_scale: Option<&[f32]>, j: usize) -> f32 {
 /// [`nearest`] on column `j` of a column-scaled grid: the code of `w·s_j` and its decoded value
 /// `dequantize(code) / s_j` (f32 arithmetic, as the codec's decoder).
 #[inline]
-fn nearest_scaled(w: f64, grid: GridF32, nmax: f32, col_scale: Option<&[f32]>, j: usize) -> (u8, f64) {
+fn nearest_scaled(
+    w: f64,
+    grid: GridF32,
+    nmax: f32,
+    col_scale: Option<&[f32]>,
+    j: usize,
+) -> (u8, f64) {
     match col_scale {
         None => nearest(w, grid, nmax),
         Some(s) => {
-            let code = quantize_index(scaled(w, col_scale, j), grid.min, grid.inv_scale, nmax) as u8;
-            (code, f64::from(dequantize_value(code, grid.scale, grid.min) / s[j]))
+            let code =
+                quantize_index(scaled(w, col_scale, j), grid.min, grid.inv_scale, nmax) as u8;
+            (
+                code,
+                f64::from(dequantize_value(code, grid.scale, grid.min) / s[j]),
+            )
         }
     }
 }
@@ -397,8 +453,13 @@ pub fn quantize_reference_scaled(
             let end = (j + g).min(n);
             for r in 0..rows {
                 let group = r * layout.groups_per_row() + j / g;
+                if let Groups::Grids(given) = groups {
+                    grids[r] = given[group];
+                    continue;
+                }
                 let header = match groups {
                     Groups::Static(given) => given[group],
+                    Groups::Grids(_) => unreachable!("handled above"),
                     Groups::Dynamic(fit) => {
                         let values: Vec<f32> = (j..end)
                             .map(|k| scaled(w[r * n + k], col_scale, k))
@@ -429,5 +490,10 @@ pub fn quantize_reference_scaled(
             }
         }
     }
-    Ok(GptqQuantized { headers, codes, percdamp_applied, row_damped_errors })
+    Ok(GptqQuantized {
+        headers,
+        codes,
+        percdamp_applied,
+        row_damped_errors,
+    })
 }

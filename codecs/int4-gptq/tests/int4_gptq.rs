@@ -22,7 +22,10 @@ fn params(group_size: usize) -> Params {
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn max_abs(a: &[f64]) -> f64 {
@@ -34,14 +37,20 @@ fn max_abs(a: &[f64]) -> f64 {
 
 #[test]
 fn blocked_cholesky_and_inverse_match_the_references() {
-    for (seed, n) in [1usize, 2, 5, 31, 32, 33, 63, 64, 65, 127, 130, 200].into_iter().enumerate() {
+    for (seed, n) in [1usize, 2, 5, 31, 32, 33, 63, 64, 65, 127, 130, 200]
+        .into_iter()
+        .enumerate()
+    {
         let h = random_spd(n, seed as u64);
         let mut fast = h.clone();
         let mut reference = h.clone();
         cholesky_lower(&mut fast, n).unwrap();
         cholesky_lower_reference(&mut reference, n).unwrap();
         let scale = max_abs(&reference);
-        assert!(max_abs_diff(&fast, &reference) <= 1e-12 * scale, "cholesky n={n}");
+        assert!(
+            max_abs_diff(&fast, &reference) <= 1e-12 * scale,
+            "cholesky n={n}"
+        );
         // L Lᵀ reproduces H.
         let mut llt_err = 0f64;
         for i in 0..n {
@@ -138,7 +147,13 @@ fn blocks_cover_the_row_and_never_cut_through_a_group_that_starts_inside() {
 /// equality is asserted.
 #[test]
 fn fast_sweep_matches_the_reference() {
-    let cases = [(9usize, 64usize, 16usize), (13, 100, 32), (7, 130, 128), (24, 256, 64), (5, 77, 8)];
+    let cases = [
+        (9usize, 64usize, 16usize),
+        (13, 100, 32),
+        (7, 130, 128),
+        (24, 256, 64),
+        (5, 77, 8),
+    ];
     for (seed, (rows, cols, group_size)) in cases.into_iter().enumerate() {
         let seed = seed as u64;
         let stats = synthetic_stats(cols / 2 + 40, cols, seed);
@@ -146,13 +161,22 @@ fn fast_sweep_matches_the_reference() {
         let factor = InverseFactor::new(&hessian, 0.01).unwrap();
         for m in [llm_like(rows, cols, seed), student_t(rows, cols, seed + 50)] {
             for refine in ["search", "none", "lsq_iter"] {
-                let settings = Settings { group_size, refine, ..Settings::default() };
+                let settings = Settings {
+                    group_size,
+                    refine,
+                    ..Settings::default()
+                };
                 let fmt = format(rows, cols, group_size);
                 let static_headers = rtn_search(&m, &settings).headers().to_vec();
-                for groups in [Groups::Dynamic(settings.fit_options()), Groups::Static(&static_headers)] {
-                    let reference = sweep::quantize_reference(&m.data, fmt, &hessian, 0.01, groups).unwrap();
+                for groups in [
+                    Groups::Dynamic(settings.fit_options()),
+                    Groups::Static(&static_headers),
+                ] {
+                    let reference =
+                        sweep::quantize_reference(&m.data, fmt, &hessian, 0.01, groups).unwrap();
                     for block_size in [1usize, 7, 128] {
-                        let fast = sweep::quantize(&m.data, fmt, &factor, groups, block_size).unwrap();
+                        let fast =
+                            sweep::quantize(&m.data, fmt, &factor, groups, block_size).unwrap();
                         let ctx = format!(
                             "{} [{rows}, {cols}] g{group_size} b{block_size} {refine} {groups:?}",
                             m.name
@@ -160,8 +184,15 @@ fn fast_sweep_matches_the_reference() {
                         assert_eq!(fast.headers, reference.headers, "{ctx}: headers");
                         assert_eq!(fast.codes, reference.codes, "{ctx}: codes");
                         assert_eq!(fast.percdamp_applied, reference.percdamp_applied);
-                        for (a, b) in fast.row_damped_errors.iter().zip(&reference.row_damped_errors) {
-                            assert!((a - b).abs() <= 1e-9 * b, "{ctx}: damped row error {a} vs {b}");
+                        for (a, b) in fast
+                            .row_damped_errors
+                            .iter()
+                            .zip(&reference.row_damped_errors)
+                        {
+                            assert!(
+                                (a - b).abs() <= 1e-9 * b,
+                                "{ctx}: damped row error {a} vs {b}"
+                            );
                         }
                     }
                     if let Groups::Static(given) = groups {
@@ -177,32 +208,75 @@ fn fast_sweep_matches_the_reference() {
 /// still agree code for code; with every scale 1 the scaled sweep is the plain one.
 #[test]
 fn column_scaled_sweep_matches_the_reference() {
-    for (seed, (rows, cols, group_size)) in [(9usize, 64usize, 16usize), (13, 100, 32), (7, 130, 128)].into_iter().enumerate() {
+    for (seed, (rows, cols, group_size)) in
+        [(9usize, 64usize, 16usize), (13, 100, 32), (7, 130, 128)]
+            .into_iter()
+            .enumerate()
+    {
         let seed = seed as u64 + 20;
         let stats = synthetic_stats(cols / 2 + 40, cols, seed);
         let hessian = Hessian::from_stats(&stats, cols).unwrap();
         let factor = InverseFactor::new(&hessian, 0.01).unwrap();
         let mut rng = Rng::new(seed);
         // Scales over two orders of magnitude, as act_scale^alpha gives.
-        let scales: Vec<f32> = (0..cols).map(|_| (rng.normal() as f32 * 1.2).exp()).collect();
+        let scales: Vec<f32> = (0..cols)
+            .map(|_| (rng.normal() as f32 * 1.2).exp())
+            .collect();
         let ones = vec![1f32; cols];
         let m = llm_like(rows, cols, seed);
-        let settings = Settings { group_size, ..Settings::default() };
+        let settings = Settings {
+            group_size,
+            ..Settings::default()
+        };
         let fmt = format(rows, cols, group_size);
-        let scaled: Vec<f32> = m.data.chunks_exact(cols).flat_map(|r| r.iter().zip(&scales).map(|(w, s)| w * s)).collect();
-        let static_headers = AsymQuantized::quantize(&scaled, fmt, &settings.fit_options()).unwrap().headers().to_vec();
-        for groups in [Groups::Dynamic(settings.fit_options()), Groups::Static(&static_headers)] {
-            let reference = sweep::quantize_reference_scaled(&m.data, fmt, &hessian, 0.01, groups, Some(&scales)).unwrap();
+        let scaled: Vec<f32> = m
+            .data
+            .chunks_exact(cols)
+            .flat_map(|r| r.iter().zip(&scales).map(|(w, s)| w * s))
+            .collect();
+        let static_headers = AsymQuantized::quantize(&scaled, fmt, &settings.fit_options())
+            .unwrap()
+            .headers()
+            .to_vec();
+        for groups in [
+            Groups::Dynamic(settings.fit_options()),
+            Groups::Static(&static_headers),
+        ] {
+            let reference = sweep::quantize_reference_scaled(
+                &m.data,
+                fmt,
+                &hessian,
+                0.01,
+                groups,
+                Some(&scales),
+            )
+            .unwrap();
             for block_size in [1usize, 7, 128] {
-                let fast = sweep::quantize_scaled(&m.data, fmt, &factor, groups, Some(&scales), block_size).unwrap();
+                let fast = sweep::quantize_scaled(
+                    &m.data,
+                    fmt,
+                    &factor,
+                    groups,
+                    Some(&scales),
+                    block_size,
+                )
+                .unwrap();
                 let ctx = format!("[{rows}, {cols}] g{group_size} b{block_size} {groups:?}");
                 assert_eq!(fast.headers, reference.headers, "{ctx}: headers");
                 assert_eq!(fast.codes, reference.codes, "{ctx}: codes");
-                for (a, b) in fast.row_damped_errors.iter().zip(&reference.row_damped_errors) {
-                    assert!((a - b).abs() <= 1e-9 * b, "{ctx}: damped row error {a} vs {b}");
+                for (a, b) in fast
+                    .row_damped_errors
+                    .iter()
+                    .zip(&reference.row_damped_errors)
+                {
+                    assert!(
+                        (a - b).abs() <= 1e-9 * b,
+                        "{ctx}: damped row error {a} vs {b}"
+                    );
                 }
             }
-            let unit = sweep::quantize_scaled(&m.data, fmt, &factor, groups, Some(&ones), 128).unwrap();
+            let unit =
+                sweep::quantize_scaled(&m.data, fmt, &factor, groups, Some(&ones), 128).unwrap();
             let plain = sweep::quantize(&m.data, fmt, &factor, groups, 128).unwrap();
             assert_eq!(unit, plain, "[{rows}, {cols}] unit scales");
         }
@@ -218,14 +292,26 @@ fn diagonal_gram_gives_exactly_the_uncompensated_fit() {
         let mut rng = Rng::new(9);
         let mut gram = vec![0f32; cols * cols];
         for j in 0..cols {
-            gram[j * cols + j] = if j % 11 == 3 { 0.0 } else { (rng.normal() as f32).exp() };
+            gram[j * cols + j] = if j % 11 == 3 {
+                0.0
+            } else {
+                (rng.normal() as f32).exp()
+            };
         }
         let stats = stats_with_gram(gram, cols, 100);
         for group_size in [8usize, 32, 128] {
             let r = report(&m, &stats, &params(group_size));
-            let settings = Settings { group_size, ..Settings::default() };
+            let settings = Settings {
+                group_size,
+                ..Settings::default()
+            };
             let baseline = rtn_search(&m, &settings);
-            assert_eq!(r.encoded.parts, Vec::from(baseline.to_parts("codes", "scale_min")), "{} g{group_size}", m.name);
+            assert_eq!(
+                r.encoded.parts,
+                Vec::from(baseline.to_parts("codes", "scale_min")),
+                "{} g{group_size}",
+                m.name
+            );
         }
     }
 }
@@ -239,45 +325,88 @@ fn each_row_is_the_best_of_the_candidates() {
     let stats = synthetic_stats(150, cols, 8);
     let gram = stats.gram.as_ref().unwrap().data.clone();
     let (mut any_static, mut any_rtn) = (false, false);
-    for m in adversarial(6, cols, 8).into_iter().chain([llm_like(24, cols, 3), student_t(24, cols, 4)]) {
+    for m in adversarial(6, cols, 8)
+        .into_iter()
+        .chain([llm_like(24, cols, 3), student_t(24, cols, 4)])
+    {
         let group_size = 8;
-        let only = |groups: &str| report(&m, &stats, &params(group_size).with("groups", groups).with("rtn_fallback", false));
+        let only = |groups: &str| {
+            report(
+                &m,
+                &stats,
+                &params(group_size)
+                    .with("groups", groups)
+                    .with("rtn_fallback", false),
+            )
+        };
         let (dynamic, fixed) = (only("dynamic"), only("static"));
         let ours = report(&m, &stats, &params(group_size));
-        let rtn = rtn_search(&m, &Settings { group_size, ..Settings::default() });
+        let rtn = rtn_search(
+            &m,
+            &Settings {
+                group_size,
+                ..Settings::default()
+            },
+        );
         let rtn_parts = rtn.to_parts("codes", "scale_min");
         let rtn_decoded = rtn.dequantize();
         let strides = [cols.div_ceil(2), cols.div_ceil(group_size) * 4];
         let row_of = |parts: &[tenpak_api::Part], row: usize| -> Vec<u8> {
-            (0..2).flat_map(|p| parts[p].data[row * strides[p]..(row + 1) * strides[p]].to_vec()).collect()
+            (0..2)
+                .flat_map(|p| parts[p].data[row * strides[p]..(row + 1) * strides[p]].to_vec())
+                .collect()
         };
         let error = |decoded: &[f32], row: usize| {
             let span = row * cols..(row + 1) * cols;
-            quadratic_form_reference(&difference(&m.data[span.clone()], &decoded[span]), &gram, cols)
+            quadratic_form_reference(
+                &difference(&m.data[span.clone()], &decoded[span]),
+                &gram,
+                cols,
+            )
         };
         let (mut static_rows, mut rtn_rows) = (0, 0);
         for row in 0..m.rows {
             let candidates = [
-                (row_of(&dynamic.encoded.parts, row), error(&dynamic.decoded, row)),
-                (row_of(&fixed.encoded.parts, row), error(&fixed.decoded, row)),
+                (
+                    row_of(&dynamic.encoded.parts, row),
+                    error(&dynamic.decoded, row),
+                ),
+                (
+                    row_of(&fixed.encoded.parts, row),
+                    error(&fixed.decoded, row),
+                ),
                 (row_of(&rtn_parts, row), error(&rtn_decoded, row)),
             ];
             let stored = row_of(&ours.encoded.parts, row);
             let from = candidates.iter().position(|(bytes, _)| *bytes == stored);
-            let ctx = format!("{} row {row}: errors {:e} {:e} {:e}", m.name, candidates[0].1, candidates[1].1, candidates[2].1);
-            let from = from.unwrap_or_else(|| panic!("{ctx}: stored row is none of the candidates"));
+            let ctx = format!(
+                "{} row {row}: errors {:e} {:e} {:e}",
+                m.name, candidates[0].1, candidates[1].1, candidates[2].1
+            );
+            let from =
+                from.unwrap_or_else(|| panic!("{ctx}: stored row is none of the candidates"));
             let best = candidates.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
-            assert!(candidates[from].1 <= best * (1.0 + 1e-6) + 1e-30, "{ctx}: took candidate {from}");
+            assert!(
+                candidates[from].1 <= best * (1.0 + 1e-6) + 1e-30,
+                "{ctx}: took candidate {from}"
+            );
             // Identical candidates are ambiguous; count a row by its first match.
             static_rows += usize::from(from == 1);
             rtn_rows += usize::from(from == 2);
         }
-        assert!(static_rows <= ours.static_rows + ours.rtn_rows, "{}", m.name);
+        assert!(
+            static_rows <= ours.static_rows + ours.rtn_rows,
+            "{}",
+            m.name
+        );
         assert!(rtn_rows <= ours.rtn_rows, "{}", m.name);
         any_static |= ours.static_rows > 0;
         any_rtn |= ours.rtn_rows > 0;
     }
-    assert!(any_static && any_rtn, "no row came from the static sweep or the fallback; the test checks little");
+    assert!(
+        any_static && any_rtn,
+        "no row came from the static sweep or the fallback; the test checks little"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,24 +418,44 @@ fn each_row_is_the_best_of_the_candidates() {
 /// static groups, no fallback); the default's per-row choice can only lower it further.
 #[test]
 fn gptq_beats_the_uncompensated_fit_on_output_error() {
-    let (mut worst, mut sum, mut count, mut best_sum, mut static_rows, mut fallback_rows, mut total_rows) =
-        (0f64, 0f64, 0usize, 0f64, 0usize, 0usize, 0usize);
+    let (
+        mut worst,
+        mut sum,
+        mut count,
+        mut best_sum,
+        mut static_rows,
+        mut fallback_rows,
+        mut total_rows,
+    ) = (0f64, 0f64, 0usize, 0f64, 0usize, 0usize, 0usize);
     for seed in 0..8u64 {
         for (rows, cols) in [(48usize, 128usize), (32, 256), (40, 100)] {
             let x = activations(3 * cols, cols, seed);
             let stats = stats_with_gram(gram_of(&x, cols), cols, 3 * cols);
             let gram = &stats.gram.as_ref().unwrap().data;
-            for m in [llm_like(rows, cols, seed + 10), student_t(rows, cols, seed + 20)] {
+            for m in [
+                llm_like(rows, cols, seed + 10),
+                student_t(rows, cols, seed + 20),
+            ] {
                 for group_size in [32usize, 64, 128] {
-                    let settings = Settings { group_size, ..Settings::default() };
+                    let settings = Settings {
+                        group_size,
+                        ..Settings::default()
+                    };
                     let rtn_decoded = rtn_search(&m, &settings).dequantize();
-                    let rtn = quadratic_form_reference(&difference(&m.data, &rtn_decoded), gram, cols);
+                    let rtn =
+                        quadratic_form_reference(&difference(&m.data, &rtn_decoded), gram, cols);
                     let mut sweeps_best = f64::INFINITY;
                     for groups in ["dynamic", "static"] {
-                        let p = params(group_size).with("groups", groups).with("rtn_fallback", false);
+                        let p = params(group_size)
+                            .with("groups", groups)
+                            .with("rtn_fallback", false);
                         let r = report(&m, &stats, &p);
-                        assert_eq!((r.static_rows, r.rtn_rows), (if groups == "static" { rows } else { 0 }, 0));
-                        let gptq = quadratic_form_reference(&difference(&m.data, &r.decoded), gram, cols);
+                        assert_eq!(
+                            (r.static_rows, r.rtn_rows),
+                            (if groups == "static" { rows } else { 0 }, 0)
+                        );
+                        let gptq =
+                            quadratic_form_reference(&difference(&m.data, &r.decoded), gram, cols);
                         let ratio = gptq / rtn;
                         worst = worst.max(ratio);
                         sum += ratio;
@@ -345,7 +494,10 @@ fn gptq_beats_the_uncompensated_fit_on_output_error() {
 /// matches its reference.
 #[test]
 fn recorded_output_errors_match_the_definition() {
-    for (seed, (rows, cols, tokens)) in [(20usize, 96usize, 300usize), (16, 130, 60), (8, 64, 20)].into_iter().enumerate() {
+    for (seed, (rows, cols, tokens)) in [(20usize, 96usize, 300usize), (16, 130, 60), (8, 64, 20)]
+        .into_iter()
+        .enumerate()
+    {
         let mut x = activations(tokens, cols, seed as u64);
         for t in x.chunks_exact_mut(cols) {
             t[3] = 0.0; // a dead channel
@@ -356,15 +508,29 @@ fn recorded_output_errors_match_the_definition() {
         let r = report(&m, &stats, &params(32));
         let energy = quadratic_form_reference(&m.data, gram, cols);
         let gptq = quadratic_form_reference(&difference(&m.data, &r.decoded), gram, cols);
-        let rtn_decoded = rtn_search(&m, &Settings { group_size: 32, ..Settings::default() }).dequantize();
+        let rtn_decoded = rtn_search(
+            &m,
+            &Settings {
+                group_size: 32,
+                ..Settings::default()
+            },
+        )
+        .dequantize();
         let rtn = quadratic_form_reference(&difference(&m.data, &rtn_decoded), gram, cols);
         let close = |a: f64, b: f64, what: &str| {
-            assert!((a - b).abs() <= 1e-5 * energy, "{what}: {a} vs {b} (energy {energy})");
+            assert!(
+                (a - b).abs() <= 1e-5 * energy,
+                "{what}: {a} vs {b} (energy {energy})"
+            );
         };
         close(r.energy, energy, "energy");
         close(r.output_error, gptq, "gptq output error");
         close(r.rtn_output_error, rtn, "rtn output error");
-        close(quadratic_form(&m.data, gram, cols), energy, "fast quadratic form");
+        close(
+            quadratic_form(&m.data, gram, cols),
+            energy,
+            "fast quadratic form",
+        );
         let recorded = |key: &str| match r.encoded.params.get(key) {
             Some(ParamValue::Float(v)) => *v,
             other => panic!("{key}: {other:?}"),
@@ -372,8 +538,14 @@ fn recorded_output_errors_match_the_definition() {
         assert_eq!(recorded("output_error"), r.output_error / r.energy);
         assert_eq!(recorded("rtn_output_error"), r.rtn_output_error / r.energy);
         assert_eq!(recorded("percdamp_applied"), 0.01);
-        assert_eq!(r.encoded.params.get("rtn_rows"), Some(&ParamValue::Int(r.rtn_rows as i64)));
-        assert_eq!(r.encoded.params.get("static_rows"), Some(&ParamValue::Int(r.static_rows as i64)));
+        assert_eq!(
+            r.encoded.params.get("rtn_rows"),
+            Some(&ParamValue::Int(r.rtn_rows as i64))
+        );
+        assert_eq!(
+            r.encoded.params.get("static_rows"),
+            Some(&ParamValue::Int(r.static_rows as i64))
+        );
     }
 }
 
@@ -386,7 +558,12 @@ fn storage_is_exactly_int4_rtn_s() {
         let stats = synthetic_stats(64, m.cols, 3);
         for group_size in [8usize, 32, 64, 100, 128, m.cols, m.cols + 7] {
             let r = report(&m, &stats, &params(group_size));
-            let rtn = AsymQuantized::quantize(&m.data, format(m.rows, m.cols, group_size), &FitOptions::RTN).unwrap();
+            let rtn = AsymQuantized::quantize(
+                &m.data,
+                format(m.rows, m.cols, group_size),
+                &FitOptions::RTN,
+            )
+            .unwrap();
             let rtn_parts = rtn.to_parts("codes", "scale_min");
             assert_eq!(r.encoded.parts.len(), 2);
             for (ours, theirs) in r.encoded.parts.iter().zip(&rtn_parts) {
@@ -400,7 +577,10 @@ fn storage_is_exactly_int4_rtn_s() {
             let bits = Int4Gptq.size_bits(&r.encoded);
             assert_eq!(bits, 8 * stored_bytes(&r.encoded));
             assert_eq!(bits, stored_bits(m.rows, m.cols, group_size));
-            assert_eq!(bits, (m.rows * (8 * m.cols.div_ceil(2) + 32 * m.cols.div_ceil(group_size))) as u64);
+            assert_eq!(
+                bits,
+                (m.rows * (8 * m.cols.div_ceil(2) + 32 * m.cols.div_ceil(group_size))) as u64
+            );
         }
     }
 }
@@ -456,16 +636,30 @@ fn encoding_is_deterministic_across_thread_counts() {
 /// zero-size matrices.
 #[test]
 fn shapes_that_do_not_divide_the_group_size() {
-    for (rows, cols, group_size) in [(3usize, 100usize, 32usize), (4, 101, 8), (2, 17, 128), (5, 130, 64), (1, 9, 8)] {
+    for (rows, cols, group_size) in [
+        (3usize, 100usize, 32usize),
+        (4, 101, 8),
+        (2, 17, 128),
+        (5, 130, 64),
+        (1, 9, 8),
+    ] {
         let m = llm_like(rows, cols, 6);
         let stats = synthetic_stats(50, cols, 6);
         let r = report(&m, &stats, &params(group_size));
         assert_eq!(r.decoded.len(), rows * cols);
         assert_eq!(Int4Gptq.decode(&r.encoded).unwrap(), r.decoded);
-        assert!(r.output_error <= r.rtn_output_error, "[{rows}, {cols}] g{group_size}");
+        assert!(
+            r.output_error <= r.rtn_output_error,
+            "[{rows}, {cols}] g{group_size}"
+        );
     }
     for (rows, cols) in [(0usize, 16usize), (4, 0), (0, 0)] {
-        let m = TestMatrix { name: "empty".into(), rows, cols, data: vec![] };
+        let m = TestMatrix {
+            name: "empty".into(),
+            rows,
+            cols,
+            data: vec![],
+        };
         let stats = stats_with_gram(vec![0.0; cols * cols], cols, 0);
         let r = report(&m, &stats, &params(32));
         assert!(r.decoded.is_empty());
@@ -488,21 +682,50 @@ fn adversarial_weights() {
     let gram = stats.gram.as_ref().unwrap().data.clone();
     for m in adversarial(6, cols, 8) {
         for group_size in [8usize, 32, 128] {
-            let pure = report(&m, &stats, &params(group_size).with("groups", "dynamic").with("rtn_fallback", false));
-            assert!(pure.decoded.iter().all(|v| v.is_finite()), "{} g{group_size}", m.name);
+            let pure = report(
+                &m,
+                &stats,
+                &params(group_size)
+                    .with("groups", "dynamic")
+                    .with("rtn_fallback", false),
+            );
+            assert!(
+                pure.decoded.iter().all(|v| v.is_finite()),
+                "{} g{group_size}",
+                m.name
+            );
             let r = report(&m, &stats, &params(group_size));
-            assert!(r.decoded.iter().all(|v| v.is_finite()), "{} g{group_size}", m.name);
+            assert!(
+                r.decoded.iter().all(|v| v.is_finite()),
+                "{} g{group_size}",
+                m.name
+            );
             assert_eq!(Int4Gptq.decode(&r.encoded).unwrap(), r.decoded);
             let gptq = quadratic_form_reference(&difference(&m.data, &r.decoded), &gram, cols);
-            let settings = Settings { group_size, ..Settings::default() };
-            let rtn = quadratic_form_reference(&difference(&m.data, &rtn_search(&m, &settings).dequantize()), &gram, cols);
-            assert!(gptq <= rtn * 1.0001 + 1e-30, "{} g{group_size}: {gptq:e} vs {rtn:e}", m.name);
+            let settings = Settings {
+                group_size,
+                ..Settings::default()
+            };
+            let rtn = quadratic_form_reference(
+                &difference(&m.data, &rtn_search(&m, &settings).dequantize()),
+                &gram,
+                cols,
+            );
+            assert!(
+                gptq <= rtn * 1.0001 + 1e-30,
+                "{} g{group_size}: {gptq:e} vs {rtn:e}",
+                m.name
+            );
             match m.name.as_str() {
                 // A row of zeros stays exactly zero (no error to spread).
                 "constant_rows" => assert!(r.decoded[..cols].iter().all(|&v| v == 0.0)),
                 "one_huge_outlier" => {
                     let i = m.data.iter().position(|&v| v == 60.0).unwrap();
-                    assert!((r.decoded[i] - 60.0).abs() < 0.05 * 60.0, "outlier decoded to {}", r.decoded[i]);
+                    assert!(
+                        (r.decoded[i] - 60.0).abs() < 0.05 * 60.0,
+                        "outlier decoded to {}",
+                        r.decoded[i]
+                    );
                 }
                 _ => {}
             }
@@ -525,8 +748,16 @@ fn rank_deficient_gram_and_dead_channels() {
         let stats = stats_with_gram(gram_of(&x, cols), cols, tokens);
         let m = llm_like(rows, cols, 12);
         let r = report(&m, &stats, &params(group_size));
-        assert_eq!(r.encoded.params.get("percdamp_applied"), Some(&ParamValue::Float(0.01)));
-        assert!(r.output_error < r.rtn_output_error, "tokens {tokens}: {} vs {}", r.output_error, r.rtn_output_error);
+        assert_eq!(
+            r.encoded.params.get("percdamp_applied"),
+            Some(&ParamValue::Float(0.01))
+        );
+        assert!(
+            r.output_error < r.rtn_output_error,
+            "tokens {tokens}: {} vs {}",
+            r.output_error,
+            r.rtn_output_error
+        );
         let headers = tenpak_quant::testing::headers(&r.encoded, "scale_min");
         let groups = cols.div_ceil(group_size);
         for row in 0..rows {
@@ -539,16 +770,32 @@ fn rank_deficient_gram_and_dead_channels() {
                     (mn, mn + 15.0 * s)
                 };
                 if w >= lo && w <= hi {
-                    assert!((w - d).abs() <= 0.5 * scale * 1.0001, "row {row} dead column {dead}: {w} -> {d}");
+                    assert!(
+                        (w - d).abs() <= 0.5 * scale * 1.0001,
+                        "row {row} dead column {dead}: {w} -> {d}"
+                    );
                 }
             }
         }
     }
     // Every channel dead: H is the identity, GPTQ is the uncompensated fit.
     let m = llm_like(rows, cols, 13);
-    let r = report(&m, &stats_with_gram(vec![0.0; cols * cols], cols, 10), &params(group_size));
-    let baseline = rtn_search(&m, &Settings { group_size, ..Settings::default() });
-    assert_eq!(r.encoded.parts, Vec::from(baseline.to_parts("codes", "scale_min")));
+    let r = report(
+        &m,
+        &stats_with_gram(vec![0.0; cols * cols], cols, 10),
+        &params(group_size),
+    );
+    let baseline = rtn_search(
+        &m,
+        &Settings {
+            group_size,
+            ..Settings::default()
+        },
+    );
+    assert_eq!(
+        r.encoded.parts,
+        Vec::from(baseline.to_parts("codes", "scale_min"))
+    );
 }
 
 /// A slightly indefinite Gram matrix is rescued by raising the dampening (and the manifest says
@@ -573,10 +820,17 @@ fn indefinite_gram_is_dampened_or_refused() {
         other => panic!("{other:?}"),
     }
     let err = Int4Gptq
-        .encode(WeightView::new(&m.data, 4, cols).unwrap(), &with_pair(1e6), &params(8))
+        .encode(
+            WeightView::new(&m.data, 4, cols).unwrap(),
+            &with_pair(1e6),
+            &params(8),
+        )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert!(err.message().contains("gram") && err.message().contains("positive"), "{err}");
+    assert!(
+        err.message().contains("gram") && err.message().contains("positive"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,22 +843,34 @@ fn non_finite_weights_or_statistics_are_refused() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut w = gaussian(rows, cols, 15).data;
         w[37] = bad;
-        let err = Int4Gptq.encode(WeightView::new(&w, rows, cols).unwrap(), &stats, &params(8)).unwrap_err();
+        let err = Int4Gptq
+            .encode(WeightView::new(&w, rows, cols).unwrap(), &stats, &params(8))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.message().contains("row 1, column 5"), "{err}");
 
         let w = gaussian(rows, cols, 15).data;
         let mut s = stats.clone();
         s.gram.as_mut().unwrap().data[2 * cols + 9] = bad;
-        let err = Int4Gptq.encode(WeightView::new(&w, rows, cols).unwrap(), &s, &params(8)).unwrap_err();
+        let err = Int4Gptq
+            .encode(WeightView::new(&w, rows, cols).unwrap(), &s, &params(8))
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(err.message().contains("`gram`") && err.message().contains("[2, 9]"), "{err}");
+        assert!(
+            err.message().contains("`gram`") && err.message().contains("[2, 9]"),
+            "{err}"
+        );
     }
     let w = gaussian(rows, cols, 15).data;
     let mut s = stats.clone();
     s.gram.as_mut().unwrap().data[3 * cols + 3] = -1.0;
-    let err = Int4Gptq.encode(WeightView::new(&w, rows, cols).unwrap(), &s, &params(8)).unwrap_err();
-    assert!(err.kind() == ErrorKind::InvalidInput && err.message().contains("negative diagonal"), "{err}");
+    let err = Int4Gptq
+        .encode(WeightView::new(&w, rows, cols).unwrap(), &s, &params(8))
+        .unwrap_err();
+    assert!(
+        err.kind() == ErrorKind::InvalidInput && err.message().contains("negative diagonal"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -620,12 +886,27 @@ fn missing_or_mis_sized_gram_is_refused_by_name() {
         assert!(err.message().contains("`gram`"), "{err}");
     }
     for (dim, len) in [(31usize, 31 * 31), (32, 32 * 31)] {
-        let stats = LayerStats { gram: Some(Gram { dim, data: vec![0.0; len] }), ..LayerStats::none() };
+        let stats = LayerStats {
+            gram: Some(Gram {
+                dim,
+                data: vec![0.0; len],
+            }),
+            ..LayerStats::none()
+        };
         let err = Int4Gptq.encode(view, &stats, &params(8)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(err.message().contains("`gram`") && err.message().contains("32 x 32"), "{err}");
+        assert!(
+            err.message().contains("`gram`") && err.message().contains("32 x 32"),
+            "{err}"
+        );
     }
-    assert_eq!(Int4Gptq.needs(), tenpak_api::StatsNeeds { gram: true, ..tenpak_api::StatsNeeds::NONE });
+    assert_eq!(
+        Int4Gptq.needs(),
+        tenpak_api::StatsNeeds {
+            gram: true,
+            ..tenpak_api::StatsNeeds::NONE
+        }
+    );
 }
 
 #[test]
@@ -659,7 +940,10 @@ fn parameters_are_checked_by_name() {
         .with("refine", "lsq_iter")
         .with("iterations", 3usize);
     Int4Gptq.validate(&good).unwrap();
-    assert_eq!(Int4Gptq.validate(&Params::new().with("percdamp", 1i64)), Ok(()));
+    assert_eq!(
+        Int4Gptq.validate(&Params::new().with("percdamp", 1i64)),
+        Ok(())
+    );
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! inputs, their statistics, and the baselines GPTQ is compared with.
 #![allow(dead_code, unused_imports)]
 
-pub use tenpak_quant::testing::{Rng, TestMatrix, adversarial, codec_matrices as matrices, gaussian, llm_like, stored_bytes, student_t};
 use tenpak_api::{Gram, LayerStats, Params, WeightView};
 use tenpak_codec_int4_gptq::{Int4Gptq, Report, Settings};
+pub use tenpak_quant::testing::{
+    Rng, TestMatrix, adversarial, codec_matrices as matrices, gaussian, llm_like, stored_bytes,
+    student_t,
+};
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout};
 
 /// `tokens × cols` activations, row-major: log-normal channel scales (σ = 1), one channel in 16
@@ -12,9 +15,12 @@ use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout};
 /// something to exploit), heavy-tailed per-token magnitudes.
 pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    let channel: Vec<f64> =
-        (0..cols).map(|j| rng.normal().exp() * if j % 16 == 5 { 20.0 } else { 1.0 }).collect();
-    let loadings: Vec<[f64; 4]> = (0..cols).map(|_| std::array::from_fn(|_| rng.normal())).collect();
+    let channel: Vec<f64> = (0..cols)
+        .map(|j| rng.normal().exp() * if j % 16 == 5 { 20.0 } else { 1.0 })
+        .collect();
+    let loadings: Vec<[f64; 4]> = (0..cols)
+        .map(|_| std::array::from_fn(|_| rng.normal()))
+        .collect();
     let mut x = Vec::with_capacity(tokens * cols);
     for _ in 0..tokens {
         let factors: [f64; 4] = std::array::from_fn(|_| rng.normal());
@@ -41,17 +47,30 @@ pub fn gram_of(x: &[f32], cols: usize) -> Vec<f32> {
             }
         }
     }
-    gram.iter().map(|v| (v / tokens.max(1) as f64) as f32).collect()
+    gram.iter()
+        .map(|v| (v / tokens.max(1) as f64) as f32)
+        .collect()
 }
 
 /// Statistics holding only `gram`.
 pub fn stats_with_gram(gram: Vec<f32>, cols: usize, samples: usize) -> LayerStats {
-    LayerStats { gram: Some(Gram { dim: cols, data: gram }), samples, ..LayerStats::none() }
+    LayerStats {
+        gram: Some(Gram {
+            dim: cols,
+            data: gram,
+        }),
+        samples,
+        ..LayerStats::none()
+    }
 }
 
 /// Statistics of `tokens` synthetic tokens for a layer with `cols` inputs.
 pub fn synthetic_stats(tokens: usize, cols: usize, seed: u64) -> LayerStats {
-    stats_with_gram(gram_of(&activations(tokens, cols, seed), cols), cols, tokens)
+    stats_with_gram(
+        gram_of(&activations(tokens, cols, seed), cols),
+        cols,
+        tokens,
+    )
 }
 
 /// The 4-bit format of an `rows × cols` matrix in groups of `group_size`.
@@ -61,7 +80,12 @@ pub fn format(rows: usize, cols: usize, group_size: usize) -> AsymFormat {
 
 /// The same range fit without error compensation: `int4_residual`'s stage 1 with these settings.
 pub fn rtn_search(m: &TestMatrix, settings: &Settings) -> AsymQuantized {
-    AsymQuantized::quantize(&m.data, format(m.rows, m.cols, settings.group_size), &settings.fit_options()).unwrap()
+    AsymQuantized::quantize(
+        &m.data,
+        format(m.rows, m.cols, settings.group_size),
+        &settings.fit_options(),
+    )
+    .unwrap()
 }
 
 /// Encode `m` with `stats` and `params`, panicking with the matrix and parameters in the message.
@@ -80,7 +104,8 @@ pub fn output_error_on(x: &[f32], w: &[f32], w_hat: &[f32], rows: usize, cols: u
         for r in 0..rows {
             let mut y = 0f64;
             for j in 0..cols {
-                y += (f64::from(w[r * cols + j]) - f64::from(w_hat[r * cols + j])) * f64::from(t[j]);
+                y +=
+                    (f64::from(w[r * cols + j]) - f64::from(w_hat[r * cols + j])) * f64::from(t[j]);
             }
             total += y * y;
         }

@@ -22,6 +22,8 @@
 //! - [`rotation`]: incoherence processing, a seeded random orthogonal transform of the input
 //!   dimension (fast Walsh–Hadamard ⊗ a small random rotation) and its inverse;
 //! - [`sym`]: whole matrices on symmetric int8 grids;
+//! - [`dq`]: double-quantized group headers (small integer scale and min per group against an
+//!   f16 pair per super-group, as k-quants);
 //! - [`encoded`]: the checks every decoder makes on what it is given;
 //! - [`metrics`]: reconstruction error;
 //! - [`testing`]: deterministic test matrices (Gaussian, heavy-tailed, adversarial).
@@ -44,6 +46,7 @@
 #![deny(missing_docs)]
 
 pub mod asym;
+pub mod dq;
 pub mod encoded;
 pub mod f16round;
 pub mod fit;
