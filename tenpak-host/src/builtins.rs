@@ -10,9 +10,10 @@ use tenpak_codec_int4_awq as _;
 use tenpak_codec_int4_gptq as _;
 use tenpak_codec_int4_residual as _;
 use tenpak_codec_int4_rtn as _;
+use tenpak_codec_vq as _;
 
 /// Codec ids this binary must provide.
-pub const CODECS: &[&str] = &["int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep"];
+pub const CODECS: &[&str] = &["int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
 /// Calibrator ids this binary must provide.
 pub const CALIBRATORS: &[&str] = &["act_scale", "gram", "hessian_diag"];
 /// Allocator ids this binary must provide.

@@ -88,7 +88,10 @@
 
 pub mod candidates;
 pub mod hessian;
-pub mod linalg;
+/// The dense linear algebra of the sweep, shared in quant-core.
+pub mod linalg {
+    pub use tenpak_quant::linalg::*;
+}
 pub mod output_error;
 mod settings;
 pub mod sweep;

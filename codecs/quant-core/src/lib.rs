@@ -12,6 +12,8 @@
 //!
 //! Modules, one purpose each:
 //! - [`layout`]: which columns form which group (any group size, short last group allowed);
+//! - [`linalg`]: dense f64 Cholesky factorization and triangular inversion (blocked, with
+//!   references), for codecs with error feedback through a Hessian;
 //! - [`pack`]: b-bit codes packed per row;
 //! - [`grid`]: one group's header and the per-weight arithmetic;
 //! - [`fit`]: choosing a header (min/max, the prototype's min/max iteration, alternating least
@@ -21,6 +23,7 @@
 //!   an importance-weighted fit);
 //! - [`rotation`]: incoherence processing, a seeded random orthogonal transform of the input
 //!   dimension (fast Walsh–Hadamard ⊗ a small random rotation) and its inverse;
+//! - [`rng`]: the seeded generator of rotations and codebooks;
 //! - [`sym`]: whole matrices on symmetric int8 grids;
 //! - [`dq`]: double-quantized group headers (small integer scale and min per group against an
 //!   f16 pair per super-group, as k-quants);
@@ -53,8 +56,10 @@ pub mod fit;
 pub mod grid;
 mod kernels;
 pub mod layout;
+pub mod linalg;
 pub mod metrics;
 pub mod pack;
+pub mod rng;
 pub mod rotation;
 pub mod sym;
 pub mod testing;

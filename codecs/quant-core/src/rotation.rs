@@ -23,7 +23,9 @@
 //! small dimensions it occurs at.
 //!
 //! Everything is deterministic in the seed (its own xorshift generator, no platform-dependent
-//! library), so the decoder rebuilds `T` from the `(n, seed)` recorded with the tensor.
+//! library, [`crate::rng`]), so the decoder rebuilds `T` from the `(n, seed)` recorded with the tensor.
+
+use crate::rng::Xorshift;
 
 /// A seeded random orthogonal transform of dimension `n` (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
@@ -38,38 +40,6 @@ pub struct Rotation {
     /// Random signs `σ`, ±1.
     signs: Vec<f32>,
     seed: u64,
-}
-
-/// A small deterministic generator (xorshift64*), so the transform is the same on every machine
-/// and for every version of any external crate.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn new(seed: u64) -> Self {
-        // SplitMix64 of the seed, so seeds 0, 1, 2 … give unrelated streams (and never state 0).
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Self((z ^ (z >> 31)) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
 }
 
 /// A random orthogonal `m × m` matrix, row-major: modified Gram–Schmidt (twice, for orthogonality
