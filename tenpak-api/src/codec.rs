@@ -70,6 +70,13 @@ pub fn validate_params(owner: &str, specs: &[ParamSpec], params: &Params) -> Res
     Ok(())
 }
 
+/// [`validate_params`] for the parameters recorded with an encoded tensor: the preset's `specs`
+/// plus what the encoder wrote beside them (`recorded`), which a preset may not set.
+pub fn validate_recorded(owner: &str, specs: &[ParamSpec], recorded: &[ParamSpec], params: &Params) -> Result<()> {
+    let all: Vec<ParamSpec> = specs.iter().chain(recorded).copied().collect();
+    validate_params(owner, &all, params)
+}
+
 /// `value` if it is one of `allowed`, else an [`crate::ErrorKind::InvalidParam`] error naming
 /// `owner`, `key` and the accepted values.
 pub fn param_one_of(owner: &str, key: &str, value: &str, allowed: &[&'static str]) -> Result<&'static str> {

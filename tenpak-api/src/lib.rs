@@ -32,7 +32,7 @@ mod tensor;
 
 pub use allocator::{Allocator, AllocatorConfig, CodecChoice, LayerPlan, Override, Plan, Probe, ProbeResult};
 pub use calibrator::{Calibrator, StatKind, StatsNeeds};
-pub use codec::{Codec, ParamSpec, ParamType, param_in_range, param_one_of, validate_params};
+pub use codec::{Codec, ParamSpec, ParamType, param_in_range, param_one_of, validate_params, validate_recorded};
 pub use error::{Error, ErrorKind, Result};
 pub use params::{ParamValue, Params};
 pub use tensor::{DType, Encoded, Gram, LayerInfo, LayerRole, LayerStats, Part, WeightView};

@@ -1,7 +1,7 @@
 //! The codec's parameters: what a preset may set, their defaults and ranges, and what the encoder
 //! records beside them.
 
-use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params};
+use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params, validate_recorded};
 use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
 
 use crate::ID;
@@ -160,8 +160,7 @@ impl Settings {
     /// Read the parameters recorded with an encoded tensor: the settings plus what the encoder
     /// recorded.
     pub fn from_recorded(params: &Params) -> Result<Self> {
-        let all: Vec<ParamSpec> = PARAMS.iter().chain(RECORDED).copied().collect();
-        validate_params(ID, &all, params)?;
+        validate_recorded(ID, PARAMS, RECORDED, params)?;
         Self::read(params)
     }
 

@@ -1,6 +1,6 @@
 //! The codec's parameters.
 
-use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params};
+use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params, validate_recorded};
 
 use crate::ID;
 
@@ -57,8 +57,7 @@ impl Settings {
 
     /// Read the parameters recorded with an encoded tensor.
     pub fn from_recorded(params: &Params) -> Result<Self> {
-        let all: Vec<ParamSpec> = PARAMS.iter().chain(RECORDED).copied().collect();
-        validate_params(ID, &all, params)?;
+        validate_recorded(ID, PARAMS, RECORDED, params)?;
         Self::read(params)
     }
 
