@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+cargo build --release -p tenpak-host --bin tenpak >&2
 case "${MODEL:-orig}" in
     orig) model=assets/SmolLM2-135M-Instruct.Q4_1.gguf ;;
     gridfree)
@@ -29,7 +30,6 @@ if [[ ${#configs[@]} -eq 0 ]]; then
     for f in scripts/rates/*.toml; do configs+=("$(basename "$f" .toml)"); done
 fi
 [[ ${configs[0]} == none ]] && configs=()
-cargo build --release -p tenpak-host --bin tenpak >&2
 bin=target/release/tenpak
 out=out/rates
 mkdir -p "$out"
