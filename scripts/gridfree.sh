@@ -91,6 +91,7 @@ rm -rf "$WORK/dense"
 log "tenpak unpack --dtype f32 -> $WORK/dense"
 nice -n 10 "$TENPAK" unpack "$WORK/keep-f32.tenpak" -o "$WORK/dense" --dtype f32 >"$WORK/unpack.log" 2>&1 \
     || { cat "$WORK/unpack.log" >&2; die "tenpak unpack failed"; }
+rm -rf "$WORK/keep-f32.tenpak"  # 0.5 GB; only the unpacked directory is read
 
 # --- 3. the transform ---------------------------------------------------------------------------
 log "scripts/gridfree.py -> $OUT (seed $SEED)"
