@@ -26,6 +26,11 @@
 //! Decoding: `ŵ = scale · codebook[index][k]` in f32. The output error `tr(E G Eᵀ) / tr(W G Wᵀ)`
 //! is recorded as `output_error`.
 //!
+//! Measured on SmolLM2-135M-Instruct (64 held-out windows; BENCHMARKS.md), 4 bits, dim 2,
+//! group 32 (4.52 bits per weight on the linears): +11.84 % PPL on the real model, whose Q4_1
+//! source grid scalar groups rediscover better; +10.47 % on its grid-free variant, where
+//! `int4_awq` at 4.54 bits costs +6.53 % and llama.cpp's Q4_0 + imatrix +40.7 %.
+//!
 //! # Storage
 //!
 //! | part | dtype | shape |
