@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use half::f16;
 use tenpak_api::{DType, ErrorKind, Part, Result};
 use tenpak_codec_int4_gptq::hessian::Hessian;
-use tenpak_codec_int4_gptq::output_error::{difference, quadratic_form_rows};
+use tenpak_quant::quadratic::{difference, quadratic_form_rows};
 use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor};
 use tenpak_quant::dq::{DqHeaders, DqLayout, code_on_grids, dequantize_on_grids};
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
@@ -272,8 +272,7 @@ impl<'a> Encoder<'a> {
             self.cols,
         )?;
         outliers::apply(&mut reconstruction, &self.outlier_index, &outlier_value);
-        let output_error = self.evaluator.error(&self.weight, &reconstruction);
-        let plain = Stored {
+        let mut plain = Stored {
             alpha,
             col_scale,
             quantized,
@@ -281,13 +280,15 @@ impl<'a> Encoder<'a> {
             outlier_index: self.outlier_index.clone(),
             outlier_value,
             reconstruction,
-            output_error,
+            output_error: 0.0,
             feedback_rows: 0,
         };
-        if self.feedback.is_none() {
-            return Ok(plain);
+        if self.feedback.is_some() {
+            // Measures both encodings row by row itself.
+            return self.with_feedback(plain, scales.as_deref());
         }
-        self.with_feedback(plain, scales.as_deref())
+        plain.output_error = self.evaluator.error(&self.weight, &plain.reconstruction);
+        Ok(plain)
     }
 
     /// The factor `U` (`(G + damp·I)⁻¹ = UᵀU`) of the error feedback, computed on first use.

@@ -23,6 +23,7 @@
 //!   an importance-weighted fit);
 //! - [`rotation`]: incoherence processing, a seeded random orthogonal transform of the input
 //!   dimension (fast Walsh–Hadamard ⊗ a small random rotation) and its inverse;
+//! - [`quadratic`]: a layer's output error `tr(E G Eᵀ)`, per row or in total;
 //! - [`rng`]: the seeded generator of rotations and codebooks;
 //! - [`sym`]: whole matrices on symmetric int8 grids;
 //! - [`dq`]: double-quantized group headers (small integer scale and min per group against an
@@ -59,6 +60,7 @@ pub mod layout;
 pub mod linalg;
 pub mod metrics;
 pub mod pack;
+pub mod quadratic;
 pub mod rng;
 pub mod rotation;
 pub mod sym;

@@ -61,6 +61,7 @@ use tenpak_api::{
     WeightView,
 };
 use tenpak_quant::encoded;
+use tenpak_quant::quadratic::{difference, quadratic_form, quadratic_form_rows};
 
 /// The registry id.
 pub const ID: &str = "vq";
@@ -205,29 +206,6 @@ fn group_scales(weight: &[f32], shape: Shape) -> Result<Vec<f16>> {
     Ok(out)
 }
 
-/// `Σ_r e_r G e_rᵀ` per row, in f64, for `E = W − Ŵ`.
-pub fn row_output_errors(weight: &[f32], decoded: &[f32], gram: &[f32], rows: usize, cols: usize) -> Vec<f64> {
-    use rayon::prelude::*;
-    let mut out = vec![0f64; rows];
-    if cols == 0 {
-        return out;
-    }
-    out.par_iter_mut().enumerate().for_each(|(r, o)| {
-        let e: Vec<f64> = (0..cols).map(|j| f64::from(weight[r * cols + j]) - f64::from(decoded[r * cols + j])).collect();
-        let mut total = 0f64;
-        for i in 0..cols {
-            if e[i] == 0.0 {
-                continue;
-            }
-            let g = &gram[i * cols..(i + 1) * cols];
-            let ge: f64 = g.iter().zip(&e).map(|(&g, &e)| f64::from(g) * e).sum();
-            total += e[i] * ge;
-        }
-        *o = total;
-    });
-    out
-}
-
 /// Decode indices on the codebook with the group scales: `ŵ = scale · codebook[index][k]`.
 fn reconstruct(indices: &[u16], codebook: &[f16], scales: &[f16], shape: Shape) -> Vec<f32> {
     let subs = shape.subvectors();
@@ -259,13 +237,13 @@ impl Vq {
         let codebook = kmeans::learn(w, &scales, hdiag, shape, &settings);
         let nearest = sweep::assign_nearest(w, &scales, &codebook, hdiag, shape);
         let nearest_decoded = reconstruct(&nearest, &codebook, &scales, shape);
-        let nearest_rows = row_output_errors(w, &nearest_decoded, gram, rows, cols);
+        let nearest_rows = quadratic_form_rows(&difference(w, &nearest_decoded), gram, rows, cols);
         let (indices, decoded, row_errors, feedback_rows) = if settings.error_feedback && rows * cols > 0 {
             let fed = sweep::assign_with_feedback(w, &scales, &codebook, hdiag, gram, shape, settings.percdamp)?;
             let fed_decoded = reconstruct(&fed, &codebook, &scales, shape);
-            let fed_rows = row_output_errors(w, &fed_decoded, gram, rows, cols);
+            let fed_rows = quadratic_form_rows(&difference(w, &fed_decoded), gram, rows, cols);
             let nsub = shape.subvectors_per_row();
-            let (mut indices, mut decoded, mut errors, mut count) = (nearest.clone(), nearest_decoded.clone(), nearest_rows.clone(), 0usize);
+            let (mut indices, mut decoded, mut errors, mut count) = (nearest, nearest_decoded, nearest_rows.clone(), 0usize);
             for r in (0..rows).filter(|&r| fed_rows[r] < nearest_rows[r]) {
                 indices[r * nsub..(r + 1) * nsub].copy_from_slice(&fed[r * nsub..(r + 1) * nsub]);
                 decoded[r * cols..(r + 1) * cols].copy_from_slice(&fed_decoded[r * cols..(r + 1) * cols]);
@@ -274,10 +252,9 @@ impl Vq {
             }
             (indices, decoded, errors, count)
         } else {
-            (nearest.clone(), nearest_decoded, nearest_rows.clone(), 0usize)
+            (nearest, nearest_decoded, nearest_rows.clone(), 0usize)
         };
-        let zero = vec![0f32; rows * cols];
-        let energy: f64 = row_output_errors(w, &zero, gram, rows, cols).iter().sum();
+        let energy = quadratic_form(w, gram, cols);
         let output_error: f64 = row_errors.iter().sum();
         let index_bits = settings.index_bits();
         let nsub = shape.subvectors_per_row();
