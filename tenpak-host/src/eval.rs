@@ -7,10 +7,18 @@
 //! of each window, and transformers' stride = ctx evaluation without a BOS token, so a figure
 //! here can be reproduced with either by following [`PplReport::protocol`].
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
+use tenpak_api::registry::Registry;
 
+use crate::artifact::ArtifactSource;
+use crate::error::{HostError, Kind};
+use crate::model::{self, ModelSource};
+use crate::observe::{PackObserver, Stage, Tracker};
+use crate::plan::TextSpec;
 use crate::runtime::LlamaModel;
 use crate::tokenize::{self, Tokenizer};
 
@@ -87,6 +95,21 @@ pub fn perplexity(
     options: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<PplReport> {
+    perplexity_with(model, ids, text_name, options, &mut |done, total| {
+        progress(done, total);
+        Ok(())
+    })
+}
+
+/// [`perplexity`], where `step(done, total)` may stop the run by returning an error (a
+/// cancellation), which is returned as it is.
+pub fn perplexity_with(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<PplReport> {
     let PplOptions { ctx, samples, batch } = *options;
     ensure!(batch >= 1, "batch must be at least 1 window");
     let windows = window_count(ids.len(), ctx, samples, text_name)?;
@@ -102,7 +125,7 @@ pub fn perplexity(
         let nll = model.token_nll(window_ids, this_batch, None)?;
         nll_sum += sum_nll(&nll, done, ctx, text_name)?;
         done += this_batch;
-        progress(done, windows);
+        step(done, windows)?;
     }
     Ok(report(nll_sum, windows, ids.len(), ctx, text_name, started.elapsed().as_secs_f64()))
 }
@@ -159,4 +182,57 @@ pub fn perplexity_of_text(
 ) -> anyhow::Result<PplReport> {
     let ids = tokenize::encode(tokenizer, text).map_err(|e| e.context(text_name.to_owned()))?;
     perplexity(model, &ids, text_name, options, progress)
+}
+
+/// What to evaluate: a model (HF directory, `.safetensors`, `.gguf`) or a TenPak artifact
+/// directory, on a text.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    /// The model or artifact.
+    pub model: PathBuf,
+    /// The text to score.
+    pub text: TextSpec,
+    /// Windows, length, batch.
+    pub options: PplOptions,
+}
+
+/// A TenPak artifact (a directory with `manifest.json`) or any model source.
+pub fn open_any(path: &Path, registry: Arc<Registry>) -> anyhow::Result<Box<dyn ModelSource>> {
+    if path.join("manifest.json").exists() {
+        Ok(Box::new(ArtifactSource::open(path, registry)?))
+    } else {
+        model::open(path)
+    }
+}
+
+/// Perplexity of the request's model on its text. The text and window settings are checked
+/// before the weights are loaded; the source is closed once its weights are in the runtime, so
+/// a memory-mapped f32 file is not resident twice. Errors are [`Kind::BadRequest`] unless they
+/// say otherwise.
+pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, HostError> {
+    let checked = || -> anyhow::Result<_> {
+        let source = open_any(&request.model, registry.clone())?;
+        let text = request.text.load("text", "pass --text FILE")?;
+        let tokenizer = tokenize::for_model(source.as_ref())?;
+        let ids = tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?;
+        ensure!(request.options.batch >= 1, "batch must be at least 1 window");
+        let windows = window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
+        let limit = source.config().max_position_embeddings;
+        ensure!(request.options.ctx <= limit, "ctx {} exceeds the model's max_position_embeddings {limit}", request.options.ctx);
+        source.config().validate().with_context(|| source.path().display().to_string())?;
+        Ok((source, text, ids, windows))
+    };
+    let (source, text, ids, windows) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
+    let scored = || -> anyhow::Result<PplReport> {
+        let tracker = Tracker::new(observer, windows as u64);
+        tracker.begin(Stage::Evaluate, None, format!("loading {}", source.path().display()))?;
+        let model = LlamaModel::load(source.config(), source.as_ref())
+            .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
+        drop(source);
+        perplexity_with(&model, &ids, &text.name, &request.options, &mut |done, total| {
+            tracker.end(Stage::Evaluate, None, format!("window {done}/{total}"));
+            tracker.check()
+        })
+    };
+    scored().map_err(|e| HostError::classify(e, Kind::Internal))
 }

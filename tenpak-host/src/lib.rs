@@ -2,17 +2,27 @@
 //! pipeline, artifacts, presets, and the front ends (CLI, HTTP service) that all run one validated
 //! plan.
 
-pub mod model;
+//!
+//! The job API every front end calls: [`plan::PackPlan::build`] turns a [`plan::PackRequest`]
+//! into a validated plan, [`pack::run`] runs it under a [`observe::PackObserver`] (progress,
+//! warnings, cancellation), [`eval::run`] scores a model or artifact, [`unpack::unpack`] writes one
+//! back out dense; failures are [`error::HostError`]s with a kind the front end maps to an exit
+//! code or an HTTP status. The library prints nothing.
+
 pub mod artifact;
 pub mod builtins;
+pub mod encode;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod observe;
 pub mod pack;
 pub mod pipeline;
+pub mod plan;
 pub mod plugins;
 pub mod preset;
-pub mod progress;
-pub mod roles;
 pub mod report;
-pub mod unpack;
+pub mod roles;
 pub mod runtime;
 pub mod tokenize;
-pub mod eval;
+pub mod unpack;

@@ -1,25 +1,28 @@
 //! The `tenpak` command line.
 //!
-//! Flags are parsed by clap into raw values, then turned into one validated job (preset checked
-//! against the registry, paths resolved) before any work starts. Outcomes map to exit codes in
-//! one place: 0 ok, 1 error, 2 usage.
+//! Flags are parsed by clap into raw values, then turned into the same request the server builds
+//! from JSON, and validated into one plan ([`PackPlan::build`]) before any work starts. Outcomes
+//! map to exit codes in one place, by the error's kind: 0 ok, 1 error, 2 a request to change
+//! (usage errors too), 130 cancelled.
+
+mod progress;
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use tenpak_host::artifact::{Artifact, ArtifactSource};
-use tenpak_host::eval::{self, PplOptions, PplReport};
-use tenpak_host::progress::Progress;
-use tenpak_host::runtime::LlamaModel;
-use tenpak_host::tokenize;
-use tenpak_host::pack::{PackJob, pack};
+use tenpak_host::artifact::Artifact;
+use tenpak_host::error::{HostError, Kind};
+use tenpak_host::eval::{self, EvalRequest, PplOptions};
+use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
 use tenpak_host::preset::{BUILTIN, Preset};
 use tenpak_host::unpack::{DenseDType, unpack};
-use tenpak_host::{builtins, model, report};
+use tenpak_host::{builtins, pack, report};
+
+use crate::progress::Bar;
 
 #[derive(Parser)]
 #[command(name = "tenpak", version, about = "Compress LLM weights and measure what it cost")]
@@ -110,78 +113,45 @@ enum Command {
     Presets,
 }
 
-fn default_output(model: &Path) -> PathBuf {
-    let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    PathBuf::from(format!("{stem}.tenpak"))
+fn run(cli: Cli) -> Result<(), HostError> {
+    run_inner(cli).map_err(|e| HostError::classify(e, Kind::Internal))
 }
 
-/// A TenPak artifact (a directory with manifest.json) or any model source.
-fn open_any(path: &Path, registry: Arc<tenpak_api::registry::Registry>) -> Result<Box<dyn model::ModelSource>> {
-    if path.join("manifest.json").exists() {
-        Ok(Box::new(ArtifactSource::open(path, registry)?))
-    } else {
-        model::open(path)
-    }
-}
-
-/// Load `source` into the runtime and score `text`, with progress on stderr. The source is
-/// closed once its weights are in memory, so a memory-mapped f32 file is not resident twice.
-fn perplexity_of(source: Box<dyn model::ModelSource>, text: &Path, options: &PplOptions) -> Result<PplReport> {
-    let tokenizer = tokenize::for_model(source.as_ref())?;
-    let ids = tokenize::encode_file(&tokenizer, text)?;
-    let model = LlamaModel::load(source.config(), source.as_ref())
-        .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
-    drop((source, tokenizer));
-    let mut bar: Option<Progress> = None;
-    let name = text.display().to_string();
-    let report = eval::perplexity(&model, &ids, &name, options, &mut |done, total| {
-        bar.get_or_insert_with(|| Progress::new(total as u64, "eval")).step(&format!("window {done}"));
-    })?;
-    if let Some(bar) = bar {
-        bar.finish();
-    }
-    Ok(report)
-}
-
-fn run(cli: Cli) -> Result<()> {
+fn run_inner(cli: Cli) -> Result<()> {
     let mut registry = builtins::registry()?;
     tenpak_host::plugins::load_all(&mut registry, &cli.plugin)?;
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
         Command::Pack { model, preset, output, force, calib, eval, no_eval, tensors } => {
-            let (preset, preset_text) = Preset::load(&preset)?;
-            preset.validate(&registry)?;
-            let source = model::open(&model)?;
-            let output = output.unwrap_or_else(|| default_output(&model));
-            let eval = (!no_eval).then_some(eval);
-            for text in eval.iter() {
-                anyhow::ensure!(text.is_file(), "{}: no such evaluation text (run scripts/fetch-assets.sh, or pass --eval FILE or --no-eval)", text.display());
-            }
-            let started = std::time::Instant::now();
-            let job = PackJob {
-                model: source.as_ref(),
-                preset: &preset,
-                preset_text: &preset_text,
-                output: output.clone(),
+            let request = PackRequest {
+                output: output.unwrap_or_else(|| default_output(&model)),
+                model: model.into(),
+                preset: PresetSpec::from_cli(&preset),
                 force,
-                progress: true,
-                calib: Some(calib),
-                eval,
+                calib: Some(TextSpec::File(calib)),
+                eval: (!no_eval).then_some(TextSpec::File(eval)),
             };
-            let manifest = pack(&job, &registry)?;
+            let started = std::time::Instant::now();
+            let plan = PackPlan::build(&request, &registry)?;
+            let bar = Bar::new("pack", true);
+            let manifest = pack::run(&plan, &registry, &bar);
+            bar.finish();
+            let manifest = manifest?;
             if tensors {
                 print!("{}", report::tensor_table(&manifest));
                 println!();
             }
             print!("{}", report::summary(&manifest));
-            println!("artifact      {} ({:.1} s)", output.display(), started.elapsed().as_secs_f64());
+            println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
         Command::Eval { model, text, samples, ctx, batch } => {
-            let source = open_any(&model, registry.clone())?;
-            let options = PplOptions { ctx, samples, batch };
-            let report = perplexity_of(source, &text, &options)?;
-            println!("model         {}", model.display());
+            let request = EvalRequest { model, text: TextSpec::File(text), options: PplOptions { ctx, samples, batch } };
+            let bar = Bar::new("eval", true);
+            let report = eval::run(&request, &registry, &bar);
+            bar.finish();
+            let report = report?;
+            println!("model         {}", request.model.display());
             println!("ppl           {:.4}", report.ppl);
             println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
             println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);
@@ -202,8 +172,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Unpack { artifact: dir, output, dtype, force } => {
             let artifact = Artifact::open(&dir)?;
-            unpack(&artifact, &registry, &output, dtype, force, progress)
-                .with_context(|| format!("unpacking {}", dir.display()))?;
+            let bar = Bar::new("unpack", progress);
+            let result = unpack(&artifact, &registry, &output, dtype, force, &bar);
+            bar.finish();
+            result.with_context(|| format!("unpacking {}", dir.display()))?;
             println!("wrote {}", output.display());
         }
         Command::Codecs => {
@@ -242,8 +214,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            eprintln!("error: {e}");
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }

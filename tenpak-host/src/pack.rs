@@ -1,4 +1,5 @@
-//! `tenpak pack`: plan every weight, encode it, write the artifact, record what it cost.
+//! `tenpak pack`: run a validated [`PackPlan`]: encode every weight, write the artifact, record
+//! what it cost.
 //!
 //! Two paths, one artifact format:
 //!
@@ -9,108 +10,29 @@
 //!   and compressed perplexity computed along the way.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Context;
+use tenpak_api::LayerStats;
 use tenpak_api::registry::Registry;
-use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, WeightView};
 
 use crate::artifact::safetensors_writer::sha256_file;
 use crate::artifact::{
     ArtifactSource, ArtifactWriter, EvaluationRecord, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord,
     SourceRecord, TensorRecord, Totals,
 };
+use crate::encode::write_tensor;
+use crate::error::{HostError, Kind};
 use crate::eval::{self, PplReport};
-use crate::model::{ModelSource, TensorInfo, TokenizerSource};
-use crate::preset::Preset;
-use crate::progress::Progress;
+use crate::model::{ModelSource, TokenizerSource};
+use crate::observe::{PackObserver, Stage, Tracker};
+use crate::pipeline;
+use crate::plan::{Evaluation, PackPlan, Text};
 use crate::runtime::LlamaModel;
-use crate::{pipeline, roles, tokenize};
 
-/// What to pack and where.
-pub struct PackJob<'a> {
-    /// The model.
-    pub model: &'a dyn ModelSource,
-    /// The validated preset.
-    pub preset: &'a Preset,
-    /// The preset's text, embedded in the manifest.
-    pub preset_text: &'a str,
-    /// Where the artifact goes.
-    pub output: PathBuf,
-    /// Replace an existing artifact at `output`.
-    pub force: bool,
-    /// Show progress.
-    pub progress: bool,
-    /// Calibration text (needed when the plan's codecs or the preset ask for calibrators).
-    pub calib: Option<PathBuf>,
-    /// Evaluation text: when given, baseline and compressed perplexity go into the manifest.
-    pub eval: Option<PathBuf>,
-}
-
-/// Error of a reconstruction: relative MSE and SNR in dB (`None` when exact).
-pub fn reconstruction_error(original: &[f32], decoded: &[f32]) -> (f64, Option<f64>) {
-    let (mut signal, mut noise) = (0f64, 0f64);
-    for (&w, &d) in original.iter().zip(decoded) {
-        signal += (w as f64) * (w as f64);
-        noise += ((w - d) as f64) * ((w - d) as f64);
-    }
-    let rel = if signal > 0.0 { noise / signal } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
-    let snr = (noise > 0.0).then(|| 10.0 * (signal / noise).log10());
-    (rel, snr)
-}
-
-/// A probe that really encodes: loads the layer, encodes it with the asked codec, measures.
-struct MeasuringProbe<'a> {
-    model: &'a dyn ModelSource,
-    registry: &'a Registry,
-    layers: &'a [LayerInfo],
-}
-
-impl Probe for MeasuringProbe<'_> {
-    fn try_codec(&mut self, index: usize, codec: &str, params: &Params) -> tenpak_api::Result<ProbeResult> {
-        let layer = &self.layers[index];
-        let to_api = |e: anyhow::Error| tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}"));
-        let values = self.model.load_f32(&layer.name).map_err(to_api)?;
-        let codec = self.registry.codec(codec)?;
-        let view = WeightView::new(&values, layer.rows, layer.cols)?;
-        let encoded = codec.encode(view, &LayerStats::none(), params)?;
-        let decoded = codec.decode(&encoded)?;
-        Ok(ProbeResult { bits: codec.size_bits(&encoded), rel_mse: reconstruction_error(&values, &decoded).0 })
-    }
-}
-
-/// The per-layer plan for `model` under `preset`, keyed by tensor name. Every codec id and
-/// parameter set is checked here, before any encoding starts.
-pub fn plan(model: &dyn ModelSource, preset: &Preset, registry: &Registry) -> Result<BTreeMap<String, LayerPlan>> {
-    let layers: Vec<LayerInfo> = model
-        .tensors()
-        .iter()
-        .filter(|t| t.shape.len() == 2)
-        .map(|t| {
-            let (role, block) = roles::classify(&t.name, &t.shape);
-            LayerInfo { name: t.name.clone(), role, block, rows: t.shape[0], cols: t.shape[1] }
-        })
-        .collect();
-    let allocator = registry.allocator(&preset.allocator.id)?;
-    let mut probe = MeasuringProbe { model, registry, layers: &layers };
-    let plan = allocator
-        .plan(&layers, &preset.allocator_config(), &mut probe)
-        .with_context(|| format!("allocator `{}`", preset.allocator.id))?;
-    if plan.layers.len() != layers.len() {
-        bail!("allocator `{}` planned {} layers, expected {}", preset.allocator.id, plan.layers.len(), layers.len());
-    }
-    let mut out = BTreeMap::new();
-    for lp in plan.layers {
-        let codec = registry.codec(&lp.codec).with_context(|| format!("plan for `{}`", lp.name))?;
-        codec.validate(&lp.params).with_context(|| format!("plan for `{}` ({})", lp.name, lp.codec))?;
-        out.insert(lp.name.clone(), lp);
-    }
-    Ok(out)
-}
-
-fn source_record(model: &dyn ModelSource) -> Result<SourceRecord> {
+fn source_record(model: &dyn ModelSource) -> anyhow::Result<SourceRecord> {
     let mut dtypes = BTreeMap::new();
     for t in model.tensors() {
         *dtypes.entry(t.dtype.name()).or_insert(0) += 1;
@@ -125,7 +47,7 @@ fn source_record(model: &dyn ModelSource) -> Result<SourceRecord> {
                 sha256: sha256_file(f)?,
             })
         })
-        .collect::<Result<_>>()?;
+        .collect::<anyhow::Result<_>>()?;
     Ok(SourceRecord {
         path: model.path().display().to_string(),
         format: model.format().to_owned(),
@@ -160,77 +82,34 @@ pub fn totals(records: &[TensorRecord], model: &dyn ModelSource) -> Totals {
     t
 }
 
-/// A tensor record for `info` stored raw (32 bits per weight); encoding fills in the rest.
-fn raw_record(info: &TensorInfo) -> TensorRecord {
-    let (role, _) = roles::classify(&info.name, &info.shape);
-    TensorRecord {
-        name: info.name.clone(),
-        shape: info.shape.clone(),
-        role,
-        source_dtype: info.dtype.name(),
-        codec: None,
-        codec_source: None,
-        params: Params::new(),
-        bits: info.numel() as u64 * 32,
-        bits_per_weight: 32.0,
-        rel_mse: 0.0,
-        snr_db: None,
-        parts: Vec::new(),
+/// Run a validated plan: encode every weight, write the artifact at `plan.output`, and (with an
+/// evaluation text) record the baseline and compressed perplexity. Returns the manifest written.
+/// Nothing is left at the output on an error or a cancellation.
+pub fn run(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<Manifest, HostError> {
+    run_inner(plan, registry, observer).map_err(|e| HostError::classify(e, Kind::Internal))
+}
+
+fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> anyhow::Result<Manifest> {
+    let model = plan.model.as_ref();
+    if let Some(warning) = plan.evaluation.as_ref().and_then(|e| e.warning.as_deref()) {
+        observer.warning(warning);
     }
-}
-
-/// Write tensor `info` with the values `values`: raw if the plan has no entry for it, else
-/// encoded by the planned codec with `stats`. Returns what a reader of the artifact will decode.
-pub(crate) fn write_tensor(
-    writer: &mut ArtifactWriter,
-    registry: &Registry,
-    info: &TensorInfo,
-    values: Vec<f32>,
-    plan: Option<&LayerPlan>,
-    stats: &LayerStats,
-) -> Result<Vec<f32>> {
-    let mut record = raw_record(info);
-    let Some(lp) = plan else {
-        writer.add_raw(record, &values)?;
-        return Ok(values);
-    };
-    let codec = registry.codec(&lp.codec)?;
-    let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
-    let encoded =
-        codec.encode(view, stats, &lp.params).with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
-    let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
-    let (rel_mse, snr_db) = reconstruction_error(&values, &decoded);
-    record.codec = Some(lp.codec.clone());
-    record.codec_source = registry.codec_source(&lp.codec).map(str::to_owned);
-    record.params = encoded.params.clone();
-    record.bits = codec.size_bits(&encoded);
-    record.bits_per_weight = record.bits as f64 / values.len().max(1) as f64;
-    record.rel_mse = rel_mse;
-    record.snr_db = snr_db;
-    writer.add_encoded(record, &encoded)?;
-    Ok(decoded)
-}
-
-/// Pack `job.model` into an artifact at `job.output`. Returns the manifest written.
-pub fn pack(job: &PackJob<'_>, registry: &Arc<Registry>) -> Result<Manifest> {
-    let model = job.model;
-    job.preset.validate(registry)?;
-    let plan = plan(model, job.preset, registry)?;
-    let calibrators = pipeline::calibrators_for(&plan, job.preset, registry)?;
-    let mut writer = ArtifactWriter::create(&job.output, job.force)?;
-    let (evaluation, calibration) = if calibrators.is_empty() {
-        let mut progress =
-            if job.progress { Progress::new(model.tensors().len() as u64, "pack") } else { Progress::hidden() };
-        for info in model.tensors() {
-            let values = model.load_f32(&info.name)?;
-            write_tensor(&mut writer, registry, info, values, plan.get(&info.name), &LayerStats::none())?;
-            progress.step(&info.name);
-        }
-        progress.finish();
-        (None, None)
-    } else {
-        let outcome = pipeline::run(job, registry, &plan, calibrators, &mut writer)?;
+    let calibrated = !plan.calibrators.is_empty();
+    let eval_steps = plan.evaluation.as_ref().map_or(0, |e| 2 * e.windows as u64);
+    let total = if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
+    let tracker = Tracker::new(observer, total);
+    let mut writer = ArtifactWriter::create(&plan.output, plan.force)?;
+    let (evaluation, calibration) = if calibrated {
+        let outcome = pipeline::run(plan, registry, &mut writer, &tracker)?;
         (outcome.evaluation, Some(outcome.calibration))
+    } else {
+        for info in model.tensors() {
+            tracker.begin(Stage::Encode, None, &info.name)?;
+            let values = model.load_f32(&info.name)?;
+            write_tensor(&mut writer, registry, info, values, plan.layers.get(&info.name), &LayerStats::none())?;
+            tracker.end(Stage::Encode, None, &info.name);
+        }
+        (None, None)
     };
     add_side_files(&mut writer, model)?;
     let totals = totals(writer.records(), model);
@@ -241,26 +120,29 @@ pub fn pack(job: &PackJob<'_>, registry: &Arc<Registry>) -> Result<Manifest> {
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         source: source_record(model)?,
         model_config: model.config().clone(),
-        preset: PresetRecord { name: job.preset.name.clone(), toml: job.preset_text.to_owned() },
+        preset: PresetRecord { name: plan.preset.name.clone(), toml: plan.preset_text.clone() },
         tensors: Vec::new(),
         totals,
         evaluation,
         calibration,
         shards: Vec::new(),
     };
-    let mut manifest = writer.commit(manifest)?;
-    if manifest.evaluation.is_none()
-        && let Some(text) = &job.eval
-    {
-        // Calibration-free: score the finished artifact against its source.
-        manifest.evaluation = Some(evaluate_artifact(job, text, registry)?);
-        rewrite_manifest(&job.output, &manifest)?;
+    if calibrated || plan.evaluation.is_none() {
+        return writer.commit(manifest);
     }
-    Ok(manifest)
+    // Calibration-free: score the finished artifact against its source before it is moved into
+    // place, so a failed or cancelled evaluation leaves nothing behind.
+    let mut staged = writer.finish(manifest)?;
+    let evaluation = plan.evaluation.as_ref().expect("checked above");
+    let record = evaluate_artifact(plan, evaluation, staged.dir(), registry, &tracker)?;
+    let mut manifest = staged.manifest().clone();
+    manifest.evaluation = Some(record);
+    staged.set_manifest(manifest)?;
+    staged.publish()
 }
 
 /// config.json and the tokenizer, copied (or derived), so the artifact stands alone.
-fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> Result<()> {
+fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> anyhow::Result<()> {
     writer.add_file("config.json", model.config_json()?.as_bytes())?;
     match model.tokenizer() {
         TokenizerSource::File(path) => {
@@ -273,54 +155,47 @@ fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> Resul
     Ok(())
 }
 
-/// Perplexity of the source and of the finished artifact on `text`, by the preset's evaluation
-/// settings.
-fn evaluate_artifact(job: &PackJob<'_>, text: &Path, registry: &Arc<Registry>) -> Result<EvaluationRecord> {
-    let options = job.preset.eval_options();
-    let tokenizer = tokenize::for_model(job.model)?;
-    let ids = tokenize::encode_file(&tokenizer, text)?;
-    let name = text.display().to_string();
-    let score = |source: &dyn ModelSource, what: &str| -> Result<PplReport> {
+/// Perplexity of the source and of the staged artifact in `dir` on the evaluation text, by the
+/// preset's evaluation settings.
+fn evaluate_artifact(
+    plan: &PackPlan,
+    evaluation: &Evaluation,
+    dir: &Path,
+    registry: &Arc<Registry>,
+    tracker: &Tracker<'_>,
+) -> anyhow::Result<EvaluationRecord> {
+    let name = &evaluation.text.name;
+    let score = |source: &dyn ModelSource, what: &str| -> anyhow::Result<PplReport> {
         let model = LlamaModel::load(source.config(), source)
             .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
-        let mut progress = Progress::hidden();
-        if job.progress {
-            progress = Progress::new(eval::window_count(ids.len(), options.ctx, options.samples, &name)? as u64, what);
-        }
-        let report = eval::perplexity(&model, &ids, &name, &options, &mut |done, _| progress.step(&format!("window {done}")))?;
-        progress.finish();
-        Ok(report)
+        tracker.begin(Stage::Evaluate, None, format!("{what}: scoring {} windows", evaluation.windows))?;
+        let mut step = |done: usize, total: usize| -> anyhow::Result<()> {
+            tracker.end(Stage::Evaluate, None, format!("{what}: window {done}/{total}"));
+            tracker.check()
+        };
+        eval::perplexity_with(&model, &evaluation.ids, name, &evaluation.options, &mut step)
     };
-    let baseline = score(job.model, "eval baseline")?;
-    let artifact = ArtifactSource::open(&job.output, registry.clone())?;
-    let compressed = score(&artifact, "eval compressed")?;
-    evaluation_record(&baseline, &compressed, text, None)
+    let baseline = score(plan.model.as_ref(), "baseline")?;
+    let artifact = ArtifactSource::open(dir, registry.clone())?;
+    let compressed = score(&artifact, "compressed")?;
+    Ok(evaluation_record(&baseline, &compressed, &evaluation.text, evaluation.warning.as_deref()))
 }
 
 /// The manifest's evaluation entry; `warning` is appended to the protocol when set.
 pub(crate) fn evaluation_record(
     baseline: &PplReport,
     compressed: &PplReport,
-    text: &Path,
+    text: &Text,
     warning: Option<&str>,
-) -> Result<EvaluationRecord> {
-    let mut protocol = format!("{} (text sha256 {})", compressed.protocol, sha256_file(text)?);
+) -> EvaluationRecord {
+    let mut protocol = format!("{} (text sha256 {})", compressed.protocol, text.sha256);
     if let Some(warning) = warning {
         protocol.push_str(&format!("; WARNING: {warning}"));
     }
-    Ok(EvaluationRecord {
+    EvaluationRecord {
         baseline_ppl: baseline.ppl,
         compressed_ppl: compressed.ppl,
         delta_pct: 100.0 * (compressed.ppl - baseline.ppl) / baseline.ppl,
         protocol,
-    })
-}
-
-/// Replace the manifest of a finished artifact atomically (write a temporary file, rename).
-pub fn rewrite_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let tmp = dir.join(".manifest.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(manifest)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join("manifest.json"))?;
-    Ok(())
+    }
 }

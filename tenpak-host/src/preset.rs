@@ -3,7 +3,7 @@
 //! A preset names its calibrators, its allocator, the default codec for block linears with its
 //! parameters, role refinements and name overrides, and how much text to calibrate and evaluate
 //! on. Four ship inside the binary (`fast`, `quality`, `balanced`, `size`); any other is read from
-//! a path. Parsing checks the *shape* of the file (unknown keys, wrong types, with the line);
+//! a path or given inline ([`crate::plan::PresetSpec`]). Parsing checks the *shape* of the file (unknown keys, wrong types, with the line);
 //! [`Preset::validate`] then checks it against the registry (unknown codec, calibrator or
 //! allocator ids, listing the known ones; codec parameters against each codec's own list).
 //!
@@ -31,7 +31,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -171,23 +170,11 @@ impl Preset {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("preset {origin}: {e}"))
     }
 
-    /// A built-in preset by name, or a preset file by path. A name that is neither lists the
-    /// built-in names.
-    pub fn load(name_or_path: &str) -> Result<(Preset, String)> {
-        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-            return Ok((Self::parse(text, &format!("`{name_or_path}` (built-in)"))?, text.to_string()));
-        }
-        let path = Path::new(name_or_path);
-        if path.exists() {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading preset {}", path.display()))?;
-            return Ok((Self::parse(&text, &path.display().to_string())?, text));
-        }
-        let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-        bail!(
-            "preset `{name_or_path}` is neither a built-in preset ({}) nor an existing file",
-            names.join(", ")
-        )
+    /// The built-in preset `name` with its text, if there is one.
+    pub fn builtin(name: &str) -> Option<(Preset, String)> {
+        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name)?;
+        let preset = Self::parse(text, &format!("`{name}` (built-in)")).expect("built-in presets parse (tested)");
+        Some((preset, text.to_string()))
     }
 
     /// The allocator's view of the rules.

@@ -1,79 +1,75 @@
-//! Progress for long work: a bar on a terminal, a plain line per step (rate-limited) otherwise.
+//! The `tenpak` binary's progress display: a bar on a terminal, a plain line (at most one every
+//! two seconds, plus the last) otherwise. It draws the library's [`PackObserver`] updates, so the
+//! library itself never prints.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tenpak_host::observe::{PackObserver, Update};
 
-/// One unit of long work with a known number of steps.
-pub struct Progress {
-    bar: Option<ProgressBar>,
+/// Shows a job's updates on stderr under `label`; prints warnings.
+pub struct Bar {
     label: String,
-    len: u64,
-    done: u64,
-    last_line: Option<Instant>,
-    quiet: bool,
+    shown: bool,
+    state: Mutex<State>,
 }
 
-impl Progress {
-    /// A progress display for `len` steps of `label`. On a terminal it draws a bar on stderr;
-    /// otherwise it prints at most one line every two seconds, plus the last one.
-    pub fn new(len: u64, label: &str) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(len);
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {wide_msg}")
-                    .expect("static template is valid")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(label.to_owned());
-            bar
-        });
-        Self { bar, label: label.to_owned(), len, done: 0, last_line: None, quiet: false }
+#[derive(Default)]
+struct State {
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+}
+
+impl Bar {
+    /// A display labelled `label`; with `shown` false only warnings are printed.
+    pub fn new(label: &str, shown: bool) -> Self {
+        Self { label: label.to_owned(), shown, state: Mutex::new(State::default()) }
     }
 
-    /// A display that shows nothing (for tests and the server).
-    pub fn hidden() -> Self {
-        Self { bar: None, label: String::new(), len: 0, done: 0, last_line: None, quiet: true }
-    }
-
-    /// One step done; `message` says which.
-    pub fn step(&mut self, message: &str) {
-        self.done += 1;
-        if self.quiet {
-            return;
-        }
-        if let Some(bar) = &self.bar {
-            bar.set_message(message.to_owned());
-            bar.inc(1);
-            return;
-        }
-        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
-        if due || self.done == self.len {
-            eprintln!("{} {}/{} {message}", self.label, self.done, self.len);
-            self.last_line = Some(Instant::now());
-        }
-    }
-
-    /// Say what the current step is doing (`block 3/30: calibrating`), before it is done.
-    pub fn message(&mut self, message: &str) {
-        if self.quiet {
-            return;
-        }
-        if let Some(bar) = &self.bar {
-            bar.set_message(message.to_owned());
-            return;
-        }
-        if self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
-            eprintln!("{} {}/{} {message}", self.label, self.done, self.len);
-            self.last_line = Some(Instant::now());
-        }
-    }
-
-    /// Done: clear the bar.
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
+    /// Clear the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = self.state.lock().unwrap_or_else(|e| e.into_inner()).bar.take() {
             bar.finish_and_clear();
+        }
+    }
+}
+
+impl PackObserver for Bar {
+    fn update(&self, update: &Update) {
+        if !self.shown {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if std::io::stderr().is_terminal() {
+            let bar = state.bar.get_or_insert_with(|| {
+                let bar = ProgressBar::new(update.total);
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {wide_msg}")
+                        .expect("static template is valid")
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(self.label.clone());
+                bar
+            });
+            bar.set_length(update.total);
+            bar.set_position(update.done);
+            bar.set_message(update.detail.clone());
+            return;
+        }
+        let due = state.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+        if due || update.done == update.total {
+            eprintln!("{} {}/{} {}", self.label, update.done, update.total, update.detail);
+            state.last_line = Some(Instant::now());
+        }
+    }
+
+    fn warning(&self, message: &str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &state.bar {
+            Some(bar) => bar.suspend(|| eprintln!("WARNING: {message}")),
+            None => eprintln!("WARNING: {message}"),
         }
     }
 }

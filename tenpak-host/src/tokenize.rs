@@ -48,24 +48,30 @@ pub fn encode_file(tokenizer: &Tokenizer, path: &std::path::Path) -> anyhow::Res
 }
 
 /// Token ids of a prefix of the text in file `path` holding at least `min_tokens` tokens (or the
-/// whole text, if it holds fewer), without special tokens.
+/// whole text, if it holds fewer), without special tokens; see [`encode_prefix`].
+pub fn encode_file_prefix(tokenizer: &Tokenizer, path: &std::path::Path, min_tokens: usize) -> anyhow::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
+    encode_prefix(tokenizer, &text, min_tokens).with_context(|| path.display().to_string())
+}
+
+/// Token ids of a prefix of `text` holding at least `min_tokens` tokens (or the whole text, if it
+/// holds fewer), without special tokens.
 ///
 /// Calibration needs only its first windows, and tokenizing a whole 10 MB text costs about a
 /// gigabyte of transient memory in the tokenizer. The prefix ends at a line break (so no word is
 /// cut) and grows fourfold until it holds enough tokens; the ids of a prefix can differ from the
 /// whole text's only in the last few tokens before the cut, which lie past the windows used.
-pub fn encode_file_prefix(tokenizer: &Tokenizer, path: &std::path::Path, min_tokens: usize) -> anyhow::Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
+pub fn encode_prefix(tokenizer: &Tokenizer, text: &str, min_tokens: usize) -> anyhow::Result<Vec<u32>> {
     // Eight bytes per token is generous for English BPE (about 4.5 is typical).
     let mut budget = min_tokens.saturating_mul(8).max(4096);
     loop {
         let prefix = if budget >= text.len() {
-            text.as_str()
+            text
         } else {
             let cut = text[..text.floor_char_boundary(budget)].rfind('\n').map_or(budget, |i| i + 1);
             &text[..text.floor_char_boundary(cut)]
         };
-        let ids = encode(tokenizer, prefix).with_context(|| path.display().to_string())?;
+        let ids = encode(tokenizer, prefix)?;
         // One window beyond the cut keeps the boundary's tokens out of the windows used.
         if prefix.len() == text.len() || ids.len() >= min_tokens + 64 {
             return Ok(ids);

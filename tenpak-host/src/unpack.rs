@@ -10,7 +10,7 @@ use tenpak_api::registry::Registry;
 
 use crate::artifact::Artifact;
 use crate::artifact::safetensors_writer::ShardWriter;
-use crate::progress::Progress;
+use crate::observe::{PackObserver, Stage, Tracker};
 
 /// Element type of the unpacked weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,7 +42,16 @@ impl DenseDType {
 
 /// Write `artifact` as `out/model.safetensors` + `config.json` + `tokenizer.json`, through a
 /// temporary directory renamed into place.
-pub fn unpack(artifact: &Artifact, registry: &Registry, out: &Path, dtype: DenseDType, force: bool, progress: bool) -> Result<()> {
+///
+/// `observer` sees one step per tensor and may cancel between tensors.
+pub fn unpack(
+    artifact: &Artifact,
+    registry: &Registry,
+    out: &Path,
+    dtype: DenseDType,
+    force: bool,
+    observer: &dyn PackObserver,
+) -> Result<()> {
     if out.exists() && !force {
         bail!("{} already exists (pass --force to replace it)", out.display());
     }
@@ -54,14 +63,14 @@ pub fn unpack(artifact: &Artifact, registry: &Registry, out: &Path, dtype: Dense
         std::fs::create_dir_all(&tmp)?;
         let mut shard = ShardWriter::create(&tmp.join("model.safetensors"))?;
         let tensors = &artifact.manifest().tensors;
-        let mut bar = if progress { Progress::new(tensors.len() as u64, "unpack") } else { Progress::hidden() };
+        let tracker = Tracker::new(observer, tensors.len() as u64);
         for t in tensors {
+            tracker.begin(Stage::Unpack, None, &t.name)?;
             let values = artifact.load_f32(&t.name, registry)?;
             let (dt, bytes) = dtype.encode(&values);
             shard.add(&t.name, dt, &t.shape, &bytes)?;
-            bar.step(&t.name);
+            tracker.end(Stage::Unpack, None, &t.name);
         }
-        bar.finish();
         shard.finish(&BTreeMap::from([("format".to_string(), "pt".to_string())]))?;
         let config_path = artifact.dir().join("config.json");
         let config = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;

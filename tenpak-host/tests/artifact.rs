@@ -1,5 +1,7 @@
 //! Artifacts, presets, planning and the registry, on tiny synthetic models and the real one.
 
+mod util;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,7 +10,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 use tenpak_host::artifact::{Artifact, ArtifactSource};
 use tenpak_host::model::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
-use tenpak_host::pack::{PackJob, pack};
+use tenpak_host::observe::Silent;
+use tenpak_host::plan::PresetSpec;
 use tenpak_host::preset::{BUILTIN, Preset};
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::builtins;
@@ -111,14 +114,16 @@ impl ModelSource for MemModel {
 }
 
 fn fast() -> (Preset, String) {
-    Preset::load("fast").unwrap()
+    Preset::builtin("fast").unwrap()
+}
+
+fn tiny_source() -> tenpak_host::plan::ModelSpec {
+    tenpak_host::plan::ModelSpec::Source(Arc::new(MemModel::new(7)))
 }
 
 fn pack_tiny(dir: &Path, preset: &Preset, text: &str) -> tenpak_host::artifact::Manifest {
-    let model = MemModel::new(7);
     let registry = Arc::new(builtins::registry().unwrap());
-    let job = PackJob { model: &model, preset, preset_text: text, output: dir.to_owned(), force: false, progress: false, calib: None, eval: None };
-    pack(&job, &registry).unwrap()
+    util::pack(&util::request(tiny_source(), util::inline_preset(text, &preset.name), dir), &registry).unwrap()
 }
 
 #[test]
@@ -172,7 +177,7 @@ fn preset_errors_name_the_fault() {
     let err = format!("{:#}", p.validate(&registry).unwrap_err());
     assert!(err.contains("group_size") && err.contains("int"), "{err}");
     // A missing preset names the built-ins.
-    let err = Preset::load("no/such/preset.toml").unwrap_err().to_string();
+    let err = PresetSpec::from_cli("no/such/preset.toml").load().unwrap_err().to_string();
     assert!(err.contains("balanced") && err.contains("fast"), "{err}");
 }
 
@@ -202,7 +207,7 @@ fn tiny_round_trip_unpack_equals_decode() {
                 let codec = registry.codec(id).unwrap();
                 let again = codec.decode(&artifact.encoded(&t.name).unwrap()).unwrap();
                 assert_eq!(decoded, again);
-                let (rel, _) = tenpak_host::pack::reconstruction_error(&original, &decoded);
+                let (rel, _) = tenpak_host::encode::reconstruction_error(&original, &decoded);
                 assert!((rel - t.rel_mse).abs() <= 1e-12 * rel.max(1.0), "{}: {rel} vs {}", t.name, t.rel_mse);
                 assert!(rel < 0.02, "{}: 4-bit relative MSE of a gaussian should be ~0.5%, got {rel}", t.name);
             }
@@ -210,7 +215,7 @@ fn tiny_round_trip_unpack_equals_decode() {
     }
     // Unpack: the dense tensors equal the codec's decode of the stored parts.
     let out = tmp.path().join("dense");
-    unpack(&artifact, &registry, &out, DenseDType::F32, false, false).unwrap();
+    unpack(&artifact, &registry, &out, DenseDType::F32, false, &Silent).unwrap();
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let dense = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for t in &manifest.tensors {
@@ -283,13 +288,13 @@ fn existing_output_is_not_overwritten_without_force() {
     let dir = tmp.path().join("tiny.tenpak");
     let (preset, text) = fast();
     pack_tiny(&dir, &preset, &text);
-    let model = MemModel::new(7);
     let registry = Arc::new(builtins::registry().unwrap());
-    let job = PackJob { model: &model, preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false, calib: None, eval: None };
-    let err = pack(&job, &registry).unwrap_err().to_string();
-    assert!(err.contains("already exists"), "{err}");
-    let job = PackJob { force: true, ..job };
-    pack(&job, &registry).unwrap();
+    let mut job = util::request(tiny_source(), util::inline_preset(&text, &preset.name), &dir);
+    let err = util::pack(&job, &registry).unwrap_err();
+    assert_eq!(err.kind(), tenpak_host::error::Kind::BadRequest);
+    assert!(err.to_string().contains("already exists"), "{err}");
+    job.force = true;
+    util::pack(&job, &registry).unwrap();
     Artifact::open(&dir).unwrap();
 }
 
@@ -321,8 +326,8 @@ fn real_model_int4_residual_beats_rtn_on_every_linear() {
             let a = rtn.encode(view, &stats, &params).unwrap();
             let b = residual.encode(view, &stats, &params).unwrap();
             assert_eq!(rtn.size_bits(&a), residual.size_bits(&b), "{}: equal bits", info.name);
-            let (err_a, _) = tenpak_host::pack::reconstruction_error(&values, &rtn.decode(&a).unwrap());
-            let (err_b, _) = tenpak_host::pack::reconstruction_error(&values, &residual.decode(&b).unwrap());
+            let (err_a, _) = tenpak_host::encode::reconstruction_error(&values, &rtn.decode(&a).unwrap());
+            let (err_b, _) = tenpak_host::encode::reconstruction_error(&values, &residual.decode(&b).unwrap());
             assert!(err_b < err_a, "{} g{group_size}: int4_residual {err_b:.4e} >= int4_rtn {err_a:.4e}", info.name);
         }
         checked += 1;
@@ -338,8 +343,8 @@ fn real_model_fast_pack_round_trip() {
     let dir = tmp.path().join("smollm2.tenpak");
     let (preset, text) = fast();
     let registry = Arc::new(builtins::registry().unwrap());
-    let job = PackJob { model: model.as_ref(), preset: &preset, preset_text: &text, output: dir.clone(), force: false, progress: false, calib: None, eval: None };
-    let manifest = pack(&job, &registry).unwrap();
+    let job = util::request(real_model_path(), util::inline_preset(&text, &preset.name), &dir);
+    let manifest = util::pack(&job, &registry).unwrap();
     assert_eq!(manifest.tensors.len(), 272);
     // 4-bit codes + f16 scale and min per 64 weights: exactly 4.5 bits on the block linears.
     assert_eq!(manifest.totals.linear_bits_per_weight, 4.5);
@@ -349,7 +354,7 @@ fn real_model_fast_pack_round_trip() {
         let codec = registry.codec(record.codec.as_deref().unwrap()).unwrap();
         let decoded = codec.decode(&artifact.encoded(name).unwrap()).unwrap();
         assert_eq!(decoded, artifact.load_f32(name, &registry).unwrap());
-        let (rel, _) = tenpak_host::pack::reconstruction_error(&model.load_f32(name).unwrap(), &decoded);
+        let (rel, _) = tenpak_host::encode::reconstruction_error(&model.load_f32(name).unwrap(), &decoded);
         assert_eq!(rel, record.rel_mse, "{name}: recorded error must be recomputable");
     }
     let source_hash = &manifest.source.files[0].sha256;

@@ -12,8 +12,12 @@ use tenpak_api::{Codec, Encoded, LayerStats, ParamSpec, ParamType, Params, Part,
 use tenpak_host::artifact::{Artifact, ArtifactSource};
 use tenpak_host::eval::{self, PplOptions};
 use tenpak_host::model::{self, ModelSource};
-use tenpak_host::pack::{PackJob, pack, reconstruction_error};
+use tenpak_host::encode::reconstruction_error;
+use tenpak_host::error::{HostError, Kind};
+use tenpak_host::observe::{PackObserver, Stage, Update};
+use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
 use tenpak_host::preset::Preset;
+use util::{inline_preset, pack};
 use tenpak_host::runtime::LlamaModel;
 use tenpak_host::{builtins, tokenize};
 
@@ -141,16 +145,14 @@ fn registry() -> Arc<tenpak_api::registry::Registry> {
     Arc::new(builtins::registry().unwrap())
 }
 
-fn job<'a>(model: &'a dyn ModelSource, preset: &'a (Preset, String), t: &Tiny) -> PackJob<'a> {
-    PackJob {
-        model,
-        preset: &preset.0,
-        preset_text: &preset.1,
+fn job(preset: &(Preset, String), t: &Tiny) -> PackRequest {
+    PackRequest {
+        model: t.model.clone().into(),
+        preset: inline_preset(&preset.1, &preset.0.name),
         output: t.out.clone(),
         force: true,
-        progress: false,
-        calib: Some(t.calib.clone()),
-        eval: Some(t.eval.clone()),
+        calib: Some(TextSpec::File(t.calib.clone())),
+        eval: Some(TextSpec::File(t.eval.clone())),
     }
 }
 
@@ -163,7 +165,7 @@ fn pipeline_statistics_equal_direct_computation() {
     // An f32 `keep` embedding, so nothing on the way is rounded.
     let preset = preset_with_embedding("test_stats_probe", &[], 4, "codec = \"keep\"\ndtype = \"f32\"");
     SEEN.lock().unwrap().clear();
-    let manifest = pack(&job(source.as_ref(), &preset, &t), &registry()).unwrap();
+    let manifest = pack(&job(&preset, &t), &registry()).unwrap();
     assert_eq!(manifest.calibration.as_ref().unwrap().windows, 4);
     let mut calibrators = manifest.calibration.as_ref().unwrap().calibrators.clone();
     calibrators.sort();
@@ -224,7 +226,7 @@ fn calibrated_pack_of_tiny_model_matches_recomputed_values() {
     let registry = registry();
     let codec = if registry.codec("int4_awq").is_ok() { "int4_awq" } else { "int4_residual" };
     let preset = preset(codec, &["act_scale"], 6);
-    let manifest = pack(&job(source.as_ref(), &preset, &t), &registry).unwrap();
+    let manifest = pack(&job(&preset, &t), &registry).unwrap();
 
     let artifact = Artifact::open(&t.out).unwrap(); // verifies every shard's sha256
     let mut bits = 0u64;
@@ -265,18 +267,18 @@ fn calibrated_pack_of_tiny_model_matches_recomputed_values() {
 #[test]
 fn bad_calibration_input_is_a_clear_error_or_a_loud_warning() {
     let t = tiny(31);
-    let source = model::open(&t.model).unwrap();
     let registry = registry();
-    // 400 words are 12 windows of 32 tokens; ask for 50.
-    let err = pack(&job(source.as_ref(), &preset("int4_residual", &["act_scale"], 50), &t), &registry).unwrap_err();
-    let msg = format!("{err:#}");
+    // 400 words are 12 windows of 32 tokens; ask for 50: refused while planning, a bad request.
+    let err = pack(&job(&preset("int4_residual", &["act_scale"], 50), &t), &registry).unwrap_err();
+    assert_eq!(err.kind(), Kind::BadRequest);
+    let msg = err.to_string();
     assert!(msg.contains("calib.txt") && msg.contains("50 calibration windows"), "{msg}");
     assert!(!t.out.exists(), "no artifact after a failed pack");
 
     // Evaluation text = calibration text: the figures are recorded with a warning.
     let mut same = tiny(32);
     same.eval = same.calib.clone();
-    let manifest = pack(&job(source.as_ref(), &preset("int4_residual", &["act_scale"], 4), &same), &registry).unwrap();
+    let manifest = pack(&job(&preset("int4_residual", &["act_scale"], 4), &same), &registry).unwrap();
     assert!(manifest.evaluation.unwrap().protocol.contains("WARNING: the evaluation text"));
 
     // A calibrator that is not registered.
@@ -303,8 +305,7 @@ fn packs_are_deterministic() {
         let mut shards = Vec::new();
         for attempt in 0..2 {
             let t = tiny(31);
-            let source = model::open(&t.model).unwrap();
-            let manifest = pack(&job(source.as_ref(), &preset, &t), &registry()).unwrap();
+            let manifest = pack(&job(&preset, &t), &registry()).unwrap();
             assert!(manifest.tensors.iter().any(|r| r.codec.as_deref() == Some(if codec_table.contains("vq") { "vq" } else { "int4_awq" })));
             let bytes: Vec<Vec<u8>> = manifest
                 .shards
@@ -327,26 +328,23 @@ mod real {
     /// more bits (groups of 64 with f16 headers: 4.5 bits per weight against balanced's ≤ 4.5).
     #[test]
     fn real_model_balanced_pack_beats_rtn_and_gptq_and_records_what_it_cost() {
-        let source = model::open(&util::real_gguf()).unwrap();
         let (calib, eval_text) = (util::asset("calib.txt"), util::asset("eval.txt"));
         let registry = registry();
         let tmp = tempfile::tempdir().unwrap();
-        let (_, builtin) = Preset::load("balanced").unwrap();
+        let (_, builtin) = Preset::builtin("balanced").unwrap();
         let text = builtin
             .replacen("[evaluation]\nwindows = 16\n", "[evaluation]\nwindows = 4\n", 1)
             .replacen("[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 32\n", "[calibration]\ncalibrators = [\"act_scale\"]\nwindows = 16\n", 1);
         let preset = Preset::parse(&text, "balanced (CI)").unwrap();
         assert_eq!((preset.calibration.windows, preset.evaluation.windows), (16, 4), "{text}");
         let run = |preset: &Preset, text: &str, out: &str| {
-            let job = PackJob {
-                model: source.as_ref(),
-                preset,
-                preset_text: text,
+            let job = PackRequest {
+                model: util::real_gguf().into(),
+                preset: inline_preset(text, &preset.name),
                 output: tmp.path().join(out),
                 force: false,
-                progress: false,
-                calib: Some(calib.clone()),
-                eval: Some(eval_text.clone()),
+                calib: Some(TextSpec::File(calib.clone())),
+                eval: Some(TextSpec::File(eval_text.clone())),
             };
             pack(&job, &registry).unwrap()
         };
@@ -369,7 +367,7 @@ mod real {
         // The recorded compressed PPL is the PPL of the artifact read back.
         let evaluation = awq.evaluation.as_ref().unwrap();
         let artifact = ArtifactSource::open(&tmp.path().join("awq.tenpak"), registry.clone()).unwrap();
-        let tokenizer = tokenize::for_model(source.as_ref()).unwrap();
+        let tokenizer = tokenize::for_model(&artifact).unwrap();
         let ids = tokenize::encode_file(&tokenizer, &eval_text).unwrap();
         let options = PplOptions { ctx: 512, samples: Some(4), batch: 1 };
         let model = LlamaModel::load(artifact.config(), &artifact).unwrap();
@@ -396,4 +394,187 @@ mod real {
             );
         }
     }
+}
+
+/// Records every update and warning of a job; asks it to stop once a step of `cancel_after`
+/// (stage, block) has been reported.
+#[derive(Default)]
+struct Recorder {
+    updates: Mutex<Vec<Update>>,
+    warnings: Mutex<Vec<String>>,
+    cancel_after: Option<(Stage, Option<usize>)>,
+}
+
+impl PackObserver for Recorder {
+    fn update(&self, update: &Update) {
+        self.updates.lock().unwrap().push(update.clone());
+    }
+    fn warning(&self, message: &str) {
+        self.warnings.lock().unwrap().push(message.to_owned());
+    }
+    fn cancelled(&self) -> bool {
+        let Some((stage, block)) = self.cancel_after else { return false };
+        let updates = self.updates.lock().unwrap();
+        updates.iter().any(|u| u.stage == stage && u.block.map(|b| b.0) == block)
+    }
+}
+
+fn run_observed(request: &PackRequest, observer: &Recorder) -> Result<tenpak_host::artifact::Manifest, HostError> {
+    let registry = registry();
+    let plan = PackPlan::build(request, &registry)?;
+    tenpak_host::pack::run(&plan, &registry, observer)
+}
+
+/// Entries of `dir` whose names start with a dot: the writers' temporary directories.
+fn hidden_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+/// The observer sees the pipeline's stages in order, block by block, with a fraction that only
+/// grows and ends at 1; the library prints nothing and hands its warnings to the observer.
+#[test]
+fn observer_sees_every_stage_in_order() {
+    let mut t = tiny(41);
+    t.eval = t.calib.clone();
+    let recorder = Recorder::default();
+    run_observed(&job(&preset("int4_residual", &["act_scale"], 4), &t), &recorder).unwrap();
+    let updates = recorder.updates.into_inner().unwrap();
+    let warnings = recorder.warnings.into_inner().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("not held-out"), "{warnings:?}");
+
+    let total = updates[0].total;
+    assert_eq!(total, 3 * 2 + 2, "two blocks: three stages each, plus the prologue and the scoring");
+    assert!(updates.iter().all(|u| u.total == total));
+    assert!(updates.windows(2).all(|w| w[0].done <= w[1].done), "progress went back");
+    assert_eq!(updates.last().unwrap().done, total);
+    assert_eq!(updates.last().unwrap().fraction(), 1.0);
+    // Finished steps, in order.
+    let mut finished: Vec<(Stage, Option<usize>)> = Vec::new();
+    for w in updates.windows(2) {
+        if w[1].done > w[0].done {
+            finished.push((w[1].stage, w[1].block.map(|b| b.0)));
+        }
+    }
+    if updates[0].done == 1 {
+        finished.insert(0, (updates[0].stage, updates[0].block.map(|b| b.0)));
+    }
+    let expected = vec![
+        (Stage::Encode, None),
+        (Stage::Calibrate, Some(0)),
+        (Stage::Encode, Some(0)),
+        (Stage::Propagate, Some(0)),
+        (Stage::Calibrate, Some(1)),
+        (Stage::Encode, Some(1)),
+        (Stage::Propagate, Some(1)),
+        (Stage::Evaluate, None),
+    ];
+    assert_eq!(finished, expected);
+}
+
+/// A cancelled pack stops at its next step with `Cancelled`, on both paths, and leaves neither
+/// an artifact nor a temporary directory behind.
+#[test]
+fn a_cancelled_pack_leaves_nothing_behind() {
+    // Calibrated: cancelled after block 0 is encoded.
+    let t = tiny(43);
+    let recorder = Recorder { cancel_after: Some((Stage::Encode, Some(0))), ..Default::default() };
+    let err = run_observed(&job(&preset("int4_residual", &["act_scale"], 4), &t), &recorder).unwrap_err();
+    assert_eq!(err.kind(), Kind::Cancelled, "{err}");
+    let last = recorder.updates.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.stage, last.block.map(|b| b.0)), (Stage::Encode, Some(0)), "stopped at the next step");
+    let parent = t.out.parent().unwrap();
+    assert!(!t.out.exists());
+    assert_eq!(hidden_entries(parent), Vec::<String>::new());
+
+    // Calibration-free: cancelled during the evaluation, after every tensor was written.
+    let text = "name = \"tiny-fast\"\n[evaluation]\nwindows = 3\nctx = 32\n[allocator]\nid = \"role_rules\"\n\
+                [codec]\ncodec = \"int4_rtn\"\ngroup_size = 8\n";
+    let mut request = job(&(Preset::parse(text, "tiny-fast").unwrap(), text.to_owned()), &t);
+    request.calib = None;
+    let recorder = Recorder { cancel_after: Some((Stage::Evaluate, None)), ..Default::default() };
+    let err = run_observed(&request, &recorder).unwrap_err();
+    assert_eq!(err.kind(), Kind::Cancelled, "{err}");
+    assert!(recorder.updates.lock().unwrap().iter().any(|u| u.stage == Stage::Encode));
+    assert!(!t.out.exists());
+    assert_eq!(hidden_entries(parent), Vec::<String>::new());
+    // Uncancelled, the same request succeeds and the evaluation is recorded.
+    let manifest = run_observed(&request, &Recorder::default()).unwrap();
+    assert!(manifest.evaluation.is_some() && manifest.calibration.is_none());
+}
+
+/// Every check happens while planning, with the kind a front end maps to its outcome, and
+/// nothing is written for a refused request.
+#[test]
+fn plan_refuses_bad_requests_with_their_kind() {
+    let t = tiny(47);
+    let registry = registry();
+    let calibrating = preset("int4_residual", &["act_scale"], 4);
+    let refuse = |request: &PackRequest| -> HostError {
+        let err = PackPlan::build(request, &registry).err().expect("refused");
+        assert!(!t.out.exists(), "{err}: nothing at the output");
+        assert_eq!(hidden_entries(t.out.parent().unwrap()), Vec::<String>::new(), "{err}");
+        err
+    };
+    let base = job(&calibrating, &t);
+
+    let missing = t.model.with_file_name("no-such-model.gguf");
+    let err = refuse(&PackRequest { model: missing.into(), ..base.clone() });
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    assert!(err.to_string().contains("no-such-model.gguf"), "{err}");
+
+    let err = refuse(&PackRequest { calib: Some(TextSpec::File(t.calib.with_file_name("nope.txt"))), ..base.clone() });
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    assert!(err.to_string().contains("nope.txt") && err.to_string().contains("calibration text"), "{err}");
+
+    let err = refuse(&PackRequest { calib: None, ..base.clone() });
+    assert_eq!(err.kind(), Kind::BadRequest, "{err}");
+    assert!(err.to_string().contains("calibration text"), "{err}");
+
+    let err = refuse(&PackRequest { preset: PresetSpec::Builtin("turbo".into()), ..base.clone() });
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    assert!(err.to_string().contains("balanced"), "{err}");
+
+    let err = refuse(&PackRequest { preset: inline_preset("name = 3", "request body"), ..base.clone() });
+    assert_eq!(err.kind(), Kind::BadRequest, "{err}");
+    assert!(err.to_string().contains("request body"), "{err}");
+
+    let short = TextSpec::Inline { name: "short (inline)".into(), text: "the people of the union".into() };
+    let err = refuse(&PackRequest { eval: Some(short), ..base.clone() });
+    assert_eq!(err.kind(), Kind::BadRequest, "{err}");
+    assert!(err.to_string().contains("short (inline)"), "{err}");
+
+    // An architecture the runtime does not run.
+    let gpt2 = t.model.with_file_name("gpt2");
+    write_tiny_model(&gpt2, 47);
+    let config = std::fs::read_to_string(gpt2.join("config.json")).unwrap().replace("\"llama\"", "\"gpt2\"");
+    std::fs::write(gpt2.join("config.json"), config).unwrap();
+    let err = refuse(&PackRequest { model: gpt2.into(), ..base.clone() });
+    assert_eq!(err.kind(), Kind::Unsupported, "{err}");
+    assert!(err.to_string().contains("gpt2"), "{err}");
+}
+
+/// Texts given inline (as the server takes them) pack exactly as the same texts from files.
+#[test]
+fn inline_texts_pack_as_files() {
+    let t = tiny(53);
+    let preset = preset("int4_residual", &["act_scale"], 4);
+    let from_files = run_observed(&job(&preset, &t), &Recorder::default()).unwrap();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let inline = PackRequest {
+        calib: Some(TextSpec::Inline { name: "calib (inline)".into(), text: read(&t.calib) }),
+        eval: Some(TextSpec::Inline { name: "eval (inline)".into(), text: read(&t.eval) }),
+        ..job(&preset, &t)
+    };
+    let from_request = run_observed(&inline, &Recorder::default()).unwrap();
+    let (a, b) = (from_files.calibration.unwrap(), from_request.calibration.unwrap());
+    assert_eq!(a.text_sha256, b.text_sha256);
+    assert_eq!(b.text, "calib (inline)");
+    let (a, b) = (from_files.evaluation.unwrap(), from_request.evaluation.unwrap());
+    assert_eq!((a.baseline_ppl, a.compressed_ppl), (b.baseline_ppl, b.compressed_ppl));
+    assert_eq!(from_files.totals.bits, from_request.totals.bits);
 }

@@ -18,10 +18,10 @@ use tenpak_api::registry::Registry;
 use tenpak_api::{Codec, Encoded, Error, ErrorKind, LayerStats, Params, WeightView};
 use tenpak_codec_nf4::Nf4;
 use tenpak_host::artifact::Artifact;
-use tenpak_host::pack::{PackJob, pack};
-use tenpak_host::preset::Preset;
+use tenpak_host::observe::Silent;
+use tenpak_host::plan::PresetSpec;
 use tenpak_host::unpack::{DenseDType, unpack};
-use tenpak_host::{builtins, model, plugins};
+use tenpak_host::{builtins, plugins};
 
 const NF4_PLUGIN: &str = "tenpak_codec_nf4";
 const FAULTY_PLUGIN: &str = "tenpak_test_faulty_plugin";
@@ -309,20 +309,9 @@ fn pack_with_the_plugin_equals_pack_with_the_static_build() {
 
     // Static: in this process, nf4 found through inventory.
     let registry = std::sync::Arc::new(builtins::registry().unwrap());
-    let (preset, preset_text) = Preset::load(preset_path.to_str().unwrap()).unwrap();
-    let source = model::open(&model_dir).unwrap();
     let static_dir = tmp.path().join("static.tenpak");
-    let job = PackJob {
-        model: source.as_ref(),
-        preset: &preset,
-        preset_text: &preset_text,
-        output: static_dir.clone(),
-        force: false,
-        progress: false,
-        calib: None,
-        eval: None,
-    };
-    let static_manifest = pack(&job, &registry).unwrap();
+    let job = util::request(model_dir.clone(), PresetSpec::File(preset_path.clone()), &static_dir);
+    let static_manifest = util::pack(&job, &registry).unwrap();
 
     // Dynamic: the tenpak binary, which links no nf4, with the library.
     let plugin_dir = tmp.path().join("plugin.tenpak");
@@ -373,7 +362,7 @@ fn pack_with_the_plugin_equals_pack_with_the_static_build() {
     ]);
     assert!(out.status.success(), "tenpak unpack with the plugin failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let static_dense = tmp.path().join("static-dense");
-    unpack(&Artifact::open(&static_dir).unwrap(), &registry, &static_dense, DenseDType::F32, false, false).unwrap();
+    unpack(&Artifact::open(&static_dir).unwrap(), &registry, &static_dense, DenseDType::F32, false, &Silent).unwrap();
     assert_eq!(
         std::fs::read(dense.join("model.safetensors")).unwrap(),
         std::fs::read(static_dense.join("model.safetensors")).unwrap()

@@ -156,3 +156,34 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], store: impl Fn(&s
         .collect();
     safetensors::serialize_to_file(views, None, path).expect("write safetensors");
 }
+
+/// Validate and run `request` as the CLI does, with no display: [`PackPlan::build`], then
+/// [`tenpak_host::pack::run`].
+pub fn pack(
+    request: &tenpak_host::plan::PackRequest,
+    registry: &std::sync::Arc<tenpak_api::registry::Registry>,
+) -> Result<tenpak_host::artifact::Manifest, tenpak_host::error::HostError> {
+    let plan = tenpak_host::plan::PackPlan::build(request, registry)?;
+    tenpak_host::pack::run(&plan, registry, &tenpak_host::observe::Silent)
+}
+
+/// A preset given as text (`origin` names it in errors).
+pub fn inline_preset(text: &str, origin: &str) -> tenpak_host::plan::PresetSpec {
+    tenpak_host::plan::PresetSpec::Inline { origin: origin.to_owned(), text: text.to_owned() }
+}
+
+/// A calibration-free request: `model` packed with `preset` into `output`, no texts.
+pub fn request(
+    model: impl Into<tenpak_host::plan::ModelSpec>,
+    preset: tenpak_host::plan::PresetSpec,
+    output: &Path,
+) -> tenpak_host::plan::PackRequest {
+    tenpak_host::plan::PackRequest {
+        model: model.into(),
+        preset,
+        output: output.to_owned(),
+        force: false,
+        calib: None,
+        eval: None,
+    }
+}

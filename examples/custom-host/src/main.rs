@@ -16,10 +16,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use tenpak_host::artifact::Artifact;
-use tenpak_host::pack::{PackJob, pack};
-use tenpak_host::preset::Preset;
+use tenpak_host::observe::Silent;
+use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec};
 use tenpak_host::unpack::{DenseDType, unpack};
-use tenpak_host::{builtins, model, report};
+use tenpak_host::{builtins, pack, report};
 
 // Name the crate so the linker keeps its registration (it is otherwise never referenced).
 use tenpak_codec_nf4 as _;
@@ -35,26 +35,23 @@ fn run(args: &[String]) -> Result<()> {
             }
         }
         ["pack", model_path, preset, output] => {
-            let (preset, preset_text) = Preset::load(preset)?;
-            preset.validate(&registry)?;
-            let source_model = model::open(&PathBuf::from(model_path))?;
-            let job = PackJob {
-                model: source_model.as_ref(),
-                preset: &preset,
-                preset_text: &preset_text,
+            // The same request and plan as `tenpak pack`: every check happens before any work.
+            let request = PackRequest {
+                model: PathBuf::from(model_path).into(),
+                preset: PresetSpec::from_cli(preset),
                 output: PathBuf::from(output),
                 force: false,
-                progress: false,
                 calib: None,
                 eval: None,
             };
-            let manifest = pack(&job, &registry)?;
+            let plan = PackPlan::build(&request, &registry)?;
+            let manifest = pack::run(&plan, &registry, &Silent)?;
             print!("{}", report::summary(&manifest));
             println!("nf4 from     {source}");
         }
         ["unpack", artifact, output] => {
             let artifact = Artifact::open(&PathBuf::from(artifact))?;
-            unpack(&artifact, &registry, &PathBuf::from(output), DenseDType::F32, false, false)?;
+            unpack(&artifact, &registry, &PathBuf::from(output), DenseDType::F32, false, &Silent)?;
             println!("wrote {output}");
         }
         _ => bail!("usage: tenpak-custom-host codecs | pack MODEL PRESET OUTPUT | unpack ARTIFACT OUTPUT"),

@@ -296,7 +296,14 @@ impl ArtifactWriter {
 
     /// Close the shards, write the manifest (filling in tensors and shards), sync, and rename the
     /// directory into place.
-    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest> {
+    pub fn commit(self, manifest: Manifest) -> Result<Manifest> {
+        self.finish(manifest)?.publish()
+    }
+
+    /// Close the shards and write the manifest (filling in tensors and shards), but leave the
+    /// artifact in its temporary directory: complete and readable there, not yet at its
+    /// destination. [`Staged::publish`] moves it into place; dropping it removes it.
+    pub fn finish(mut self, mut manifest: Manifest) -> Result<Staged> {
         if let Some(shard) = self.shard.take() {
             self.shards.push(shard.finish(&BTreeMap::new())?);
         }
@@ -310,22 +317,73 @@ impl ArtifactWriter {
                 sha256: s.sha256.clone(),
             })
             .collect();
-        let text = serde_json::to_string_pretty(&manifest)?;
-        let manifest_path = self.tmp.join("manifest.json");
-        std::fs::write(&manifest_path, text).with_context(|| format!("writing {}", manifest_path.display()))?;
-        File::open(&manifest_path)?.sync_all()?;
+        let staged = Staged { dir: self.tmp.clone(), dest: self.dest.clone(), manifest, published: false };
+        staged.write_manifest()?;
+        // The staged directory now owns the temporary directory.
+        self.committed = true;
+        Ok(staged)
+    }
+}
+
+/// A finished artifact in its temporary directory, waiting to be moved into place.
+pub struct Staged {
+    dir: PathBuf,
+    dest: PathBuf,
+    manifest: Manifest,
+    published: bool,
+}
+
+impl Staged {
+    /// The temporary directory: a complete artifact that [`Artifact::open`] reads.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest written.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Replace the manifest (to add figures measured on the staged artifact).
+    pub fn set_manifest(&mut self, manifest: Manifest) -> Result<()> {
+        self.manifest = manifest;
+        self.write_manifest()
+    }
+
+    fn write_manifest(&self) -> Result<()> {
+        let path = self.dir.join("manifest.json");
+        let tmp = self.dir.join(".manifest.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(&self.manifest)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Rename the directory to its destination (replacing an existing artifact there, which
+    /// [`ArtifactWriter::create`] allowed), and return the manifest.
+    pub fn publish(mut self) -> Result<Manifest> {
         if self.dest.exists() {
-            let old = self.tmp.with_extension("old");
-            std::fs::rename(&self.dest, &old)
-                .with_context(|| format!("moving the old {} aside", self.dest.display()))?;
-            std::fs::rename(&self.tmp, &self.dest)?;
+            let old = self.dir.with_extension("old");
+            std::fs::rename(&self.dest, &old).with_context(|| format!("moving the old {} aside", self.dest.display()))?;
+            std::fs::rename(&self.dir, &self.dest)?;
             std::fs::remove_dir_all(&old)?;
         } else {
-            std::fs::rename(&self.tmp, &self.dest)
-                .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.dest.display()))?;
+            std::fs::rename(&self.dir, &self.dest)
+                .with_context(|| format!("renaming {} to {}", self.dir.display(), self.dest.display()))?;
         }
-        self.committed = true;
-        Ok(manifest)
+        self.published = true;
+        Ok(self.manifest.clone())
+    }
+}
+
+impl Drop for Staged {
+    /// A staged artifact never published (an error or a cancellation after it was finished) is
+    /// removed.
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

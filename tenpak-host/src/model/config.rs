@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::error::Kind;
+
 /// The `model_type` values this host runs: all three are the Llama block (RMSNorm, RoPE,
 /// grouped-query attention, SwiGLU), differing only in q/k/v bias and defaults.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
@@ -74,15 +76,17 @@ impl ModelConfig {
             ),
         };
         if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
-            bail!(
+            return Err(Kind::Unsupported.error(format!(
                 "{file}: unsupported model_type \"{model_type}\" (supported: {})",
                 SUPPORTED_MODEL_TYPES.join(", ")
-            );
+            )));
         }
         if let Some(act) = obj.get("hidden_act")
             && act.as_str() != Some("silu")
         {
-            bail!("{file}: field `hidden_act` is {act}; the Llama-family runtime implements only \"silu\"");
+            return Err(Kind::Unsupported.error(format!(
+                "{file}: field `hidden_act` is {act}; the Llama-family runtime implements only \"silu\""
+            )));
         }
 
         let usize_field = |key: &str| -> anyhow::Result<Option<usize>> {

@@ -78,10 +78,10 @@ impl GgufModel {
             ),
         };
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
-            bail!(
+            return Err(crate::error::Kind::Unsupported.error(format!(
                 "{file_name}: GGUF architecture \"{arch}\" is not supported (supported architectures: {})",
                 SUPPORTED_ARCHITECTURES.join(", ")
-            );
+            )));
         }
 
         let config = config_from_metadata(&content, &arch).with_context(|| format!("{file_name}: GGUF metadata"))?;

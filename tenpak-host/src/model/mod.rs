@@ -125,13 +125,15 @@ pub trait ModelSource: Send + Sync {
 /// `model.safetensors.index.json` or not), a single `.safetensors` file (with `config.json`
 /// beside it), or a `.gguf` file.
 pub fn open(path: &Path) -> anyhow::Result<Box<dyn ModelSource>> {
+    if !path.exists() {
+        return Err(crate::error::Kind::NotFound.error(format!("{}: no such file or directory", path.display())));
+    }
     if path.is_dir() {
         return Ok(Box::new(safetensors_source::SafetensorsModel::open_dir(path)?));
     }
     match path.extension().and_then(|e| e.to_str()) {
         Some("gguf") => Ok(Box::new(gguf::GgufModel::open(path)?)),
         Some("safetensors") => Ok(Box::new(safetensors_source::SafetensorsModel::open_file(path)?)),
-        _ if !path.exists() => anyhow::bail!("{}: no such file or directory", path.display()),
         _ => anyhow::bail!(
             "{}: not a model (expected a directory with config.json and *.safetensors, a .safetensors file, or a .gguf file)",
             path.display()

@@ -1,0 +1,73 @@
+//! One tensor into the artifact: encoded by its planned codec (or stored raw), measured, recorded.
+//! Both pack paths (calibration-free and the pipeline) write every tensor through here.
+
+use anyhow::{Context, Result};
+use tenpak_api::registry::Registry;
+use tenpak_api::{LayerPlan, LayerStats, Params, WeightView};
+
+use crate::artifact::{ArtifactWriter, TensorRecord};
+use crate::model::TensorInfo;
+use crate::roles;
+
+/// Error of a reconstruction: relative MSE and SNR in dB (`None` when exact).
+pub fn reconstruction_error(original: &[f32], decoded: &[f32]) -> (f64, Option<f64>) {
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for (&w, &d) in original.iter().zip(decoded) {
+        signal += (w as f64) * (w as f64);
+        noise += ((w - d) as f64) * ((w - d) as f64);
+    }
+    let rel = if signal > 0.0 { noise / signal } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
+    let snr = (noise > 0.0).then(|| 10.0 * (signal / noise).log10());
+    (rel, snr)
+}
+
+/// A tensor record for `info` stored raw (32 bits per weight); encoding fills in the rest.
+fn raw_record(info: &TensorInfo) -> TensorRecord {
+    let (role, _) = roles::classify(&info.name, &info.shape);
+    TensorRecord {
+        name: info.name.clone(),
+        shape: info.shape.clone(),
+        role,
+        source_dtype: info.dtype.name(),
+        codec: None,
+        codec_source: None,
+        params: Params::new(),
+        bits: info.numel() as u64 * 32,
+        bits_per_weight: 32.0,
+        rel_mse: 0.0,
+        snr_db: None,
+        parts: Vec::new(),
+    }
+}
+
+/// Write tensor `info` with the values `values`: raw if the plan has no entry for it, else
+/// encoded by the planned codec with `stats`. Returns what a reader of the artifact will decode.
+pub(crate) fn write_tensor(
+    writer: &mut ArtifactWriter,
+    registry: &Registry,
+    info: &TensorInfo,
+    values: Vec<f32>,
+    plan: Option<&LayerPlan>,
+    stats: &LayerStats,
+) -> Result<Vec<f32>> {
+    let mut record = raw_record(info);
+    let Some(lp) = plan else {
+        writer.add_raw(record, &values)?;
+        return Ok(values);
+    };
+    let codec = registry.codec(&lp.codec)?;
+    let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
+    let encoded =
+        codec.encode(view, stats, &lp.params).with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
+    let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
+    let (rel_mse, snr_db) = reconstruction_error(&values, &decoded);
+    record.codec = Some(lp.codec.clone());
+    record.codec_source = registry.codec_source(&lp.codec).map(str::to_owned);
+    record.params = encoded.params.clone();
+    record.bits = codec.size_bits(&encoded);
+    record.bits_per_weight = record.bits as f64 / values.len().max(1) as f64;
+    record.rel_mse = rel_mse;
+    record.snr_db = snr_db;
+    writer.add_encoded(record, &encoded)?;
+    Ok(decoded)
+}

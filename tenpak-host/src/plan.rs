@@ -1,0 +1,419 @@
+//! One validated pack job, whoever asked for it.
+//!
+//! The CLI turns its flags into a [`PackRequest`]; the server turns a JSON body into one after
+//! resolving names under its roots. [`PackPlan::build`] then checks *everything* before any work
+//! starts or any file is written: the preset against the registry, the model (readable, an
+//! architecture the runtime runs), every layer's plan, the calibrators the plan needs, the texts
+//! (present, long enough for the windows asked, not longer than the model's context), and the
+//! output (not an existing directory unless replacing is allowed). What comes out is everything
+//! [`crate::pack::run`] needs, texts already tokenized, so a running job fails only for reasons no
+//! check could foresee.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use tenpak_api::registry::Registry;
+use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
+
+use crate::encode::reconstruction_error;
+use crate::error::{HostError, Kind};
+use crate::eval::{self, PplOptions};
+use crate::model::{self, ModelSource};
+use crate::preset::{BUILTIN, Preset};
+use crate::{roles, tokenize};
+
+/// Where the preset comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresetSpec {
+    /// A built-in preset by name (`balanced`).
+    Builtin(String),
+    /// A TOML file (CLI only: the server never reads paths from a request).
+    File(PathBuf),
+    /// TOML text given with the request; `origin` names it in errors.
+    Inline {
+        /// What to call it in errors (`request body`).
+        origin: String,
+        /// The TOML text.
+        text: String,
+    },
+}
+
+impl PresetSpec {
+    /// The CLI's reading of `--preset X`: a built-in name, else a file path.
+    pub fn from_cli(value: &str) -> Self {
+        if BUILTIN.iter().any(|(name, _)| *name == value) {
+            PresetSpec::Builtin(value.to_owned())
+        } else {
+            PresetSpec::File(PathBuf::from(value))
+        }
+    }
+
+    /// Parse the preset, returning it with its text (for the manifest).
+    pub fn load(&self) -> Result<(Preset, String)> {
+        match self {
+            PresetSpec::Builtin(name) => match BUILTIN.iter().find(|(n, _)| n == name) {
+                Some((_, text)) => Ok((Preset::parse(text, &format!("`{name}` (built-in)"))?, text.to_string())),
+                None => {
+                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                    Err(Kind::NotFound.error(format!("no built-in preset `{name}` (built-in: {})", names.join(", "))))
+                }
+            },
+            PresetSpec::File(path) => {
+                if !path.is_file() {
+                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                    return Err(Kind::NotFound.error(format!(
+                        "preset `{}` is neither a built-in preset ({}) nor an existing file",
+                        path.display(),
+                        names.join(", ")
+                    )));
+                }
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
+                Ok((Preset::parse(&text, &path.display().to_string())?, text))
+            }
+            PresetSpec::Inline { origin, text } => Ok((Preset::parse(text, origin)?, text.clone())),
+        }
+    }
+}
+
+/// Where a text comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TextSpec {
+    /// A UTF-8 text file.
+    File(PathBuf),
+    /// Text given with the request; `name` stands for it in the manifest and in errors.
+    Inline {
+        /// What to call it (`calib_text (inline)`).
+        name: String,
+        /// The text.
+        text: String,
+    },
+}
+
+impl TextSpec {
+    /// Read the text. A missing file is [`Kind::NotFound`]; `what` (`calibration text`) and
+    /// `hint` (how to get one) go into that message.
+    pub fn load(&self, what: &str, hint: &str) -> Result<Text> {
+        let (name, content) = match self {
+            TextSpec::File(path) => {
+                if !path.is_file() {
+                    return Err(Kind::NotFound.error(format!("{}: no such {what} ({hint})", path.display())));
+                }
+                let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the {what}", path.display()))?;
+                let content = String::from_utf8(bytes)
+                    .map_err(|e| Kind::BadRequest.error(format!("{}: the {what} is not UTF-8 ({e})", path.display())))?;
+                (path.display().to_string(), content)
+            }
+            TextSpec::Inline { name, text } => (name.clone(), text.clone()),
+        };
+        let sha256 = hex(&Sha256::digest(content.as_bytes()));
+        Ok(Text { name, sha256, content })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A text in memory, with the name and hash the manifest records.
+#[derive(Clone, Debug)]
+pub struct Text {
+    /// A file path, or the inline text's name.
+    pub name: String,
+    /// sha256 of the UTF-8 bytes.
+    pub sha256: String,
+    /// The text.
+    pub content: String,
+}
+
+/// Which model to pack.
+#[derive(Clone)]
+pub enum ModelSpec {
+    /// An HF directory, a `.safetensors` file or a `.gguf` file (the server resolves a name under
+    /// its model roots into this path).
+    Path(PathBuf),
+    /// A source the caller opened itself (a custom host's own format, a test's in-memory model).
+    Source(Arc<dyn ModelSource>),
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            ModelSpec::Source(source) => f.debug_tuple("Source").field(&source.path()).finish(),
+        }
+    }
+}
+
+impl From<PathBuf> for ModelSpec {
+    fn from(path: PathBuf) -> Self {
+        ModelSpec::Path(path)
+    }
+}
+
+/// What to pack, as the user asked for it: nothing here is checked yet.
+#[derive(Clone, Debug)]
+pub struct PackRequest {
+    /// The model.
+    pub model: ModelSpec,
+    /// The preset.
+    pub preset: PresetSpec,
+    /// Where the artifact goes.
+    pub output: PathBuf,
+    /// Replace an existing artifact at `output`.
+    pub force: bool,
+    /// Calibration text; used only when the plan's codecs or the preset calibrate.
+    pub calib: Option<TextSpec>,
+    /// Evaluation text: when given, baseline and compressed perplexity go into the manifest.
+    pub eval: Option<TextSpec>,
+}
+
+/// The calibration input of a plan.
+pub struct Calibration {
+    /// The text.
+    pub text: Text,
+    /// Its first `windows · ctx` token ids (at least).
+    pub ids: Vec<u32>,
+    /// Windows to run.
+    pub windows: usize,
+    /// Tokens per window.
+    pub ctx: usize,
+}
+
+/// The evaluation input of a plan.
+pub struct Evaluation {
+    /// The text.
+    pub text: Text,
+    /// Its token ids, whole.
+    pub ids: Vec<u32>,
+    /// Windows to score (the preset's count, capped by what the text holds).
+    pub windows: usize,
+    /// How to score.
+    pub options: PplOptions,
+    /// Set when the figures will not be held-out (the evaluation text is the calibration text).
+    pub warning: Option<String>,
+}
+
+/// A validated pack job: everything [`crate::pack::run`] needs.
+pub struct PackPlan {
+    /// The model, open.
+    pub model: Arc<dyn ModelSource>,
+    /// The preset, checked against the registry.
+    pub preset: Preset,
+    /// The preset's text, for the manifest.
+    pub preset_text: String,
+    /// Every planned tensor's codec and parameters, by name (tensors absent are stored raw).
+    pub layers: BTreeMap<String, LayerPlan>,
+    /// Ids of the calibrators to run; empty for a calibration-free pack.
+    pub calibrators: Vec<String>,
+    /// Calibration text and windows, when `calibrators` is not empty.
+    pub calibration: Option<Calibration>,
+    /// Evaluation text and windows, when asked for.
+    pub evaluation: Option<Evaluation>,
+    /// Where the artifact goes.
+    pub output: PathBuf,
+    /// Replace an existing artifact at `output`.
+    pub force: bool,
+}
+
+impl PackPlan {
+    /// Check `request` against `registry` and prepare it. Errors are [`Kind::BadRequest`] unless
+    /// they say otherwise (a missing model or text is [`Kind::NotFound`], an architecture the
+    /// runtime does not run is [`Kind::Unsupported`]).
+    pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, HostError> {
+        Self::build_inner(request, registry).map_err(|e| HostError::classify(e, Kind::BadRequest))
+    }
+
+    fn build_inner(request: &PackRequest, registry: &Registry) -> Result<PackPlan> {
+        let (preset, preset_text) = request.preset.load()?;
+        preset.validate(registry)?;
+        if request.output.exists() && !request.force {
+            bail!("{} already exists (pass --force to replace it)", request.output.display());
+        }
+        let model: Arc<dyn ModelSource> = match &request.model {
+            ModelSpec::Path(path) => model::open(path)?.into(),
+            ModelSpec::Source(source) => source.clone(),
+        };
+        let config = model.config();
+        let layers = plan_layers(model.as_ref(), &preset, registry)?;
+        let calibrators = calibrators_for(&layers, &preset, registry)?;
+
+        // Calibrating or evaluating runs the model, so the runtime must accept its configuration.
+        let needs_tokens = !calibrators.is_empty() || request.eval.is_some();
+        if needs_tokens {
+            config.validate().with_context(|| format!("{}", model.path().display()))?;
+        }
+        let tokenizer = if needs_tokens { Some(tokenize::for_model(model.as_ref())?) } else { None };
+        let max_ctx = config.max_position_embeddings;
+        let calibration = match (calibrators.is_empty(), &request.calib) {
+            (true, _) => None,
+            (false, None) => bail!("preset `{}` calibrates and needs a calibration text: pass --calib FILE", preset.name),
+            (false, Some(spec)) => {
+                let (windows, ctx) = (preset.calibration.windows, preset.calibration.ctx);
+                ensure!(windows > 0, "preset `{}`: [calibration] windows must be at least 1", preset.name);
+                ensure!(ctx <= max_ctx, "preset `{}`: calibration ctx {ctx} exceeds the model's max_position_embeddings {max_ctx}", preset.name);
+                let hint = format!(
+                    "preset `{}` calibrates; run scripts/fetch-assets.sh, pass --calib FILE, or use the \
+                     calibration-free preset `fast`",
+                    preset.name
+                );
+                let text = spec.load("calibration text", &hint)?;
+                let tokenizer = tokenizer.as_ref().expect("made when calibrating");
+                let ids = tokenize::encode_prefix(tokenizer, &text.content, windows * ctx).context(text.name.clone())?;
+                let available = ids.len() / ctx;
+                if available < windows {
+                    bail!(
+                        "{}: its {} tokens make {available} windows of {ctx}, but preset `{}` asks for {windows} calibration \
+                         windows; use a longer calibration text or fewer [calibration] windows",
+                        text.name,
+                        ids.len(),
+                        preset.name
+                    );
+                }
+                Some(Calibration { text, ids, windows, ctx })
+            }
+        };
+        let evaluation = match &request.eval {
+            None => None,
+            Some(spec) => {
+                let options = preset.eval_options();
+                ensure!(
+                    options.ctx <= max_ctx,
+                    "preset `{}`: evaluation ctx {} exceeds the model's max_position_embeddings {max_ctx}",
+                    preset.name,
+                    options.ctx
+                );
+                let text = spec.load("evaluation text", "run scripts/fetch-assets.sh, or pass --eval FILE or --no-eval")?;
+                let tokenizer = tokenizer.as_ref().expect("made when evaluating");
+                let ids = tokenize::encode(tokenizer, &text.content).context(text.name.clone())?;
+                let windows = eval::window_count(ids.len(), options.ctx, options.samples, &text.name)?;
+                let warning = calibration.as_ref().filter(|c| c.text.sha256 == text.sha256).map(|c| {
+                    format!(
+                        "the evaluation text {} is the calibration text {}: the perplexity figures are not held-out",
+                        text.name, c.text.name
+                    )
+                });
+                Some(Evaluation { text, ids, windows, options, warning })
+            }
+        };
+        Ok(PackPlan {
+            model,
+            preset,
+            preset_text,
+            layers,
+            calibrators,
+            calibration,
+            evaluation,
+            output: request.output.clone(),
+            force: request.force,
+        })
+    }
+}
+
+/// A probe that really encodes: loads the layer, encodes it with the asked codec, measures.
+struct MeasuringProbe<'a> {
+    model: &'a dyn ModelSource,
+    registry: &'a Registry,
+    layers: &'a [LayerInfo],
+}
+
+impl Probe for MeasuringProbe<'_> {
+    fn try_codec(&mut self, index: usize, codec: &str, params: &Params) -> tenpak_api::Result<ProbeResult> {
+        let layer = &self.layers[index];
+        let to_api = |e: anyhow::Error| tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}"));
+        let values = self.model.load_f32(&layer.name).map_err(to_api)?;
+        let codec = self.registry.codec(codec)?;
+        let view = WeightView::new(&values, layer.rows, layer.cols)?;
+        let encoded = codec.encode(view, &LayerStats::none(), params)?;
+        let decoded = codec.decode(&encoded)?;
+        Ok(ProbeResult { bits: codec.size_bits(&encoded), rel_mse: reconstruction_error(&values, &decoded).0 })
+    }
+}
+
+/// The per-layer plan for `model` under `preset`, keyed by tensor name. Every codec id and
+/// parameter set is checked here, before any encoding starts.
+pub fn plan_layers(model: &dyn ModelSource, preset: &Preset, registry: &Registry) -> Result<BTreeMap<String, LayerPlan>> {
+    let layers: Vec<LayerInfo> = model
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .map(|t| {
+            let (role, block) = roles::classify(&t.name, &t.shape);
+            LayerInfo { name: t.name.clone(), role, block, rows: t.shape[0], cols: t.shape[1] }
+        })
+        .collect();
+    let allocator = registry.allocator(&preset.allocator.id)?;
+    let mut probe = MeasuringProbe { model, registry, layers: &layers };
+    let plan = allocator
+        .plan(&layers, &preset.allocator_config(), &mut probe)
+        .with_context(|| format!("allocator `{}`", preset.allocator.id))?;
+    if plan.layers.len() != layers.len() {
+        bail!("allocator `{}` planned {} layers, expected {}", preset.allocator.id, plan.layers.len(), layers.len());
+    }
+    let mut out = BTreeMap::new();
+    for lp in plan.layers {
+        let codec = registry.codec(&lp.codec).with_context(|| format!("plan for `{}`", lp.name))?;
+        codec.validate(&lp.params).with_context(|| format!("plan for `{}` ({})", lp.name, lp.codec))?;
+        out.insert(lp.name.clone(), lp);
+    }
+    Ok(out)
+}
+
+const KINDS: [StatKind; 4] = [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram, StatKind::FisherDiag];
+
+/// Whether `needs` asks for statistic `kind`.
+pub(crate) fn wants(needs: StatsNeeds, kind: StatKind) -> bool {
+    match kind {
+        StatKind::ActScale => needs.act_scale,
+        StatKind::HessianDiag => needs.hessian_diag,
+        StatKind::Gram => needs.gram,
+        StatKind::FisherDiag => needs.fisher_diag,
+    }
+}
+
+/// Ids of the calibrators a pack needs: those the preset lists, plus a registered provider of
+/// every statistic a planned codec needs. Empty when nothing needs calibration.
+pub fn calibrators_for(plan: &BTreeMap<String, LayerPlan>, preset: &Preset, registry: &Registry) -> Result<Vec<String>> {
+    let mut needs = StatsNeeds::NONE;
+    for lp in plan.values() {
+        needs = needs.union(registry.codec(&lp.codec)?.needs());
+    }
+    let mut chosen = Vec::new();
+    for id in &preset.calibration.calibrators {
+        chosen.push(registry.calibrator(id).with_context(|| format!("preset `{}`, [calibration] calibrators", preset.name))?);
+    }
+    let registered: Vec<String> = registry.calibrators().map(|(id, _)| id.to_owned()).collect();
+    for kind in KINDS {
+        if !wants(needs, kind) || chosen.iter().any(|c| c.provides() == kind) {
+            continue;
+        }
+        let provider = registered.iter().find_map(|id| registry.calibrator(id).ok().filter(|c| c.provides() == kind));
+        let Some(provider) = provider else {
+            let codecs: Vec<&str> = plan
+                .values()
+                .filter(|lp| registry.codec(&lp.codec).is_ok_and(|c| wants(c.needs(), kind)))
+                .map(|lp| lp.codec.as_str())
+                .collect();
+            return Err(Kind::Unsupported.error(format!(
+                "codec `{}` needs {kind:?} statistics, but no registered calibrator provides them",
+                codecs[0]
+            )));
+        };
+        chosen.push(provider);
+    }
+    if let Some(c) = chosen.iter().find(|c| c.needs_gradients()) {
+        return Err(Kind::Unsupported.error(format!(
+            "calibrator `{}` needs loss gradients (a backward pass), which this build's runtime does not compute",
+            c.id()
+        )));
+    }
+    Ok(chosen.iter().map(|c| c.id().to_owned()).collect())
+}
+
+/// The default artifact path for `model`: `<model stem>.tenpak` in the current directory.
+pub fn default_output(model: &Path) -> PathBuf {
+    let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    PathBuf::from(format!("{stem}.tenpak"))
+}
