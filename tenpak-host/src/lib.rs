@@ -24,5 +24,6 @@ pub mod preset;
 pub mod report;
 pub mod roles;
 pub mod runtime;
+pub mod server;
 pub mod tokenize;
 pub mod unpack;

@@ -19,6 +19,7 @@ use tenpak_host::error::{HostError, Kind};
 use tenpak_host::eval::{self, EvalRequest, PplOptions};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
 use tenpak_host::preset::{BUILTIN, Preset};
+use tenpak_host::server::config::StudioConfig;
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::{builtins, pack, report};
 
@@ -107,6 +108,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run TenPak Studio, the HTTP job service (README: "Studio").
+    Serve {
+        /// The service's configuration file [default: every key at its default].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of the configuration's `listen` (port 0: any free port;
+        /// the address is printed once the server accepts connections).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// List registered codecs, calibrators and allocators.
     Codecs,
     /// List built-in presets, and whether this build can run them.
@@ -120,6 +131,21 @@ fn run(cli: Cli) -> Result<(), HostError> {
 fn run_inner(cli: Cli) -> Result<()> {
     let mut registry = builtins::registry()?;
     tenpak_host::plugins::load_all(&mut registry, &cli.plugin)?;
+    if let Command::Serve { config, listen } = cli.command {
+        let mut config = match config {
+            Some(path) => StudioConfig::load(&path)?,
+            None => StudioConfig::default(),
+        };
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        tenpak_host::plugins::load_all(&mut registry, &config.plugins)?;
+        return tenpak_host::server::run(config, registry, |address| {
+            use std::io::Write;
+            println!("listening on http://{address}");
+            let _ = std::io::stdout().flush();
+        });
+    }
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
@@ -178,6 +204,7 @@ fn run_inner(cli: Cli) -> Result<()> {
             result.with_context(|| format!("unpacking {}", dir.display()))?;
             println!("wrote {}", output.display());
         }
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::Codecs => {
             println!("codecs:");
             for (id, source, codec) in registry.codecs() {

@@ -1,0 +1,342 @@
+//! What a job is and how one runs: request bodies turned into the same [`PackRequest`] /
+//! [`EvalRequest`] the CLI builds (names resolved under the roots, never a path from the
+//! client), and the worker that runs them under a [`PackObserver`] whose progress goes to the job
+//! record and whose cancellation comes from it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tenpak_api::registry::Registry;
+
+use super::ApiError;
+use super::roots::Roots;
+use super::store::Store;
+use crate::error::{HostError, Kind};
+use crate::eval::{self, EvalRequest, PplOptions};
+use crate::observe::{PackObserver, Update};
+use crate::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
+
+/// Attempts before a job interrupted by server stops is given up.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// The apalis task: only the job id; the request lives in the job record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobTask {
+    /// The job id.
+    pub id: String,
+}
+
+/// `POST /compress`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressBody {
+    /// `root/path` of the model under a model root.
+    pub model: String,
+    /// A built-in preset name, `{"toml": "..."}`, or a preset as a JSON object.
+    #[serde(default = "default_preset")]
+    pub preset: Value,
+    /// Calibration text: `root/path`, or `{"inline": "..."}`.
+    #[serde(default)]
+    pub calib_text: Option<Value>,
+    /// Evaluation text (baseline and compressed PPL in the manifest): `root/path` or inline.
+    #[serde(default)]
+    pub eval_text: Option<Value>,
+}
+
+fn default_preset() -> Value {
+    Value::String("balanced".into())
+}
+
+/// `POST /evaluate`: a model under a root or a finished compress job's artifact, on a text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateBody {
+    /// `root/path` of a model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Id of a finished compress job, whose artifact is scored.
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The text: `root/path` or `{"inline": "..."}`.
+    pub text: Value,
+    /// Score only the first this-many windows.
+    #[serde(default)]
+    pub windows: Option<usize>,
+    /// Window length in tokens.
+    #[serde(default = "default_ctx")]
+    pub ctx: usize,
+}
+
+fn default_ctx() -> usize {
+    eval::DEFAULT_CTX
+}
+
+/// What a request may name and how big inline texts may be.
+#[derive(Clone)]
+pub struct Limits {
+    /// Model and text roots.
+    pub roots: Roots,
+    /// Largest inline text.
+    pub max_text_bytes: u64,
+    /// Where artifacts go: `artifacts/<id>.tenpak`.
+    pub data_dir: PathBuf,
+}
+
+impl Limits {
+    /// Where job `id`'s artifact lives.
+    pub fn artifact_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("artifacts").join(format!("{id}.tenpak"))
+    }
+
+    fn text(&self, field: &str, value: &Value) -> Result<TextSpec, ApiError> {
+        match value {
+            Value::String(name) => Ok(TextSpec::File(self.resolve(field, name)?)),
+            Value::Object(map) if map.len() == 1 && map.contains_key("inline") => {
+                let Some(text) = map["inline"].as_str() else {
+                    return Err(ApiError::bad_request(format!("`{field}.inline` must be a string")));
+                };
+                if text.len() as u64 > self.max_text_bytes {
+                    return Err(ApiError::too_large(format!(
+                        "`{field}.inline` is {} bytes; this server takes inline texts up to {} bytes",
+                        text.len(),
+                        self.max_text_bytes
+                    )));
+                }
+                Ok(TextSpec::Inline { name: format!("{field} (inline)"), text: text.to_owned() })
+            }
+            _ => Err(ApiError::bad_request(format!("`{field}` must be a name `root/path` or {{\"inline\": \"...\"}}"))),
+        }
+    }
+
+    fn resolve(&self, field: &str, name: &str) -> Result<PathBuf, ApiError> {
+        self.roots.resolve(name).map_err(|e| ApiError::from_host(HostError::classify(e.context(format!("`{field}`")), Kind::BadRequest)))
+    }
+
+    /// The pack request of a compress body, writing to `output`.
+    pub fn pack_request(&self, body: &CompressBody, output: PathBuf) -> Result<PackRequest, ApiError> {
+        let preset = match &body.preset {
+            Value::String(name) => PresetSpec::Builtin(name.clone()),
+            Value::Object(map) if map.len() == 1 && map.contains_key("toml") => match map["toml"].as_str() {
+                Some(text) => PresetSpec::Inline { origin: "`preset.toml` of the request".into(), text: text.to_owned() },
+                None => return Err(ApiError::bad_request("`preset.toml` must be a string")),
+            },
+            Value::Object(_) => {
+                let text = toml::to_string(&body.preset)
+                    .map_err(|e| ApiError::bad_request(format!("`preset` is not a preset: {e}")))?;
+                PresetSpec::Inline { origin: "`preset` of the request".into(), text }
+            }
+            _ => return Err(ApiError::bad_request("`preset` must be a built-in name, {\"toml\": \"...\"} or a preset object")),
+        };
+        Ok(PackRequest {
+            model: self.resolve("model", &body.model)?.into(),
+            preset,
+            output,
+            force: true,
+            calib: body.calib_text.as_ref().map(|v| self.text("calib_text", v)).transpose()?,
+            eval: body.eval_text.as_ref().map(|v| self.text("eval_text", v)).transpose()?,
+        })
+    }
+
+    /// The evaluation request of an evaluate body; `finished` says whether a job's artifact exists.
+    pub fn eval_request(&self, body: &EvaluateBody) -> Result<EvalRequest, ApiError> {
+        let model = match (&body.model, &body.job) {
+            (Some(name), None) => self.resolve("model", name)?,
+            (None, Some(job)) => {
+                let dir = self.artifact_dir(job);
+                if ulid::Ulid::from_string(job).is_err() || !dir.join("manifest.json").is_file() {
+                    return Err(ApiError::not_found(format!("no finished compress job `{job}`")));
+                }
+                dir
+            }
+            _ => return Err(ApiError::bad_request("give exactly one of `model` and `job`")),
+        };
+        if body.windows == Some(0) {
+            return Err(ApiError::bad_request("`windows` must be at least 1"));
+        }
+        Ok(EvalRequest { model, text: self.text("text", &body.text)?, options: PplOptions { ctx: body.ctx, samples: body.windows, batch: 1 } })
+    }
+}
+
+/// A job's observer: the latest update and a cancellation flag, shared between the blocking
+/// thread that runs the job and the task that mirrors it into the job record.
+#[derive(Default)]
+pub struct JobObserver {
+    latest: Mutex<Option<Update>>,
+    warnings: Mutex<Vec<String>>,
+    cancel: AtomicBool,
+}
+
+impl PackObserver for JobObserver {
+    fn update(&self, update: &Update) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(update.clone());
+    }
+    fn warning(&self, message: &str) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(message.to_owned());
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a worker needs.
+pub struct Worker {
+    /// Job records.
+    pub store: Store,
+    /// Names, limits, artifact paths.
+    pub limits: Limits,
+    /// Codecs and friends, plugins included.
+    pub registry: Arc<Registry>,
+}
+
+impl Worker {
+    /// Run job `id` if it is still queued; record its outcome. An `Err` is a failure of the job
+    /// database, which apalis retries; a failed pack is recorded and is not an `Err`.
+    pub async fn run(self: Arc<Self>, id: String) -> anyhow::Result<()> {
+        let Some(attempt) = self.store.start(&id).await? else { return Ok(()) };
+        if attempt > MAX_ATTEMPTS {
+            let message = format!("interrupted {} times by server stops; not tried again", attempt - 1);
+            self.store.finish(&id, Err(("interrupted".into(), message))).await?;
+            return Ok(());
+        }
+        let (kind, request) = self.store.request(&id).await?.context("the job record vanished")?;
+        let observer = Arc::new(JobObserver::default());
+        let job = {
+            let (worker, observer, id) = (self.clone(), observer.clone(), id.clone());
+            tokio::task::spawn_blocking(move || worker.execute(&id, &kind, &request, observer.as_ref()))
+        };
+        // Mirror progress into the record and cancellation out of it until the job ends.
+        let mut job = std::pin::pin!(job);
+        let mut last: Option<Update> = None;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut job => break outcome,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            }
+            let latest = observer.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let cancel = match latest.filter(|u| last.as_ref() != Some(u)) {
+                Some(update) => {
+                    let cancel = self.store.progress(&id, update.stage.name(), &update.detail, update.fraction()).await?;
+                    last = Some(update);
+                    cancel
+                }
+                None => self.store.cancel_requested(&id).await?,
+            };
+            if cancel {
+                observer.cancel.store(true, Ordering::SeqCst);
+            }
+        };
+        let outcome = match outcome {
+            Ok(Ok(mut result)) => {
+                let warnings = observer.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                result["warnings"] = json!(warnings);
+                Ok(result)
+            }
+            Ok(Err(e)) => Err((e.kind().code().to_owned(), e.to_string())),
+            Err(panic) => Err(("internal".to_owned(), format!("the job panicked: {panic}"))),
+        };
+        self.store.finish(&id, outcome).await
+    }
+
+    /// Run a job on this (blocking) thread.
+    fn execute(&self, id: &str, kind: &str, request: &str, observer: &dyn PackObserver) -> Result<Value, HostError> {
+        let bad = |e: serde_json::Error| HostError::new(Kind::Internal, anyhow::anyhow!("stored request of job {id}: {e}"));
+        let refused = |e: ApiError| HostError::new(e.kind(), anyhow::anyhow!("{}", e.message));
+        match kind {
+            "compress" => {
+                let body: CompressBody = serde_json::from_str(request).map_err(bad)?;
+                let output = self.limits.artifact_dir(id);
+                let request = self.limits.pack_request(&body, output.clone()).map_err(refused)?;
+                let plan = PackPlan::build(&request, &self.registry)?;
+                let manifest = crate::pack::run(&plan, &self.registry, observer)?;
+                let (tar_bytes, tar_sha256) = tar_digest(&output, id).map_err(|e| HostError::new(Kind::Internal, e))?;
+                let t = &manifest.totals;
+                Ok(json!({
+                    "model": body.model,
+                    "preset": manifest.preset.name,
+                    "bits_per_weight": t.bits_per_weight,
+                    "linear_bits_per_weight": t.linear_bits_per_weight,
+                    "stored_bytes": t.stored_bytes,
+                    "ratio_vs_fp16": t.ratio_vs_fp16,
+                    "ratio_vs_source": t.ratio_vs_source,
+                    "baseline_ppl": manifest.evaluation.as_ref().map(|e| e.baseline_ppl),
+                    "compressed_ppl": manifest.evaluation.as_ref().map(|e| e.compressed_ppl),
+                    "delta_pct": manifest.evaluation.as_ref().map(|e| e.delta_pct),
+                    "protocol": manifest.evaluation.as_ref().map(|e| e.protocol.clone()),
+                    "artifact": {"tar_bytes": tar_bytes, "tar_sha256": tar_sha256},
+                }))
+            }
+            "evaluate" => {
+                let body: EvaluateBody = serde_json::from_str(request).map_err(bad)?;
+                let request = self.limits.eval_request(&body).map_err(refused)?;
+                let report = eval::run(&request, &self.registry, observer)?;
+                Ok(json!({
+                    "model": body.model,
+                    "job": body.job,
+                    "ppl": report.ppl,
+                    "mean_nll": report.mean_nll,
+                    "tokens_scored": report.tokens_scored,
+                    "windows": report.windows,
+                    "ctx": report.ctx,
+                    "seconds": report.seconds,
+                    "protocol": report.protocol,
+                }))
+            }
+            other => Err(HostError::new(Kind::Internal, anyhow::anyhow!("job {id}: unknown kind `{other}`"))),
+        }
+    }
+}
+
+/// Write artifact `dir` as a tar to `out`, every byte determined by the files alone (sorted
+/// entries, fixed owner, mode and time), so the digest recorded when the job finished is the
+/// digest of every later download. Entries are under `<name>.tenpak/`.
+pub fn write_tar(dir: &Path, name: &str, out: impl Write) -> std::io::Result<()> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    let mut files = Vec::new();
+    collect_files(dir, Path::new(""), &mut files)?;
+    files.sort();
+    let root = PathBuf::from(format!("{name}.tenpak"));
+    for relative in files {
+        builder.append_path_with_name(dir.join(&relative), root.join(&relative))?;
+    }
+    builder.into_inner()?.flush()
+}
+
+fn collect_files(dir: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir.join(relative))? {
+        let entry = entry?;
+        let path = relative.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            collect_files(dir, &path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Size and sha256 of the tar of artifact `dir`, computed by streaming it into a hash.
+pub fn tar_digest(dir: &Path, name: &str) -> std::io::Result<(u64, String)> {
+    struct Hashing(Sha256, u64);
+    impl Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            self.1 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new(), 0);
+    write_tar(dir, name, &mut hashing)?;
+    Ok((hashing.1, hashing.0.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}

@@ -1,0 +1,208 @@
+//! TenPak Studio: `tenpak serve`, the HTTP job service.
+//!
+//! A client posts a compress or evaluate request; it is checked by the same code as the CLI
+//! ([`crate::plan::PackPlan::build`]) before it is accepted, recorded in the job table
+//! ([`store`]) and queued on [apalis](https://docs.rs/apalis) with its embedded SQLite storage, in
+//! one database file under `data_dir`. A worker runs it on a blocking thread under a
+//! [`crate::observe::PackObserver`] whose progress goes into the job record and whose
+//! cancellation comes from it; artifacts are written into `data_dir/artifacts` by the
+//! temp-directory-then-rename path and served as deterministic tars.
+//!
+//! A `kill -9` loses nothing: queued jobs are in the database; a job that was running is queued
+//! again when the server restarts (and given up, with the reason, after [`jobs::MAX_ATTEMPTS`]
+//! interrupted attempts); its half-written artifact was only ever a temporary directory.
+
+pub mod config;
+mod http;
+pub mod jobs;
+pub mod roots;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use apalis::prelude::{BackendExt, BoxDynError, Data, TaskBuilder, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
+use tenpak_api::registry::Registry;
+use warp::http::StatusCode;
+
+use crate::error::Kind;
+use config::StudioConfig;
+use jobs::{JobTask, Limits, MAX_ATTEMPTS, Worker};
+use roots::Roots;
+use store::Store;
+
+/// The apalis queue name.
+const QUEUE: &str = "tenpak-jobs";
+
+/// A refusal: status, stable code, message.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    /// A refusal.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self { status, code: code.to_owned(), message: message.into() }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Kind::BadRequest.code(), message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, Kind::NotFound.code(), message)
+    }
+    /// 413.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+    /// The host error kind closest to this refusal.
+    pub fn kind(&self) -> Kind {
+        match self.status.as_u16() {
+            404 => Kind::NotFound,
+            422 => Kind::Unsupported,
+            400..=499 => Kind::BadRequest,
+            _ => Kind::Internal,
+        }
+    }
+}
+
+/// What the routes share.
+pub struct App {
+    worker: Arc<Worker>,
+    queue: SqliteStorage<JobTask>,
+    token: Option<Arc<String>>,
+    max_body_bytes: u64,
+    max_queued: usize,
+}
+
+/// Temporary directories a killed server left in `artifacts` (`.<id>.tenpak.tmp-<pid>`): only
+/// this server writes there, and no job runs yet, so every one is abandoned.
+fn remove_temporaries(artifacts: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(artifacts).with_context(|| format!("reading {}", artifacts.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_job(task: JobTask, worker: Data<Arc<Worker>>) -> Result<(), BoxDynError> {
+    let worker: Arc<Worker> = (*worker).clone();
+    worker.run(task.id).await.map_err(|e| -> BoxDynError { format!("{e:#}").into() })
+}
+
+/// Start the service and block until SIGINT or SIGTERM. `ready` is called with the bound address
+/// once the server accepts connections (the CLI prints it).
+pub fn run(config: StudioConfig, registry: Registry, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(serve(config, Arc::new(registry), ready));
+    // A job still running on a blocking thread is abandoned (it is re-run at the next start).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let token = config.token()?.map(Arc::new);
+    let roots = Roots::new(&config.model_roots)?;
+    std::fs::create_dir_all(config.data_dir.join("artifacts"))
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let data_dir = config.data_dir.canonicalize()?;
+    remove_temporaries(&data_dir.join("artifacts"))?;
+
+    let pool = match config.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres") => {
+            bail!("database_url: PostgreSQL job storage is not built yet; leave database_url unset for SQLite in data_dir")
+        }
+        Some(url) => SqlitePoolOptions::new().max_connections(4).connect(url).await.with_context(|| format!("database_url {url}"))?,
+        None => {
+            let file = data_dir.join("studio.db");
+            let options = SqliteConnectOptions::new().filename(&file).create_if_missing(true);
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.with_context(|| format!("{}", file.display()))?
+        }
+    };
+    SqliteStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue: {e}"))?;
+    let store = Store::open(pool.clone()).await?;
+    let queue_config = apalis_sqlite::Config::default()
+        .queue(QUEUE)
+        .batch_size(1)
+        .heartbeat_interval(Duration::from_secs(2))
+        .missed_heartbeats(3);
+    let queue: SqliteStorage<JobTask> = SqliteStorage::new(&pool).with_config(queue_config);
+
+    // Jobs a stopped server left running: queued again with a fresh task (a stale task of the
+    // same job finds it no longer queued and does nothing), or given up after too many tries.
+    for (id, attempts) in store.requeue_interrupted().await? {
+        if attempts >= MAX_ATTEMPTS {
+            store.fail_queued(&id, &format!("interrupted {attempts} times by server stops; not tried again")).await?;
+            continue;
+        }
+        let task = TaskBuilder::new(JobTask { id: id.clone() }).max_attempts(MAX_ATTEMPTS as usize).build();
+        queue.clone().push_task(task).await.map_err(|e| anyhow::anyhow!("re-queueing job {id}: {e}"))?;
+    }
+
+    let worker = Arc::new(Worker { store, limits: Limits { roots, max_text_bytes: config.max_text_bytes, data_dir }, registry });
+    let app = Arc::new(App {
+        worker: worker.clone(),
+        queue: queue.clone(),
+        token,
+        max_body_bytes: config.max_body_bytes,
+        max_queued: config.max_queued,
+    });
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            shutdown.cancel();
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let server = warp::serve(http::routes(app)).incoming(listener).graceful({
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    });
+    let server = tokio::spawn(server.run());
+    ready(address);
+
+    // One name per process start: apalis re-queues the tasks of a worker that stopped sending
+    // heartbeats, and refuses a new worker under a name seen alive a moment ago.
+    let name = format!("tenpak-{}-{}", std::process::id(), ulid::Ulid::generate());
+    let jobs = WorkerBuilder::new(name)
+        .backend(queue.poll_with_interval(Duration::from_millis(250)))
+        .data(worker)
+        .concurrency(config.workers)
+        .build(run_job);
+    let worked = jobs
+        .run_until({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .await;
+    shutdown.cancel();
+    server.await?;
+    worked.map_err(|e| anyhow::anyhow!("job worker: {e}"))
+}
