@@ -7,4 +7,13 @@ cd "$ROOT"
 # shellcheck source=scripts/install-deps.sh
 source "$ROOT/scripts/install-deps.sh"
 bash scripts/fetch-assets.sh
-cargo test --release --workspace --no-fail-fast 2>&1
+cargo_status=0
+cargo test --release --workspace --no-fail-fast 2>&1 || cargo_status=$?
+# The Studio page in headless Chromium (run even when the cargo tests failed): installs chromium and
+# playwright-core, builds target/release/tenpak if it is missing, prints `N passed, N failed`.
+browser_status=0
+{ bash scripts/install-browser.sh && node tests/browser/studio.test.mjs; } 2>&1 || browser_status=$?
+if ((cargo_status != 0)); then echo "test.sh: cargo test failed (exit $cargo_status)" >&2; fi
+if ((browser_status != 0)); then echo "test.sh: the browser test failed (exit $browser_status)" >&2; fi
+if ((cargo_status != 0)); then exit "$cargo_status"; fi
+exit "$browser_status"

@@ -25,6 +25,11 @@ struct Server {
 impl Server {
     /// Write `studio.toml` (the real assets as root `assets`, `extra` appended) in `dir` and start.
     fn start(dir: &Path, extra: &str) -> Server {
+        Self::start_as(dir, "studio", extra)
+    }
+
+    /// [`Server::start`] with the configuration in `<name>.toml` (several servers, one directory).
+    fn start_as(dir: &Path, name: &str, extra: &str) -> Server {
         let assets = util::repo_root().join("assets");
         util::asset("SmolLM2-135M-Instruct.Q4_1.gguf");
         let config = format!(
@@ -33,16 +38,20 @@ impl Server {
             dir.join("scratch").display()
         );
         std::fs::create_dir_all(dir.join("scratch")).unwrap();
-        std::fs::write(dir.join("studio.toml"), config).unwrap();
-        Self::restart(dir)
+        std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+        Self::restart_as(dir, name)
     }
 
     /// Start on the existing configuration and data directory.
     fn restart(dir: &Path) -> Server {
+        Self::restart_as(dir, "studio")
+    }
+
+    fn restart_as(dir: &Path, name: &str) -> Server {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenpak"))
             .args(["serve", "--config"])
-            .arg(dir.join("studio.toml"))
+            .arg(dir.join(format!("{name}.toml")))
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -359,4 +368,66 @@ fn studio_names_stay_inside_their_roots() {
     assert_eq!(kind("other/sub/m.gguf"), Kind::NotFound);
     assert!(Roots::new(&BTreeMap::from([("..".to_string(), root.clone())])).is_err());
     assert!(Roots::new(&BTreeMap::from([("x".to_string(), tmp.path().join("missing"))])).is_err());
+}
+
+/// A fresh database on the project's throwaway PostgreSQL (`scripts/start-postgres.sh` installs
+/// and starts it on loopback; the test fails loudly if it cannot).
+fn postgres_database() -> String {
+    let script = util::repo_root().join("scripts/start-postgres.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned();
+    let name = format!("tenpak_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let created = Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    format!("{}/{name}", url.rsplit_once('/').unwrap().0)
+}
+
+/// Two servers on one PostgreSQL queue (and one data directory): four jobs submitted to
+/// either, each runs exactly once, both servers see all four and serve their artifacts.
+#[test]
+fn studio_two_servers_share_one_postgres_queue() {
+    let database = postgres_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!("database_url = \"{database}\"");
+    let a = Server::start_as(tmp.path(), "a", &extra);
+    let b = Server::start_as(tmp.path(), "b", &extra);
+    let ids: Vec<String> =
+        (0..4).map(|i| submit(if i % 2 == 0 { &a } else { &b }, "/compress", json!({"model": MODEL, "preset": "fast"}))).collect();
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = wait(&a, id, 900, finished);
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["attempts"], 1, "ran exactly once: {job}");
+        workers.insert(job["worker"].as_str().unwrap().to_owned());
+        assert_eq!(job_status(&b, id)["state"], "done");
+    }
+    eprintln!("jobs ran on {} workers: {workers:?}", workers.len());
+    for server in [&a, &b] {
+        let (_, listed) = call(authed(client().get(server.url("/jobs?state=done"))));
+        assert_eq!(listed["total"], 4, "{listed}");
+        let (tar, sha) = download(server, &ids[0]);
+        assert_eq!(hex_sha256(&tar), sha);
+    }
+}
+
+/// Two servers on PostgreSQL, the one running a job killed with SIGKILL: the other takes the job
+/// over once the dead worker's heartbeat is stale and finishes it; nothing stays running.
+#[test]
+fn studio_postgres_job_moves_to_the_surviving_server() {
+    let database = postgres_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!("database_url = \"{database}\"");
+    let a = Server::start_as(tmp.path(), "a", &extra);
+    let b = Server::start_as(tmp.path(), "b", &extra);
+    let id = submit(&a, "/compress", json!({"model": MODEL, "preset": slow_preset(8), "eval_text": "assets/eval.txt"}));
+    let running = wait(&a, &id, 300, |j| j["state"] == "running" && j["progress"].as_f64().unwrap() > 0.1);
+    let owner = running["worker"].as_str().unwrap().to_owned();
+    let (victim, survivor) = if owner.starts_with(&format!("tenpak-{}-", a.child.id())) { (a, b) } else { (b, a) };
+    assert!(owner.starts_with(&format!("tenpak-{}-", victim.child.id())), "{owner}");
+    victim.kill_9();
+    let job = wait(&survivor, &id, 600, finished);
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(job["worker"].as_str().unwrap().starts_with(&format!("tenpak-{}-", survivor.child.id())), "{job}");
 }

@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
 
-use apalis::prelude::{TaskBuilder, TaskId, TaskSink};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
@@ -12,7 +11,7 @@ use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::jobs::{CompressBody, EvaluateBody, JobTask, MAX_ATTEMPTS, write_tar};
+use super::jobs::{CompressBody, EvaluateBody, write_tar};
 use super::store::{self, QUEUED, RUNNING};
 use super::{ApiError, App};
 use crate::error::{HostError, Kind};
@@ -129,11 +128,9 @@ async fn check_capacity(app: &App) -> Result<(), ApiError> {
 async fn enqueue(app: &App, id: ulid::Ulid, kind: &str, request: String) -> Result<warp::reply::Response, ApiError> {
     let id_text = id.to_string();
     app.worker.store.insert(&id_text, kind, &request).await.map_err(ApiError::internal)?;
-    let task = TaskBuilder::new(JobTask { id: id_text.clone() }).task_id(TaskId::from_ulid(id)).max_attempts(MAX_ATTEMPTS as usize).build();
-    let mut queue = app.queue.clone();
-    if let Err(e) = queue.push_task(task).await {
-        let message = format!("could not queue the job: {e}");
-        let _ = app.worker.store.finish(&id_text, Err(("internal".into(), message.clone()))).await;
+    if let Err(e) = app.queue.push(&id_text, Some(id)).await {
+        let message = format!("could not queue the job: {e:#}");
+        let _ = app.worker.store.fail(&id_text, "internal", &message).await;
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message));
     }
     Ok(accepted(json!({"id": id_text, "state": QUEUED, "status": format!("/status/{id_text}")})))

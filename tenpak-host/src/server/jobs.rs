@@ -17,7 +17,7 @@ use tenpak_api::registry::Registry;
 
 use super::ApiError;
 use super::roots::Roots;
-use super::store::Store;
+use super::store::{STALE_SECONDS, Start, Store};
 use crate::error::{HostError, Kind};
 use crate::eval::{self, EvalRequest, PplOptions};
 use crate::observe::{PackObserver, Update};
@@ -187,6 +187,8 @@ impl PackObserver for JobObserver {
 
 /// Everything a worker needs.
 pub struct Worker {
+    /// This process's worker name (also its apalis worker name).
+    pub name: String,
     /// Job records.
     pub store: Store,
     /// Names, limits, artifact paths.
@@ -199,10 +201,24 @@ impl Worker {
     /// Run job `id` if it is still queued; record its outcome. An `Err` is a failure of the job
     /// database, which apalis retries; a failed pack is recorded and is not an `Err`.
     pub async fn run(self: Arc<Self>, id: String) -> anyhow::Result<()> {
-        let Some(attempt) = self.store.start(&id).await? else { return Ok(()) };
+        let me = self.name.as_str();
+        // A job running elsewhere is handed over only once that worker's heartbeat is stale:
+        // apalis re-delivers a task when the worker stops beating, which can be a little sooner.
+        let mut waited = 0.0;
+        let attempt = loop {
+            match self.store.start(&id, me).await? {
+                Start::Started(attempt) => break attempt,
+                Start::Skip => return Ok(()),
+                Start::Busy if waited > 2.0 * STALE_SECONDS => return Ok(()), // alive: not ours
+                Start::Busy => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    waited += 1.0;
+                }
+            }
+        };
         if attempt > MAX_ATTEMPTS {
             let message = format!("interrupted {} times by server stops; not tried again", attempt - 1);
-            self.store.finish(&id, Err(("interrupted".into(), message))).await?;
+            self.store.finish(&id, me, Err(("interrupted".into(), message))).await?;
             return Ok(());
         }
         let (kind, request) = self.store.request(&id).await?.context("the job record vanished")?;
@@ -211,7 +227,7 @@ impl Worker {
             let (worker, observer, id) = (self.clone(), observer.clone(), id.clone());
             tokio::task::spawn_blocking(move || worker.execute(&id, &kind, &request, observer.as_ref()))
         };
-        // Mirror progress into the record and cancellation out of it until the job ends.
+        // Mirror progress into the record, beat, and bring cancellation back, until the job ends.
         let mut job = std::pin::pin!(job);
         let mut last: Option<Update> = None;
         let outcome = loop {
@@ -220,16 +236,13 @@ impl Worker {
                 _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             }
             let latest = observer.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let cancel = match latest.filter(|u| last.as_ref() != Some(u)) {
-                Some(update) => {
-                    let cancel = self.store.progress(&id, update.stage.name(), &update.detail, update.fraction()).await?;
-                    last = Some(update);
-                    cancel
-                }
-                None => self.store.cancel_requested(&id).await?,
-            };
-            if cancel {
+            let fresh = latest.filter(|u| last.as_ref() != Some(u));
+            let update = fresh.as_ref().map(|u| (u.stage.name(), u.detail.as_str(), u.fraction()));
+            if self.store.beat(&id, me, update).await? {
                 observer.cancel.store(true, Ordering::SeqCst);
+            }
+            if fresh.is_some() {
+                last = fresh;
             }
         };
         let outcome = match outcome {
@@ -241,7 +254,7 @@ impl Worker {
             Ok(Err(e)) => Err((e.kind().code().to_owned(), e.to_string())),
             Err(panic) => Err(("internal".to_owned(), format!("the job panicked: {panic}"))),
         };
-        self.store.finish(&id, outcome).await
+        self.store.finish(&id, me, outcome).await
     }
 
     /// Run a job on this (blocking) thread.

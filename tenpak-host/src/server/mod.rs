@@ -8,9 +8,10 @@
 //! cancellation comes from it; artifacts are written into `data_dir/artifacts` by the
 //! temp-directory-then-rename path and served as deterministic tars.
 //!
-//! A `kill -9` loses nothing: queued jobs are in the database; a job that was running is queued
-//! again when the server restarts (and given up, with the reason, after [`jobs::MAX_ATTEMPTS`]
-//! interrupted attempts); its half-written artifact was only ever a temporary directory.
+//! A `kill -9` loses nothing: queued jobs are in the database; a job that was running is run
+//! again (on SQLite when the server restarts; on PostgreSQL by another server once the dead one's
+//! heartbeat is stale), and given up, with the reason, after [`jobs::MAX_ATTEMPTS`] interrupted
+//! attempts; its half-written artifact was only ever a temporary directory.
 
 pub mod config;
 mod http;
@@ -23,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use apalis::prelude::{BackendExt, BoxDynError, Data, TaskBuilder, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{BackendExt, BoxDynError, Data, TaskBuilder, TaskId, TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis_postgres::{PgPool, PostgresStorage};
 use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
 use tenpak_api::registry::Registry;
 use warp::http::StatusCode;
@@ -36,6 +38,9 @@ use store::Store;
 
 /// The apalis queue name.
 const QUEUE: &str = "tenpak-jobs";
+
+/// apalis worker heartbeat; a worker silent for three is taken for gone.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// A refusal: status, stable code, message.
 #[derive(Clone, Debug)]
@@ -78,22 +83,56 @@ impl ApiError {
     }
 }
 
+/// The apalis queue, on the database the configuration names.
+#[derive(Clone)]
+enum Queue {
+    Sqlite(SqliteStorage<JobTask>),
+    Postgres(PostgresStorage<JobTask>),
+}
+
+/// A task as apalis stores it, with its ULID.
+impl Queue {
+    /// Queue a task for job `id` (the task id is the job id when given, else a fresh one).
+    async fn push(&self, id: &str, task_id: Option<ulid::Ulid>) -> Result<()> {
+        let job = JobTask { id: id.to_owned() };
+        let result = match self.clone() {
+            Queue::Sqlite(mut queue) => {
+                let mut task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS as usize);
+                if let Some(t) = task_id {
+                    task = task.task_id(TaskId::from_ulid(t));
+                }
+                queue.push_task(task.build()).await.map_err(|e| anyhow::anyhow!("{e}"))
+            }
+            Queue::Postgres(mut queue) => {
+                let mut task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS as usize);
+                if let Some(t) = task_id {
+                    task = task.task_id(TaskId::from_ulid(t));
+                }
+                queue.push_task(task.build()).await.map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        };
+        result.with_context(|| format!("queueing job {id}"))
+    }
+}
+
 /// What the routes share.
 pub struct App {
     worker: Arc<Worker>,
-    queue: SqliteStorage<JobTask>,
+    queue: Queue,
     token: Option<Arc<String>>,
     max_body_bytes: u64,
     max_queued: usize,
 }
 
-/// Temporary directories a killed server left in `artifacts` (`.<id>.tenpak.tmp-<pid>`): only
-/// this server writes there, and no job runs yet, so every one is abandoned.
+/// Temporary directories a killed server left in `artifacts` (`.<id>.tenpak.tmp-<pid>`, as the
+/// artifact writer names them): those of processes no longer alive on this host.
 fn remove_temporaries(artifacts: &std::path::Path) -> Result<()> {
     for entry in std::fs::read_dir(artifacts).with_context(|| format!("reading {}", artifacts.display()))? {
         let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') && entry.file_type()?.is_dir() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let abandoned = pid.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if name.starts_with('.') && entry.file_type()?.is_dir() && abandoned {
             std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
         }
     }
@@ -123,38 +162,55 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     let data_dir = config.data_dir.canonicalize()?;
     remove_temporaries(&data_dir.join("artifacts"))?;
 
-    let pool = match config.database_url.as_deref() {
-        Some(url) if url.starts_with("postgres") => {
-            bail!("database_url: PostgreSQL job storage is not built yet; leave database_url unset for SQLite in data_dir")
-        }
-        Some(url) => SqlitePoolOptions::new().max_connections(4).connect(url).await.with_context(|| format!("database_url {url}"))?,
-        None => {
-            let file = data_dir.join("studio.db");
-            let options = SqliteConnectOptions::new().filename(&file).create_if_missing(true);
-            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.with_context(|| format!("{}", file.display()))?
-        }
-    };
-    SqliteStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue: {e}"))?;
-    let store = Store::open(pool.clone()).await?;
-    let queue_config = apalis_sqlite::Config::default()
-        .queue(QUEUE)
-        .batch_size(1)
-        .heartbeat_interval(Duration::from_secs(2))
-        .missed_heartbeats(3);
-    let queue: SqliteStorage<JobTask> = SqliteStorage::new(&pool).with_config(queue_config);
 
-    // Jobs a stopped server left running: queued again with a fresh task (a stale task of the
-    // same job finds it no longer queued and does nothing), or given up after too many tries.
-    for (id, attempts) in store.requeue_interrupted().await? {
-        if attempts >= MAX_ATTEMPTS {
-            store.fail_queued(&id, &format!("interrupted {attempts} times by server stops; not tried again")).await?;
-            continue;
+    // One process name: apalis re-queues the tasks of a worker that stopped sending heartbeats
+    // and refuses a new worker under a name seen alive a moment ago; the job table records which
+    // worker runs a job under the same name.
+    let name = format!("tenpak-{}-{}", std::process::id(), ulid::Ulid::generate());
+    sqlx::any::install_default_drivers();
+    let (url, postgres) = match config.database_url.clone() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => (url, true),
+        Some(url) if url.starts_with("sqlite:") => (url, false),
+        Some(url) => bail!("database_url `{url}`: expected postgres://… or sqlite:…"),
+        None => (format!("sqlite://{}?mode=rwc", data_dir.join("studio.db").display()), false),
+    };
+    let shown = url.split('@').next_back().unwrap_or(&url).to_owned(); // no password in errors
+    let queue = if postgres {
+        let pool = PgPool::connect(&url).await.with_context(|| format!("database {shown}"))?;
+        PostgresStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue in {shown}: {e}"))?;
+        // missed_heartbeats is set explicitly: apalis-postgres defaults to 10, not its documented 2.
+        let config = apalis_postgres::Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(HEARTBEAT).missed_heartbeats(3);
+        Queue::Postgres(PostgresStorage::new(&pool).with_config(config))
+    } else {
+        let options: SqliteConnectOptions = url.parse().with_context(|| format!("database_url {shown}"))?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.create_if_missing(true)).await.with_context(|| format!("database {shown}"))?;
+        SqliteStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue in {shown}: {e}"))?;
+        let config = apalis_sqlite::Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(HEARTBEAT).missed_heartbeats(3);
+        Queue::Sqlite(SqliteStorage::new(&pool).with_config(config))
+    };
+    let records = sqlx::any::AnyPoolOptions::new().max_connections(4).connect(&url).await.with_context(|| format!("database {shown}"))?;
+    let store = Store::open(records).await?;
+
+    // SQLite has one server: jobs it left running were interrupted; queue them again at once
+    // with a fresh task (a stale task of the same job finds it no longer queued and does
+    // nothing), or give up after too many tries. Several PostgreSQL servers may be alive: there,
+    // apalis hands a dead worker's tasks on and the job table's heartbeat decides.
+    if !postgres {
+        for (id, attempts) in store.requeue_interrupted().await? {
+            if attempts >= MAX_ATTEMPTS {
+                store.fail(&id, "interrupted", &format!("interrupted {attempts} times by server stops; not tried again")).await?;
+                continue;
+            }
+            queue.push(&id, None).await?;
         }
-        let task = TaskBuilder::new(JobTask { id: id.clone() }).max_attempts(MAX_ATTEMPTS as usize).build();
-        queue.clone().push_task(task).await.map_err(|e| anyhow::anyhow!("re-queueing job {id}: {e}"))?;
     }
 
-    let worker = Arc::new(Worker { store, limits: Limits { roots, max_text_bytes: config.max_text_bytes, data_dir }, registry });
+    let worker = Arc::new(Worker {
+        name: name.clone(),
+        store,
+        limits: Limits { roots, max_text_bytes: config.max_text_bytes, data_dir },
+        registry,
+    });
     let app = Arc::new(App {
         worker: worker.clone(),
         queue: queue.clone(),
@@ -185,23 +241,24 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     let server = tokio::spawn(server.run());
     ready(address);
 
-    // One name per process start: apalis re-queues the tasks of a worker that stopped sending
-    // heartbeats, and refuses a new worker under a name seen alive a moment ago.
-    let name = format!("tenpak-{}-{}", std::process::id(), ulid::Ulid::generate());
-    let jobs = WorkerBuilder::new(name)
-        .backend(queue.poll_with_interval(Duration::from_millis(250)))
-        .data(worker)
-        .concurrency(config.workers)
-        .build(run_job);
-    let worked = jobs
-        .run_until({
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            }
-        })
-        .await;
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let poll = Duration::from_millis(250);
+    let worked = match queue {
+        Queue::Sqlite(queue) => {
+            let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
+            jobs.run_until(stop).await
+        }
+        Queue::Postgres(queue) => {
+            let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
+            jobs.run_until(stop).await
+        }
+    };
     shutdown.cancel();
     server.await?;
     worked.map_err(|e| anyhow::anyhow!("job worker: {e}"))

@@ -1,12 +1,18 @@
-//! The job records (`studio_jobs`), in the same SQLite database as apalis's queue: what a client
-//! asked for, where the job is, and what came out. apalis decides *when* a job runs; this table
-//! says *what happened*, and survives restarts with the queue.
+//! The job records (`studio_jobs`), in the same database as apalis's queue (SQLite or
+//! PostgreSQL, one SQL text for both through sqlx's `Any` driver): what a client asked for, where
+//! the job is, and what came out. apalis decides *when* a job runs; this table says *what
+//! happened*, and survives restarts with the queue.
+//!
+//! A running job belongs to one worker (a server process), which refreshes the row's `heartbeat`
+//! a few times a second. apalis hands the task of a worker that stopped sending its own
+//! heartbeats to another worker; that worker takes the job over only once the row's heartbeat is
+//! [`STALE_SECONDS`] old, so a job never runs in two places at once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 
 /// A job's state.
 pub const QUEUED: &str = "queued";
@@ -18,6 +24,9 @@ pub const DONE: &str = "done";
 pub const FAILED: &str = "failed";
 /// Cancelled before or while running.
 pub const CANCELLED: &str = "cancelled";
+
+/// A running job whose heartbeat is this old belongs to a worker that is gone.
+pub const STALE_SECONDS: f64 = 10.0;
 
 /// Seconds since the epoch.
 pub fn now() -> f64 {
@@ -49,6 +58,8 @@ pub struct JobRecord {
     pub attempts: i64,
     /// Whether a cancellation was asked for.
     pub cancel_requested: bool,
+    /// The server process (worker) that ran it last.
+    pub worker: Option<String>,
     /// `{code, message}` when failed or cancelled.
     pub error: Option<serde_json::Value>,
     /// The figures, when done.
@@ -58,11 +69,11 @@ pub struct JobRecord {
 /// The columns a [`JobRecord`] is read from (a macro, so queries stay literal strings).
 macro_rules! columns {
     () => {
-        "id, kind, state, stage, detail, progress, created, started, finished, attempts, cancel_requested, error_code, error, result"
+        "id, kind, state, stage, detail, progress, created, started, finished, attempts, cancel_requested, worker, error_code, error, result"
     };
 }
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
+fn record(row: &sqlx::any::AnyRow) -> Result<JobRecord> {
     let code: Option<String> = row.try_get("error_code")?;
     let message: Option<String> = row.try_get("error")?;
     let result: Option<String> = row.try_get("result")?;
@@ -78,6 +89,7 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
         finished: row.try_get("finished")?,
         attempts: row.try_get("attempts")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        worker: row.try_get("worker")?,
         error: code.map(|code| serde_json::json!({"code": code, "message": message.unwrap_or_default()})),
         result: result.map(|r| serde_json::from_str(&r)).transpose()?,
     })
@@ -86,12 +98,23 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
 /// The job table on a pool.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+}
+
+/// Whether job `id` was started by this worker.
+pub enum Start {
+    /// Started: the attempt number.
+    Started(i64),
+    /// Not queued any more (cancelled, finished) or running elsewhere.
+    Skip,
+    /// Running in another worker whose heartbeat is recent: ask again later.
+    Busy,
 }
 
 impl Store {
     /// Create the table if needed.
-    pub async fn open(pool: SqlitePool) -> Result<Self> {
+    pub async fn open(pool: AnyPool) -> Result<Self> {
+        // Types both databases accept (SQLite maps them to REAL and INTEGER affinity).
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS studio_jobs (
                 id TEXT PRIMARY KEY,
@@ -100,12 +123,14 @@ impl Store {
                 state TEXT NOT NULL,
                 stage TEXT,
                 detail TEXT,
-                progress REAL NOT NULL DEFAULT 0,
-                created REAL NOT NULL,
-                started REAL,
-                finished REAL,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                cancel_requested INTEGER NOT NULL DEFAULT 0,
+                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+                created DOUBLE PRECISION NOT NULL,
+                started DOUBLE PRECISION,
+                finished DOUBLE PRECISION,
+                attempts BIGINT NOT NULL DEFAULT 0,
+                cancel_requested BIGINT NOT NULL DEFAULT 0,
+                worker TEXT,
+                heartbeat DOUBLE PRECISION,
                 error_code TEXT,
                 error TEXT,
                 result TEXT
@@ -119,7 +144,7 @@ impl Store {
 
     /// Record a new queued job.
     pub async fn insert(&self, id: &str, kind: &str, request: &str) -> Result<()> {
-        sqlx::query("INSERT INTO studio_jobs (id, kind, request, state, created) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO studio_jobs (id, kind, request, state, created) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(kind)
             .bind(request)
@@ -132,13 +157,13 @@ impl Store {
 
     /// The job `id`.
     pub async fn get(&self, id: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM studio_jobs WHERE id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM studio_jobs WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(record).transpose()
     }
 
     /// The request a job was accepted with, and its kind.
     pub async fn request(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT kind, request FROM studio_jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT kind, request FROM studio_jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| (r.get("kind"), r.get("request"))))
     }
 
@@ -147,14 +172,14 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             columns!(),
-            " FROM studio_jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY created DESC, id DESC LIMIT ?2 OFFSET ?3"
+            " FROM studio_jobs WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) ORDER BY created DESC, id DESC LIMIT $2 OFFSET $3"
         ))
         .bind(state)
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM studio_jobs WHERE (?1 IS NULL OR state = ?1)")
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM studio_jobs WHERE (CAST($1 AS TEXT) IS NULL OR state = $1)")
             .bind(state)
             .fetch_one(&self.pool)
             .await?
@@ -164,7 +189,7 @@ impl Store {
 
     /// Jobs queued or running.
     pub async fn active(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM studio_jobs WHERE state IN (?, ?)")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM studio_jobs WHERE state IN ($1, $2)")
             .bind(QUEUED)
             .bind(RUNNING)
             .fetch_one(&self.pool)
@@ -172,73 +197,96 @@ impl Store {
         Ok(row.get("n"))
     }
 
-    /// Mark a queued job running; returns its attempt number, or `None` if it is not queued
-    /// (cancelled while waiting, or finished by an earlier attempt).
-    pub async fn start(&self, id: &str) -> Result<Option<i64>> {
+    /// Start job `id` in `worker`: a queued job, or a running one whose worker is gone (its
+    /// heartbeat is [`STALE_SECONDS`] old).
+    pub async fn start(&self, id: &str, worker: &str) -> Result<Start> {
+        let now = now();
         let row = sqlx::query(
-            "UPDATE studio_jobs SET state = ?, started = ?, attempts = attempts + 1, stage = NULL, progress = 0
-             WHERE id = ? AND state = ? RETURNING attempts",
+            "UPDATE studio_jobs SET state = $1, started = $2, heartbeat = $2, worker = $3, attempts = attempts + 1,
+             stage = NULL, progress = 0
+             WHERE id = $4 AND (state = $5 OR (state = $1 AND (heartbeat IS NULL OR heartbeat < $6))) RETURNING attempts",
         )
         .bind(RUNNING)
-        .bind(now())
+        .bind(now)
+        .bind(worker)
         .bind(id)
         .bind(QUEUED)
+        .bind(now - STALE_SECONDS)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| r.get("attempts")))
+        if let Some(row) = row {
+            return Ok(Start::Started(row.get("attempts")));
+        }
+        Ok(match self.get(id).await? {
+            Some(job) if job.state == RUNNING => Start::Busy,
+            _ => Start::Skip,
+        })
     }
 
-    /// Store progress; returns whether a cancellation was asked for.
-    pub async fn progress(&self, id: &str, stage: &str, detail: &str, fraction: f64) -> Result<bool> {
-        let row = sqlx::query(
-            "UPDATE studio_jobs SET stage = ?, detail = ?, progress = ? WHERE id = ? AND state = ? RETURNING cancel_requested",
-        )
-        .bind(stage)
-        .bind(detail)
-        .bind(fraction)
-        .bind(id)
-        .bind(RUNNING)
-        .fetch_optional(&self.pool)
-        .await?;
+    /// Store progress and refresh the heartbeat; returns whether a cancellation was asked for.
+    /// `update` is `None` when only the heartbeat is due.
+    pub async fn beat(&self, id: &str, worker: &str, update: Option<(&str, &str, f64)>) -> Result<bool> {
+        let row = match update {
+            Some((stage, detail, fraction)) => {
+                sqlx::query(
+                    "UPDATE studio_jobs SET stage = $1, detail = $2, progress = $3, heartbeat = $4
+                     WHERE id = $5 AND state = $6 AND worker = $7 RETURNING cancel_requested",
+                )
+                .bind(stage)
+                .bind(detail)
+                .bind(fraction)
+                .bind(now())
+                .bind(id)
+                .bind(RUNNING)
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("UPDATE studio_jobs SET heartbeat = $1 WHERE id = $2 AND state = $3 AND worker = $4 RETURNING cancel_requested")
+                    .bind(now())
+                    .bind(id)
+                    .bind(RUNNING)
+                    .bind(worker)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
         Ok(row.is_some_and(|r| r.get::<i64, _>("cancel_requested") != 0))
     }
 
-    /// Whether a cancellation was asked for.
-    pub async fn cancel_requested(&self, id: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT cancel_requested FROM studio_jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.is_some_and(|r| r.get::<i64, _>("cancel_requested") != 0))
-    }
-
-    /// Finish a running job: done with `result`, or ended with an error `code` (`cancelled` makes
-    /// the state cancelled, anything else failed).
-    pub async fn finish(&self, id: &str, outcome: std::result::Result<serde_json::Value, (String, String)>) -> Result<()> {
+    /// Finish job `id` running in `worker`: done with `result`, or ended with an error `code`
+    /// (`cancelled` makes the state cancelled, anything else failed).
+    pub async fn finish(&self, id: &str, worker: &str, outcome: std::result::Result<serde_json::Value, (String, String)>) -> Result<()> {
         let (state, result, code, message) = match outcome {
             Ok(result) => (DONE, Some(result.to_string()), None, None),
             Err((code, message)) => (if code == "cancelled" { CANCELLED } else { FAILED }, None, Some(code), Some(message)),
         };
-        let progress = if state == DONE { 1.0 } else { -1.0 };
+        let done = state == DONE;
         sqlx::query(
-            "UPDATE studio_jobs SET state = ?, result = ?, error_code = ?, error = ?, finished = ?,
-             progress = CASE WHEN ? >= 0 THEN ? ELSE progress END, detail = ? WHERE id = ?",
+            "UPDATE studio_jobs SET state = $1, result = $2, error_code = $3, error = $4, finished = $5,
+             progress = CASE WHEN $6 = 1 THEN 1.0 ELSE progress END, detail = $1
+             WHERE id = $7 AND worker = $8 AND state = $9",
         )
         .bind(state)
         .bind(result)
         .bind(code)
         .bind(message)
         .bind(now())
-        .bind(progress)
-        .bind(progress)
-        .bind(state)
+        .bind(i64::from(done))
         .bind(id)
+        .bind(worker)
+        .bind(RUNNING)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Fail a job that is not running (given up on after restarts).
-    pub async fn fail_queued(&self, id: &str, message: &str) -> Result<()> {
-        sqlx::query("UPDATE studio_jobs SET state = ?, error_code = 'interrupted', error = ?, finished = ? WHERE id = ? AND state IN (?, ?)")
+    /// Fail a job that is not running any more (given up on after restarts, or never queued).
+    pub async fn fail(&self, id: &str, code: &str, message: &str) -> Result<()> {
+        sqlx::query("UPDATE studio_jobs SET state = $1, error_code = $2, error = $3, finished = $4 WHERE id = $5 AND state IN ($6, $7)")
             .bind(FAILED)
+            .bind(code)
             .bind(message)
             .bind(now())
             .bind(id)
@@ -256,8 +304,8 @@ impl Store {
         match job.state.as_str() {
             QUEUED => {
                 sqlx::query(
-                    "UPDATE studio_jobs SET state = ?, cancel_requested = 1, error_code = 'cancelled',
-                     error = 'cancelled before it started', finished = ? WHERE id = ? AND state = ?",
+                    "UPDATE studio_jobs SET state = $1, cancel_requested = 1, error_code = 'cancelled',
+                     error = 'cancelled before it started', finished = $2 WHERE id = $3 AND state = $4",
                 )
                 .bind(CANCELLED)
                 .bind(now())
@@ -267,19 +315,20 @@ impl Store {
                 .await?;
             }
             RUNNING => {
-                sqlx::query("UPDATE studio_jobs SET cancel_requested = 1 WHERE id = ?").bind(id).execute(&self.pool).await?;
+                sqlx::query("UPDATE studio_jobs SET cancel_requested = 1 WHERE id = $1").bind(id).execute(&self.pool).await?;
             }
             _ => {}
         }
         Ok(Some(job.state))
     }
 
-    /// After a restart of the only server on this database: jobs left running were interrupted
-    /// by the stop; they go back to queued, with a note. Returns their ids and attempts so far.
+    /// After a restart of the only server on an SQLite database: jobs left running were
+    /// interrupted by the stop; they go back to queued, with a note. Returns their ids and
+    /// attempts so far.
     pub async fn requeue_interrupted(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "UPDATE studio_jobs SET state = ?, detail = 'interrupted by a server stop; queued to run again'
-             WHERE state = ? RETURNING id, attempts",
+            "UPDATE studio_jobs SET state = $1, detail = 'interrupted by a server stop; queued to run again'
+             WHERE state = $2 RETURNING id, attempts",
         )
         .bind(QUEUED)
         .bind(RUNNING)
