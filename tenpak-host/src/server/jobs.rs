@@ -238,11 +238,17 @@ impl Worker {
             let latest = observer.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let fresh = latest.filter(|u| last.as_ref() != Some(u));
             let update = fresh.as_ref().map(|u| (u.stage.name(), u.detail.as_str(), u.fraction()));
-            if self.store.beat(&id, me, update).await? {
-                observer.cancel.store(true, Ordering::SeqCst);
-            }
-            if fresh.is_some() {
-                last = fresh;
+            // A failed write is logged and tried again at the next beat: the job goes on.
+            match self.store.beat(&id, me, update).await {
+                Ok(cancel) => {
+                    if cancel {
+                        observer.cancel.store(true, Ordering::SeqCst);
+                    }
+                    if fresh.is_some() {
+                        last = fresh;
+                    }
+                }
+                Err(e) => eprintln!("studio: job {id}: recording progress: {e:#}"),
             }
         };
         let outcome = match outcome {

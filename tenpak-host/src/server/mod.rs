@@ -39,6 +39,9 @@ use store::Store;
 /// The apalis queue name.
 const QUEUE: &str = "tenpak-jobs";
 
+/// How long a stopping server waits for running jobs before it leaves them to be run again.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// apalis worker heartbeat; a worker silent for three is taken for gone.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -249,15 +252,24 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
         }
     };
     let poll = Duration::from_millis(250);
-    let worked = match queue {
-        Queue::Sqlite(queue) => {
-            let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
-            jobs.run_until(stop).await
+    let jobs = async {
+        match queue {
+            Queue::Sqlite(queue) => {
+                let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
+                jobs.run_until(stop).await
+            }
+            Queue::Postgres(queue) => {
+                let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
+                jobs.run_until(stop).await
+            }
         }
-        Queue::Postgres(queue) => {
-            let jobs = WorkerBuilder::new(name).backend(queue.poll_with_interval(poll)).data(worker).concurrency(config.workers).build(run_job);
-            jobs.run_until(stop).await
-        }
+    };
+    // On SIGINT/SIGTERM the worker takes no new task and waits for those in flight; a pack can
+    // take minutes, so after a short grace the server stops anyway and the job, still marked
+    // running, is run again (restart on SQLite, another server on PostgreSQL).
+    let worked = tokio::select! {
+        worked = jobs => worked,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => Ok(()),
     };
     shutdown.cancel();
     server.await?;

@@ -226,6 +226,8 @@ impl Store {
     /// Store progress and refresh the heartbeat; returns whether a cancellation was asked for.
     /// `update` is `None` when only the heartbeat is due.
     pub async fn beat(&self, id: &str, worker: &str, update: Option<(&str, &str, f64)>) -> Result<bool> {
+        // Two statements rather than COALESCE over NULL parameters: through sqlx's Any driver a
+        // NULL bound for a DOUBLE PRECISION column reaches PostgreSQL in the wrong binary format.
         let row = match update {
             Some((stage, detail, fraction)) => {
                 sqlx::query(
