@@ -26,6 +26,14 @@ AS=()
 if [[ "$(id -u)" == 0 ]]; then AS=(runuser -u postgres --); fi
 mkdir -p "$DIR"
 if [[ "$(id -u)" == 0 ]]; then chown postgres "$DIR"; chmod 700 "$DIR"; fi
+# A cluster whose server was killed (a CI run ends every process it started) leaves its lock
+# files behind; they are stale unless their pid is a live postgres.
+for lock in "$DIR/postmaster.pid" "$DIR/.s.PGSQL.$PORT.lock"; do
+    if [[ -f "$lock" ]]; then
+        pid="$(head -n 1 "$lock")"
+        if ! ps -p "$pid" -o comm= 2>/dev/null | grep -q postgres; then rm -f "$lock"; fi
+    fi
+done
 if [[ ! -f "$DIR/PG_VERSION" ]]; then
     "${AS[@]}" "$BIN/initdb" -D "$DIR" -U postgres --auth=trust --no-sync >/dev/null
 fi
