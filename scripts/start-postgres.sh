@@ -17,6 +17,9 @@ if [[ -z "$BIN" || ! -x "$BIN/initdb" ]]; then
     BIN="$(bin_dir)"
 fi
 URL="postgres://postgres@127.0.0.1:${PORT}/postgres"
+# One caller at a time (tests may start it from parallel processes).
+exec 9>"/tmp/tenpak-postgres-$PORT.lock"
+flock 9
 if "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
     echo "$URL"
     exit 0

@@ -373,25 +373,32 @@ fn studio_names_stay_inside_their_roots() {
 /// A fresh database on the project's throwaway PostgreSQL (`scripts/start-postgres.sh` installs
 /// and starts it on loopback; the test fails loudly if it cannot).
 fn postgres_database() -> String {
-    let script = util::repo_root().join("scripts/start-postgres.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
-    let url = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned();
+    // Started once per test binary: the tests run on parallel threads.
+    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let url = SERVER.get_or_init(|| {
+        let script = util::repo_root().join("scripts/start-postgres.sh");
+        let out = Command::new("bash").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned()
+    });
     let name = format!("tenpak_{}", ulid::Ulid::generate().to_string().to_lowercase());
     let created = Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]).output().unwrap();
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     format!("{}/{name}", url.rsplit_once('/').unwrap().0)
 }
 
+/// Two servers on one fresh PostgreSQL database, sharing the data directory `dir`.
+fn two_postgres_servers(dir: &Path) -> (Server, Server) {
+    let extra = format!("database_url = \"{}\"", postgres_database());
+    (Server::start_as(dir, "a", &extra), Server::start_as(dir, "b", &extra))
+}
+
 /// Two servers on one PostgreSQL queue (and one data directory): four jobs submitted to
 /// either, each runs exactly once, both servers see all four and serve their artifacts.
 #[test]
 fn studio_two_servers_share_one_postgres_queue() {
-    let database = postgres_database();
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("database_url = \"{database}\"");
-    let a = Server::start_as(tmp.path(), "a", &extra);
-    let b = Server::start_as(tmp.path(), "b", &extra);
+    let (a, b) = two_postgres_servers(tmp.path());
     let ids: Vec<String> =
         (0..4).map(|i| submit(if i % 2 == 0 { &a } else { &b }, "/compress", json!({"model": MODEL, "preset": "fast"}))).collect();
     let mut workers = std::collections::BTreeSet::new();
@@ -415,11 +422,8 @@ fn studio_two_servers_share_one_postgres_queue() {
 /// over once the dead worker's heartbeat is stale and finishes it; nothing stays running.
 #[test]
 fn studio_postgres_job_moves_to_the_surviving_server() {
-    let database = postgres_database();
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("database_url = \"{database}\"");
-    let a = Server::start_as(tmp.path(), "a", &extra);
-    let b = Server::start_as(tmp.path(), "b", &extra);
+    let (a, b) = two_postgres_servers(tmp.path());
     let id = submit(&a, "/compress", json!({"model": MODEL, "preset": slow_preset(8), "eval_text": "assets/eval.txt"}));
     let running = wait(&a, &id, 300, |j| j["state"] == "running" && j["progress"].as_f64().unwrap() > 0.1);
     let owner = running["worker"].as_str().unwrap().to_owned();
