@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
 use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
 
+use crate::artifact::safetensors_writer::hex;
 use crate::encode::reconstruction_error;
 use crate::error::{HostError, Kind};
 use crate::eval::{self, PplOptions};
@@ -54,20 +55,15 @@ impl PresetSpec {
     /// Parse the preset, returning it with its text (for the manifest).
     pub fn load(&self) -> Result<(Preset, String)> {
         match self {
-            PresetSpec::Builtin(name) => match BUILTIN.iter().find(|(n, _)| n == name) {
-                Some((_, text)) => Ok((Preset::parse(text, &format!("`{name}` (built-in)"))?, text.to_string())),
-                None => {
-                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-                    Err(Kind::NotFound.error(format!("no built-in preset `{name}` (built-in: {})", names.join(", "))))
-                }
-            },
+            PresetSpec::Builtin(name) => Preset::builtin(name).ok_or_else(|| {
+                Kind::NotFound.error(format!("no built-in preset `{name}` (built-in: {})", builtin_names()))
+            }),
             PresetSpec::File(path) => {
                 if !path.is_file() {
-                    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
                     return Err(Kind::NotFound.error(format!(
                         "preset `{}` is neither a built-in preset ({}) nor an existing file",
                         path.display(),
-                        names.join(", ")
+                        builtin_names()
                     )));
                 }
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
@@ -76,6 +72,11 @@ impl PresetSpec {
             PresetSpec::Inline { origin, text } => Ok((Preset::parse(text, origin)?, text.clone())),
         }
     }
+}
+
+/// The built-in preset names, comma-separated (for errors).
+fn builtin_names() -> String {
+    BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }
 
 /// Where a text comes from.
@@ -111,10 +112,6 @@ impl TextSpec {
         let sha256 = hex(&Sha256::digest(content.as_bytes()));
         Ok(Text { name, sha256, content })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A text in memory, with the name and hash the manifest records.

@@ -357,5 +357,5 @@ pub fn tar_digest(dir: &Path, name: &str) -> std::io::Result<(u64, String)> {
     }
     let mut hashing = Hashing(Sha256::new(), 0);
     write_tar(dir, name, &mut hashing)?;
-    Ok((hashing.1, hashing.0.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+    Ok((hashing.1, crate::artifact::safetensors_writer::hex(&hashing.0.finalize())))
 }
