@@ -40,6 +40,7 @@ done
 if [[ ! -f "$DIR/PG_VERSION" ]]; then
     "${AS[@]}" "$BIN/initdb" -D "$DIR" -U postgres --auth=trust --no-sync >/dev/null
 fi
+# 9>&-: the server must not inherit (and so hold) the lock, or the next caller waits forever.
 "${AS[@]}" "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off" start >/dev/null 9>&-
 echo "$URL"

@@ -435,3 +435,64 @@ fn studio_postgres_job_moves_to_the_surviving_server() {
     assert_eq!(job["attempts"], 2, "{job}");
     assert!(job["worker"].as_str().unwrap().starts_with(&format!("tenpak-{}-", survivor.child.id())), "{job}");
 }
+
+/// The project's throwaway S3-compatible store (`scripts/start-s3.sh`: moto's server on
+/// loopback, installed from PyPI; the test fails loudly if it cannot), as an `[artifacts]`
+/// table under a fresh prefix of its bucket; returns the table and the prefix's listing URL.
+fn s3_artifacts() -> (String, String) {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let endpoint = ENDPOINT.get_or_init(|| {
+        let script = util::repo_root().join("scripts/start-s3.sh");
+        let out = Command::new("bash").arg(&script).output().unwrap();
+        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned()
+    });
+    let prefix = format!("studio-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let table = format!(
+        "[artifacts]\nurl = \"s3://tenpak-test/{prefix}\"\noptions = {{ endpoint = \"{endpoint}\", allow_http = \"true\", \
+         region = \"us-east-1\", access_key_id = \"test\", secret_access_key = \"test\" }}\n"
+    );
+    (table, format!("{endpoint}/tenpak-test?list-type=2&prefix={prefix}/"))
+}
+
+/// Artifacts in an S3 bucket, two servers on one PostgreSQL queue with data directories of
+/// their own: a job's artifact goes to the bucket (manifest and shards, nothing left in either
+/// data directory), downloads from either server with the digest announced, and the other
+/// server evaluates it from a copy it fetches.
+#[test]
+fn studio_keeps_artifacts_in_s3_for_every_server() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (table, listing) = s3_artifacts();
+    let extra = format!("database_url = \"{}\"\n{table}", postgres_database());
+    let a = Server::start(a_dir.path(), &extra);
+    let b = Server::start(b_dir.path(), &extra);
+    let id = submit(&a, "/compress", json!({"model": MODEL, "preset": "fast"}));
+    let job = wait(&a, &id, 600, finished);
+    assert_eq!(job["state"], "done", "{job}");
+
+    let keys = client().get(&listing).send().unwrap().text().unwrap();
+    for file in ["manifest.json", ".safetensors"] {
+        assert!(keys.contains(&format!("{id}.tenpak/")) && keys.contains(file), "{file} not in the bucket: {keys}");
+    }
+    for dir in [a_dir.path(), b_dir.path()] {
+        let staged = std::fs::read_dir(dir.join("data/staging")).unwrap().count();
+        assert_eq!(staged, 0, "nothing staged is left in {}", dir.display());
+        assert!(!dir.join("data/artifacts").exists(), "no local artifact directory with S3 storage");
+    }
+    for server in [&a, &b] {
+        let (tar, sha) = download(server, &id);
+        assert_eq!(hex_sha256(&tar), sha);
+        assert_eq!(job["result"]["artifact"]["tar_sha256"], sha.as_str());
+    }
+
+    let eval_id = submit(&b, "/evaluate", json!({"job": id, "text": "assets/eval.txt", "windows": 2}));
+    let evaluation = wait(&b, &eval_id, 600, finished);
+    assert_eq!(evaluation["state"], "done", "{evaluation}");
+    assert!(evaluation["result"]["ppl"].as_f64().unwrap().is_finite(), "{evaluation}");
+    let cached = |dir: &Path| dir.join(format!("data/cache/{id}.tenpak/manifest.json")).is_file();
+    assert!(cached(a_dir.path()) || cached(b_dir.path()), "the evaluating server fetched a copy");
+
+    let unknown = ulid::Ulid::generate().to_string();
+    let (got, body) = call(authed(client().post(b.url("/evaluate"))).json(&json!({"job": unknown, "text": "assets/eval.txt"})));
+    assert_eq!(got, 404, "{body}");
+}

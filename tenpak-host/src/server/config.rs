@@ -12,6 +12,10 @@
 //!
 //! [model_roots]                      # where models and texts may come from: `assets/calib.txt`
 //! assets = "assets"
+//!
+//! [artifacts]                        # default: the directory data_dir/artifacts
+//! url = "s3://my-bucket/tenpak"      # or file:///srv/artifacts
+//! options = { region = "eu-west-1" } # object_store's S3 options; AWS_* variables are read too
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+
+use super::artifacts::ArtifactsConfig;
 
 /// The server's configuration, as in the file (paths relative to the file's directory).
 #[derive(Clone, Debug, Deserialize)]
@@ -58,6 +64,9 @@ pub struct StudioConfig {
     /// Job database; default a SQLite file in `data_dir`.
     #[serde(default)]
     pub database_url: Option<String>,
+    /// Where finished artifacts are stored.
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
 }
 
 fn default_listen() -> SocketAddr {

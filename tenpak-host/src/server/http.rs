@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +12,8 @@ use subtle::ConstantTimeEq;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use super::jobs::{CompressBody, EvaluateBody, write_tar};
+use super::artifacts::write_tar;
+use super::jobs::{CompressBody, EvaluateBody};
 use super::store::{self, QUEUED, RUNNING};
 use super::{ApiError, App};
 use crate::error::{HostError, Kind};
@@ -140,7 +142,7 @@ async fn compress(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     let body: CompressBody = parse(&body)?;
     check_capacity(&app).await?;
     let id = ulid::Ulid::generate();
-    let request = app.worker.limits.pack_request(&body, app.worker.limits.artifact_dir(&id.to_string()))?;
+    let request = app.worker.limits.pack_request(&body, app.worker.limits.artifacts.work_dir(&id.to_string()))?;
     // The same checks as `tenpak pack`, before the job is accepted.
     let registry = app.worker.registry.clone();
     let checked = tokio::task::spawn_blocking(move || PackPlan::build(&request, &registry).map(drop))
@@ -153,7 +155,12 @@ async fn compress(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
 async fn evaluate(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
     let body: EvaluateBody = parse(&body)?;
     check_capacity(&app).await?;
-    app.worker.limits.eval_request(&body)?;
+    // Whether the job's artifact is there; it is fetched (from S3, say) when the job runs.
+    let there = match &body.job {
+        Some(job) if ulid::Ulid::from_string(job).is_ok() => app.worker.limits.artifacts.entries(job).await.map_err(ApiError::internal)?.is_some(),
+        _ => false,
+    };
+    app.worker.limits.eval_request(&body, |_| Ok(there.then(PathBuf::new)))?;
     enqueue(&app, ulid::Ulid::generate(), "evaluate", serde_json::to_string(&body).map_err(|e| ApiError::internal(e.into()))?).await
 }
 
@@ -237,15 +244,16 @@ async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, Ap
     let Some(result) = job.result.filter(|_| job.state == store::DONE) else {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{id}` is {}, not done", job.state)));
     };
-    let dir = app.worker.limits.artifact_dir(&id);
-    if !dir.join("manifest.json").is_file() {
-        return Err(ApiError::not_found(format!("the artifact of job `{id}` is gone from the data directory")));
-    }
+    let artifacts = app.worker.limits.artifacts.clone();
+    let Some(entries) = artifacts.entries(&id).await.map_err(ApiError::internal)? else {
+        return Err(ApiError::not_found(format!("the artifact of job `{id}` is gone from the artifact store")));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let name = id.clone();
     tokio::task::spawn_blocking(move || {
         let mut writer = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 16) };
-        if let Err(e) = write_tar(&dir, &name, &mut writer).and_then(|()| writer.flush()) {
+        let open = |file: &str| artifacts.reader(&name, file).map_err(std::io::Error::other);
+        if let Err(e) = write_tar(&name, &entries, open, &mut writer).and_then(|()| writer.flush()) {
             let _ = tx.blocking_send(Err(e));
         }
     });
@@ -321,7 +329,8 @@ impl ApiError {
         Self { status, code: kind.code().to_owned(), message: e.to_string() }
     }
 
-    fn internal(e: anyhow::Error) -> Self {
+    /// 500, for a failure of the server rather than of the request.
+    pub fn internal(e: anyhow::Error) -> Self {
         Self::from_host(HostError::classify(e, Kind::Internal))
     }
 }

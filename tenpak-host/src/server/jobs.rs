@@ -3,8 +3,7 @@
 //! client), and the worker that runs them under a [`PackObserver`] whose progress goes to the job
 //! record and whose cancellation comes from it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,10 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
 
 use super::ApiError;
+use super::artifacts::{ArtifactStore, tar_digest};
 use super::roots::Roots;
 use super::store::{STALE_SECONDS, Start, Store};
 use crate::error::{HostError, Kind};
@@ -85,16 +84,11 @@ pub struct Limits {
     pub roots: Roots,
     /// Largest inline text.
     pub max_text_bytes: u64,
-    /// Where artifacts go: `artifacts/<id>.tenpak`.
-    pub data_dir: PathBuf,
+    /// Where artifacts are kept.
+    pub artifacts: Arc<ArtifactStore>,
 }
 
 impl Limits {
-    /// Where job `id`'s artifact lives.
-    pub fn artifact_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("artifacts").join(format!("{id}.tenpak"))
-    }
-
     fn text(&self, field: &str, value: &Value) -> Result<TextSpec, ApiError> {
         match value {
             Value::String(name) => Ok(TextSpec::File(self.resolve(field, name)?)),
@@ -144,16 +138,21 @@ impl Limits {
         })
     }
 
-    /// The evaluation request of an evaluate body; `finished` says whether a job's artifact exists.
-    pub fn eval_request(&self, body: &EvaluateBody) -> Result<EvalRequest, ApiError> {
+    /// The evaluation request of an evaluate body; `artifact` gives a local directory holding
+    /// job `id`'s artifact, `None` if there is none.
+    pub fn eval_request(
+        &self,
+        body: &EvaluateBody,
+        artifact: impl FnOnce(&str) -> anyhow::Result<Option<PathBuf>>,
+    ) -> Result<EvalRequest, ApiError> {
         let model = match (&body.model, &body.job) {
             (Some(name), None) => self.resolve("model", name)?,
             (None, Some(job)) => {
-                let dir = self.artifact_dir(job);
-                if ulid::Ulid::from_string(job).is_err() || !dir.join("manifest.json").is_file() {
-                    return Err(ApiError::not_found(format!("no finished compress job `{job}`")));
+                let missing = || ApiError::not_found(format!("no finished compress job `{job}`"));
+                if ulid::Ulid::from_string(job).is_err() {
+                    return Err(missing());
                 }
-                dir
+                artifact(job).map_err(ApiError::internal)?.ok_or_else(missing)?
             }
             _ => return Err(ApiError::bad_request("give exactly one of `model` and `job`")),
         };
@@ -270,11 +269,13 @@ impl Worker {
         match kind {
             "compress" => {
                 let body: CompressBody = serde_json::from_str(request).map_err(bad)?;
-                let output = self.limits.artifact_dir(id);
+                let output = self.limits.artifacts.work_dir(id);
                 let request = self.limits.pack_request(&body, output.clone()).map_err(refused)?;
                 let plan = PackPlan::build(&request, &self.registry)?;
                 let manifest = crate::pack::run(&plan, &self.registry, observer)?;
                 let (tar_bytes, tar_sha256) = tar_digest(&output, id).map_err(|e| HostError::new(Kind::Internal, e))?;
+                let runtime = tokio::runtime::Handle::current();
+                runtime.block_on(self.limits.artifacts.publish(id)).map_err(|e| HostError::new(Kind::Internal, e))?;
                 let t = &manifest.totals;
                 Ok(json!({
                     "model": body.model,
@@ -293,7 +294,9 @@ impl Worker {
             }
             "evaluate" => {
                 let body: EvaluateBody = serde_json::from_str(request).map_err(bad)?;
-                let request = self.limits.eval_request(&body).map_err(refused)?;
+                let artifacts = &self.limits.artifacts;
+                let runtime = tokio::runtime::Handle::current();
+                let request = self.limits.eval_request(&body, |job| runtime.block_on(artifacts.local_copy(job))).map_err(refused)?;
                 let report = eval::run(&request, &self.registry, observer)?;
                 Ok(json!({
                     "model": body.model,
@@ -310,52 +313,4 @@ impl Worker {
             other => Err(HostError::new(Kind::Internal, anyhow::anyhow!("job {id}: unknown kind `{other}`"))),
         }
     }
-}
-
-/// Write artifact `dir` as a tar to `out`, every byte determined by the files alone (sorted
-/// entries, fixed owner, mode and time), so the digest recorded when the job finished is the
-/// digest of every later download. Entries are under `<name>.tenpak/`.
-pub fn write_tar(dir: &Path, name: &str, out: impl Write) -> std::io::Result<()> {
-    let mut builder = tar::Builder::new(out);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.follow_symlinks(false);
-    let mut files = Vec::new();
-    collect_files(dir, Path::new(""), &mut files)?;
-    files.sort();
-    let root = PathBuf::from(format!("{name}.tenpak"));
-    for relative in files {
-        builder.append_path_with_name(dir.join(&relative), root.join(&relative))?;
-    }
-    builder.into_inner()?.flush()
-}
-
-fn collect_files(dir: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir.join(relative))? {
-        let entry = entry?;
-        let path = relative.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            collect_files(dir, &path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Size and sha256 of the tar of artifact `dir`, computed by streaming it into a hash.
-pub fn tar_digest(dir: &Path, name: &str) -> std::io::Result<(u64, String)> {
-    struct Hashing(Sha256, u64);
-    impl Write for Hashing {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            self.1 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut hashing = Hashing(Sha256::new(), 0);
-    write_tar(dir, name, &mut hashing)?;
-    Ok((hashing.1, crate::artifact::safetensors_writer::hex(&hashing.0.finalize())))
 }

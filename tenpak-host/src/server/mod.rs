@@ -5,14 +5,16 @@
 //! ([`store`]) and queued on [apalis](https://docs.rs/apalis) with its embedded SQLite storage, in
 //! one database file under `data_dir`. A worker runs it on a blocking thread under a
 //! [`crate::observe::PackObserver`] whose progress goes into the job record and whose
-//! cancellation comes from it; artifacts are written into `data_dir/artifacts` by the
-//! temp-directory-then-rename path and served as deterministic tars.
+//! cancellation comes from it; artifacts are written by the temp-directory-then-rename path
+//! and kept in an [`artifacts::ArtifactStore`] (`data_dir/artifacts` by default, or an S3
+//! bucket), from which they are served as deterministic tars.
 //!
 //! A `kill -9` loses nothing: queued jobs are in the database; a job that was running is run
 //! again (on SQLite when the server restarts; on PostgreSQL by another server once the dead one's
 //! heartbeat is stale), and given up, with the reason, after [`jobs::MAX_ATTEMPTS`] interrupted
 //! attempts; its half-written artifact was only ever a temporary directory.
 
+pub mod artifacts;
 pub mod config;
 mod http;
 pub mod jobs;
@@ -31,6 +33,7 @@ use tenpak_api::registry::Registry;
 use warp::http::StatusCode;
 
 use crate::error::Kind;
+use artifacts::ArtifactStore;
 use config::StudioConfig;
 use jobs::{JobTask, Limits, MAX_ATTEMPTS, Worker};
 use roots::Roots;
@@ -127,10 +130,10 @@ pub struct App {
     max_queued: usize,
 }
 
-/// Temporary directories a killed server left in `artifacts` (`.<id>.tenpak.tmp-<pid>`, as the
+/// Temporary directories a killed server left in `dir` (`.<id>.tenpak.tmp-<pid>`, as the
 /// artifact writer names them): those of processes no longer alive on this host.
-fn remove_temporaries(artifacts: &std::path::Path) -> Result<()> {
-    for entry in std::fs::read_dir(artifacts).with_context(|| format!("reading {}", artifacts.display()))? {
+fn remove_temporaries(dir: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok());
@@ -160,10 +163,12 @@ pub fn run(config: StudioConfig, registry: Registry, ready: impl FnOnce(SocketAd
 async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let token = config.token()?.map(Arc::new);
     let roots = Roots::new(&config.model_roots)?;
-    std::fs::create_dir_all(config.data_dir.join("artifacts"))
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let data_dir = config.data_dir.canonicalize()?;
-    remove_temporaries(&data_dir.join("artifacts"))?;
+    let artifacts = Arc::new(ArtifactStore::open(&config.artifacts, &data_dir).await?);
+    for dir in artifacts.local_dirs() {
+        remove_temporaries(dir)?;
+    }
 
 
     // One process name: apalis re-queues the tasks of a worker that stopped sending heartbeats
@@ -211,7 +216,7 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     let worker = Arc::new(Worker {
         name: name.clone(),
         store,
-        limits: Limits { roots, max_text_bytes: config.max_text_bytes, data_dir },
+        limits: Limits { roots, max_text_bytes: config.max_text_bytes, artifacts },
         registry,
     });
     let app = Arc::new(App {
