@@ -9,11 +9,16 @@ source "$ROOT/scripts/install-deps.sh"
 bash scripts/fetch-assets.sh
 cargo_status=0
 cargo test --release --workspace --no-fail-fast 2>&1 || cargo_status=$?
+# Every fuzz target for 30 s (cargo-fuzz, libFuzzer + AddressSanitizer): a new crash fails the run.
+fuzz_status=0
+bash scripts/fuzz.sh --seconds 30 2>&1 || fuzz_status=$?
 # The Studio page in headless Chromium (run even when the cargo tests failed): installs chromium and
 # playwright-core, builds target/release/tenpak if it is missing, prints `N passed, N failed`.
 browser_status=0
 { bash scripts/install-browser.sh && node tests/browser/studio.test.mjs; } 2>&1 || browser_status=$?
 if ((cargo_status != 0)); then echo "test.sh: cargo test failed (exit $cargo_status)" >&2; fi
 if ((browser_status != 0)); then echo "test.sh: the browser test failed (exit $browser_status)" >&2; fi
+if ((fuzz_status != 0)); then echo "test.sh: fuzzing found a crash (exit $fuzz_status)" >&2; fi
 if ((cargo_status != 0)); then exit "$cargo_status"; fi
+if ((fuzz_status != 0)); then exit "$fuzz_status"; fi
 exit "$browser_status"

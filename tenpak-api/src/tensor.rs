@@ -116,11 +116,12 @@ pub struct Part {
 impl Part {
     /// A part from raw bytes; fails if the shape and dtype do not account for every byte.
     pub fn new(name: &str, dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
-        let want = shape.iter().product::<usize>() * dtype.size();
-        if want != data.len() {
+        let want = shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+        if want != Some(data.len()) {
             return Err(Error::corrupt(format!(
-                "part `{name}`: shape {shape:?} of {} needs {want} bytes, got {}",
+                "part `{name}`: shape {shape:?} of {} needs {} bytes, got {}",
                 dtype.name(),
+                want.map_or("more than 2^64".to_owned(), |w| w.to_string()),
                 data.len()
             )));
         }

@@ -14,6 +14,8 @@ pub mod builtins;
 pub mod encode;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod observe;
 pub mod pack;
@@ -24,6 +26,7 @@ pub mod preset;
 pub mod report;
 pub mod roles;
 pub mod runtime;
+#[cfg(feature = "studio")]
 pub mod server;
 pub mod tokenize;
 pub mod unpack;

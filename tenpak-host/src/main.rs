@@ -19,6 +19,7 @@ use tenpak_host::error::{HostError, Kind};
 use tenpak_host::eval::{self, EvalRequest, PplOptions};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
 use tenpak_host::preset::{BUILTIN, Preset};
+#[cfg(feature = "studio")]
 use tenpak_host::server::config::StudioConfig;
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::{builtins, pack, report};
@@ -131,6 +132,11 @@ fn run(cli: Cli) -> Result<(), HostError> {
 fn run_inner(cli: Cli) -> Result<()> {
     let mut registry = builtins::registry()?;
     tenpak_host::plugins::load_all(&mut registry, &cli.plugin)?;
+    #[cfg(not(feature = "studio"))]
+    if let Command::Serve { .. } = cli.command {
+        anyhow::bail!("this tenpak was built without Studio (cargo feature `studio`)");
+    }
+    #[cfg(feature = "studio")]
     if let Command::Serve { config, listen } = cli.command {
         let mut config = match config {
             Some(path) => StudioConfig::load(&path)?,
@@ -237,6 +243,13 @@ fn run_inner(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // An error is reported as one line; a backtrace is for a bug (a panic), which RUST_BACKTRACE
+    // still gives. Libraries (candle) capture one into every error when RUST_BACKTRACE is set, and
+    // RUST_LIB_BACKTRACE=0 turns that off unless the user set it.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

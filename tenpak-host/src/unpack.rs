@@ -55,10 +55,7 @@ pub fn unpack(
     if out.exists() && !force {
         bail!("{} already exists (pass --force to replace it)", out.display());
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("unpacked");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = crate::artifact::temp_sibling(out)?;
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp)?;
         let mut shard = ShardWriter::create(&tmp.join("model.safetensors"))?;

@@ -280,6 +280,18 @@ fn an_interrupted_write_leaves_no_artifact() {
     let temp = writer.temp_dir().to_owned();
     drop(writer);
     assert!(!temp.exists() && !dest.exists());
+
+    // What a kill -9 leaves (a temporary of a process that is gone) is removed by the next
+    // writer of the same destination; a live process's temporary and other names are kept.
+    let dead = tmp.path().join(".half.tenpak.tmp-4000000000");
+    let alive = tmp.path().join(format!(".half.tenpak.tmp-{}", std::os::unix::process::parent_id()));
+    let other = tmp.path().join(".other.tenpak.tmp-4000000000");
+    for dir in [&dead, &alive, &other] {
+        std::fs::create_dir_all(dir.join("weights")).unwrap();
+    }
+    let writer = tenpak_host::artifact::ArtifactWriter::create(&dest, false).unwrap();
+    assert!(!dead.exists() && alive.exists() && other.exists());
+    drop(writer);
 }
 
 #[test]

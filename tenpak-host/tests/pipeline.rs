@@ -287,8 +287,9 @@ fn bad_calibration_input_is_a_clear_error_or_a_loud_warning() {
     assert!(err.contains("fisher_magic"), "{err}");
 }
 
-/// Two packs of the same model with the same preset and texts give byte-identical shards, with
-/// every source of randomness and parallelism in the calibrated codecs switched on (AWQ search,
+/// Two packs of the same model with the same preset and texts, on 2 threads and on 1, give
+/// byte-identical shards, with every source of randomness and parallelism in the calibrated
+/// codecs switched on (AWQ search,
 /// error feedback, incoherence rotation, double-quantized headers; vq's seeded k-means).
 #[test]
 fn packs_are_deterministic() {
@@ -303,9 +304,10 @@ fn packs_are_deterministic() {
         );
         let preset = (Preset::parse(&text, "determinism.toml").unwrap(), text.clone());
         let mut shards = Vec::new();
-        for attempt in 0..2 {
+        for (attempt, threads) in [(0, 2), (1, 1)] {
             let t = tiny(31);
-            let manifest = pack(&job(&preset, &t), &registry()).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let manifest = pool.install(|| pack(&job(&preset, &t), &registry())).unwrap();
             assert!(manifest.tensors.iter().any(|r| r.codec.as_deref() == Some(if codec_table.contains("vq") { "vq" } else { "int4_awq" })));
             let bytes: Vec<Vec<u8>> = manifest
                 .shards
@@ -315,7 +317,7 @@ fn packs_are_deterministic() {
             shards.push(bytes);
         }
         assert!(!shards[0].is_empty());
-        assert!(shards[0] == shards[1], "{codec_table}: the two packs' shards differ");
+        assert!(shards[0] == shards[1], "{codec_table}: the packs on 2 and 1 threads differ");
     }
 }
 

@@ -1,6 +1,8 @@
 //! TenPak Studio over real HTTP on loopback: the `tenpak serve` binary started on 127.0.0.1:0 in
 //! the test, a reqwest client, the real model. (Needs `assets/`: `bash scripts/fetch-assets.sh`.)
 
+#![cfg(feature = "studio")]
+
 mod util;
 
 use std::io::{BufRead, BufReader};
@@ -370,17 +372,21 @@ fn studio_names_stay_inside_their_roots() {
     assert!(Roots::new(&BTreeMap::from([("x".to_string(), tmp.path().join("missing"))])).is_err());
 }
 
+/// Run `scripts/<script>` (it installs and starts a throwaway service on loopback, or finds it
+/// running) and return the last line it prints, the service's address; fail loudly if it cannot.
+fn start_service(script: &str) -> String {
+    let script = util::repo_root().join("scripts").join(script);
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned()
+}
+
 /// A fresh database on the project's throwaway PostgreSQL (`scripts/start-postgres.sh` installs
 /// and starts it on loopback; the test fails loudly if it cannot).
 fn postgres_database() -> String {
     // Started once per test binary: the tests run on parallel threads.
     static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let url = SERVER.get_or_init(|| {
-        let script = util::repo_root().join("scripts/start-postgres.sh");
-        let out = Command::new("bash").arg(&script).output().unwrap();
-        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned()
-    });
+    let url = SERVER.get_or_init(|| start_service("start-postgres.sh"));
     let name = format!("tenpak_{}", ulid::Ulid::generate().to_string().to_lowercase());
     let created = Command::new("psql").args([url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")]).output().unwrap();
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
@@ -441,12 +447,7 @@ fn studio_postgres_job_moves_to_the_surviving_server() {
 /// table under a fresh prefix of its bucket; returns the table and the prefix's listing URL.
 fn s3_artifacts() -> (String, String) {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let endpoint = ENDPOINT.get_or_init(|| {
-        let script = util::repo_root().join("scripts/start-s3.sh");
-        let out = Command::new("bash").arg(&script).output().unwrap();
-        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned()
-    });
+    let endpoint = ENDPOINT.get_or_init(|| start_service("start-s3.sh"));
     let prefix = format!("studio-{}", ulid::Ulid::generate().to_string().to_lowercase());
     let table = format!(
         "[artifacts]\nurl = \"s3://tenpak-test/{prefix}\"\noptions = {{ endpoint = \"{endpoint}\", allow_http = \"true\", \

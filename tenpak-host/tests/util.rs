@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use tenpak_host::model::ModelConfig;
 
 /// The repository root (tenpak-host's parent).
@@ -186,4 +189,185 @@ pub fn request(
         calib: None,
         eval: None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic GGUF files, written the way llama.cpp's converter writes them.
+
+/// llama.cpp's `LlamaModel.permute` (convert_hf_to_gguf.py), written out from its numpy:
+/// `w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)`.
+/// Kept independent of the library's implementation on purpose.
+pub fn llama_cpp_permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let half = rows / n_head / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for i in 0..2 {
+                // after swapaxes, element (h, j, i) is the input's (h, i, j)
+                let out_row = h * 2 * half + j * 2 + i;
+                let in_row = h * 2 * half + i * half + j;
+                out[out_row * cols..(out_row + 1) * cols].copy_from_slice(&w[in_row * cols..(in_row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// GPT-2's byte-to-printable-character table (`bytes_to_unicode` in GPT-2's encoder.py).
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    let mut table = vec!['\0'; 256];
+    for (b, c) in printable.iter().zip(chars) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+/// A tiny byte-level BPE vocabulary: 3 control tokens, the 256 byte symbols, and merges that
+/// build "Ġthe" and (deliberately) a two-digit token "12".
+pub fn tiny_vocab(vocab_size: usize) -> (Vec<String>, Vec<String>, Vec<i32>) {
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
+    tokens.extend(bytes_to_unicode().into_iter().map(String::from));
+    let merges = ["Ġ t", "h e", "Ġt he", "1 2"];
+    for m in merges {
+        tokens.push(m.replace(' ', ""));
+    }
+    assert!(tokens.len() <= vocab_size);
+    let mut pad = 0;
+    while tokens.len() < vocab_size {
+        tokens.push(format!("<pad{pad}>"));
+        pad += 1;
+    }
+    let types: Vec<i32> = (0..tokens.len()).map(|i| if i < 3 { 3 } else { 1 }).collect();
+    (tokens, merges.map(String::from).to_vec(), types)
+}
+
+/// Write a GGUF for `config`: HF tensors renamed and q/k permuted the way convert_hf_to_gguf.py
+/// does, all f32 except `q8_name` (if any) stored Q8_0.
+pub fn write_tiny_gguf(
+    path: &Path,
+    arch: &str,
+    config: &ModelConfig,
+    tensors: &[NamedTensor],
+    pre: &str,
+    q8_name: Option<&str>,
+) {
+    let dtype = |name: &str| if Some(name) == q8_name { GgmlDType::Q8_0 } else { GgmlDType::F32 };
+    write_tiny_gguf_as(path, arch, config, tensors, pre, &dtype)
+}
+
+/// [`write_tiny_gguf`] with each HF tensor stored as `dtype(name)` says.
+pub fn write_tiny_gguf_as(
+    path: &Path,
+    arch: &str,
+    config: &ModelConfig,
+    tensors: &[NamedTensor],
+    pre: &str,
+    dtype: &dyn Fn(&str) -> GgmlDType,
+) {
+    let (tokens, merges, types) = tiny_vocab(config.vocab_size);
+    let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (
+            format!("{arch}.block_count"),
+            Value::U32(config.num_hidden_layers as u32),
+        ),
+        (
+            format!("{arch}.context_length"),
+            Value::U32(config.max_position_embeddings as u32),
+        ),
+        (
+            format!("{arch}.embedding_length"),
+            Value::U32(config.hidden_size as u32),
+        ),
+        (
+            format!("{arch}.feed_forward_length"),
+            Value::U32(config.intermediate_size as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            Value::U32(config.num_attention_heads as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Value::U32(config.num_key_value_heads as u32),
+        ),
+        (format!("{arch}.rope.freq_base"), Value::F32(config.rope_theta as f32)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(config.rms_norm_eps as f32),
+        ),
+        (
+            format!("{arch}.rope.dimension_count"),
+            Value::U32(config.head_dim as u32),
+        ),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
+        ("tokenizer.ggml.merges".into(), strings(&merges)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+    ];
+    let gguf_name = |hf: &str| -> String {
+        let simple = [
+            ("model.embed_tokens.weight", "token_embd.weight"),
+            ("model.norm.weight", "output_norm.weight"),
+            ("lm_head.weight", "output.weight"),
+        ];
+        if let Some((_, g)) = simple.iter().find(|(h, _)| *h == hf) {
+            return (*g).to_owned();
+        }
+        let rest = hf.strip_prefix("model.layers.").unwrap();
+        let (layer, part) = rest.split_once('.').unwrap();
+        let part = part.strip_suffix(".weight").unwrap();
+        let g = match part {
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            other => panic!("unmapped {other}"),
+        };
+        format!("blk.{layer}.{g}.weight")
+    };
+    let mut qtensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, shape, values) in tensors {
+        let stored = if name.ends_with("q_proj.weight") {
+            llama_cpp_permute(values, shape[0], shape[1], config.num_attention_heads)
+        } else if name.ends_with("k_proj.weight") {
+            llama_cpp_permute(values, shape[0], shape[1], config.num_key_value_heads)
+        } else {
+            values.clone()
+        };
+        let t = Tensor::from_vec(stored, shape.as_slice(), &Device::Cpu).unwrap();
+        qtensors.push((gguf_name(name), QTensor::quantize(&t, dtype(name)).unwrap()));
+    }
+    let md_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut file, &md_refs, &t_refs).unwrap();
 }

@@ -143,9 +143,9 @@ pub struct TensorRecord {
 }
 
 impl TensorRecord {
-    /// Number of elements.
+    /// Number of elements (`usize::MAX` for a shape too large to exist, so it matches nothing).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 
@@ -227,19 +227,49 @@ pub struct ArtifactWriter {
     committed: bool,
 }
 
+/// The temporary directory `.<name>.tmp-<pid>` beside `dest` that this process writes `dest`
+/// in before renaming it into place: the parent is created, and temporaries of `dest` that killed
+/// processes left behind are removed first.
+pub fn temp_sibling(dest: &Path) -> Result<PathBuf> {
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", dest.display()))?;
+    remove_stale_temporaries(parent, Some(name))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    Ok(tmp)
+}
+
+/// Remove the temporary directories `.<name>.tmp-<pid>` in `dir` (of `name` only, or of any)
+/// whose process is no longer alive on this host: what a `kill -9` mid-write leaves.
+pub fn remove_stale_temporaries(dir: &Path, name: Option<&str>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some((stem, pid)) = file_name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let dead = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        if dead && name.is_none_or(|n| n == stem) && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 impl ArtifactWriter {
     /// Start an artifact that will live at `dest`. Fails if `dest` exists, unless `replace`.
     pub fn create(dest: &Path, replace: bool) -> Result<Self> {
         if dest.exists() && !replace {
             bail!("{} already exists (pass --force to replace it)", dest.display());
         }
-        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
+        let tmp = temp_sibling(dest)?;
         std::fs::create_dir_all(tmp.join("weights")).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Self { dest: dest.to_owned(), tmp, shard: None, shards: Vec::new(), records: Vec::new(), committed: false })
     }

@@ -84,9 +84,9 @@ impl ShardWriter {
         if self.entries.contains_key(key) {
             bail!("{}: tensor key `{key}` written twice", self.path.display());
         }
-        let want = shape.iter().product::<usize>() * dtype.size();
-        if want != bytes.len() {
-            bail!("tensor `{key}`: shape {shape:?} of {} needs {want} bytes, got {}", dtype.name(), bytes.len());
+        let want = shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+        if want != Some(bytes.len()) {
+            bail!("tensor `{key}`: shape {shape:?} of {} does not fit {} bytes", dtype.name(), bytes.len());
         }
         self.data.write_all(bytes).with_context(|| format!("writing {}", self.data_path.display()))?;
         let end = self.offset + bytes.len() as u64;

@@ -66,8 +66,23 @@ impl GgufModel {
         // the file while it is open is outside what Rust can guard against (model files are not
         // modified in place by TenPak).
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{file_name}: cannot memory-map"))?;
-        let content = Content::read(&mut Cursor::new(&mmap[..]))
-            .map_err(|e| anyhow::anyhow!("{file_name}: not a readable GGUF file: {e}"))?;
+        Self::from_map(path, mmap)
+    }
+
+    /// [`GgufModel::open`] on the bytes of a GGUF file (copied into an anonymous map); `path`
+    /// names it in messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<GgufModel> {
+        if bytes.is_empty() {
+            bail!("{}: empty file, not a GGUF", path.display());
+        }
+        let mut map = memmap2::MmapMut::map_anon(bytes.len()).context("allocating a map")?;
+        map.copy_from_slice(bytes);
+        Self::from_map(path, map.make_read_only()?)
+    }
+
+    fn from_map(path: &Path, mmap: Mmap) -> anyhow::Result<GgufModel> {
+        let file_name = path.display();
+        let content = read_content(&mmap).map_err(|e| anyhow::anyhow!("{file_name}: not a readable GGUF file: {e:#}"))?;
 
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
@@ -96,7 +111,9 @@ impl GgufModel {
             let (hf_name, role) = hf_name(gguf_name, config.num_hidden_layers)
                 .with_context(|| format!("{file_name}: tensor '{gguf_name}'"))?;
             let shape = info.shape.dims().to_vec();
-            let numel: usize = shape.iter().product();
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).with_context(|| {
+                format!("{file_name}: tensor '{gguf_name}' has shape {shape:?}, more elements than can exist")
+            })?;
             let block = info.ggml_dtype.block_size();
             if !numel.is_multiple_of(block) {
                 bail!(
@@ -286,6 +303,11 @@ impl ModelSource for GgufModel {
     fn files(&self) -> Vec<PathBuf> {
         vec![self.path.clone()]
     }
+}
+
+/// Parse a GGUF header (metadata and tensor table) from the start of `bytes`.
+pub fn read_content(bytes: &[u8]) -> anyhow::Result<Content> {
+    Content::read(&mut Cursor::new(bytes)).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Which rows a tensor's RoPE permutation spans.

@@ -130,21 +130,6 @@ pub struct App {
     max_queued: usize,
 }
 
-/// Temporary directories a killed server left in `dir` (`.<id>.tenpak.tmp-<pid>`, as the
-/// artifact writer names them): those of processes no longer alive on this host.
-fn remove_temporaries(dir: &std::path::Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok());
-        let abandoned = pid.is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-        if name.starts_with('.') && entry.file_type()?.is_dir() && abandoned {
-            std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
-}
-
 async fn run_job(task: JobTask, worker: Data<Arc<Worker>>) -> Result<(), BoxDynError> {
     let worker: Arc<Worker> = (*worker).clone();
     worker.run(task.id).await.map_err(|e| -> BoxDynError { format!("{e:#}").into() })
@@ -167,7 +152,7 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     let data_dir = config.data_dir.canonicalize()?;
     let artifacts = Arc::new(ArtifactStore::open(&config.artifacts, &data_dir).await?);
     for dir in artifacts.local_dirs() {
-        remove_temporaries(dir)?;
+        crate::artifact::remove_stale_temporaries(dir, None)?;
     }
 
 
