@@ -23,6 +23,10 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype, in declaration order.
+    pub const ALL: [DType; 9] =
+        [DType::U8, DType::I8, DType::U16, DType::I16, DType::U32, DType::I32, DType::F16, DType::BF16, DType::F32];
+
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {

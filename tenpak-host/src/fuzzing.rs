@@ -45,14 +45,10 @@ pub fn join(sections: &[&[u8]]) -> Vec<u8> {
     sections.join(SEPARATOR)
 }
 
-fn shared_registry() -> Arc<Registry> {
+/// The built-in registry, built once per process.
+fn registry() -> &'static Arc<Registry> {
     static REGISTRY: OnceLock<Arc<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| Arc::new(crate::builtins::registry().expect("the built-in registry builds"))).clone()
-}
-
-fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| crate::builtins::registry().expect("the built-in registry builds"))
+    REGISTRY.get_or_init(|| Arc::new(crate::builtins::registry().expect("the built-in registry builds")))
 }
 
 /// A scratch directory of this process, emptied for each input.
@@ -66,8 +62,7 @@ fn scratch() -> PathBuf {
 
 /// Read every tensor of `model` whose size is within bounds; how many loaded.
 fn read_all(model: &dyn ModelSource) -> usize {
-    let bounded = |shape: &[usize]| shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_some_and(|n| n <= MAX_VALUES);
-    model.tensors().iter().filter(|info| bounded(&info.shape) && model.load_f32(&info.name).is_ok()).count()
+    model.tensors().iter().filter(|info| info.numel() <= MAX_VALUES && model.load_f32(&info.name).is_ok()).count()
 }
 
 /// A GGUF file: header, metadata, tensor table, the configuration and tokenizer derived from
@@ -139,15 +134,10 @@ pub fn artifact(data: &[u8]) -> usize {
         manifest = serde_json::to_vec(&json).expect("a Value serializes");
     }
     std::fs::write(dir.join("manifest.json"), manifest).expect("scratch write");
-    let mut loaded = 0;
-    if let Ok(source) = ArtifactSource::open(&dir, shared_registry()) {
+    let loaded = ArtifactSource::open(&dir, registry().clone()).map_or(0, |source| {
         let _ = source.config_json();
-        loaded = read_all(&source);
-        let artifact = source.artifact();
-        for record in &artifact.manifest().tensors {
-            let _ = artifact.encoded(&record.name);
-        }
-    }
+        read_all(&source)
+    });
     let _ = std::fs::remove_dir_all(&dir);
     loaded
 }
@@ -165,12 +155,8 @@ pub fn preset(data: &[u8]) -> usize {
     1
 }
 
-/// The dtypes a part may have, by index.
-const DTYPES: [DType; 9] = [DType::U8, DType::I8, DType::U16, DType::I16, DType::U32, DType::I32, DType::F16, DType::BF16, DType::F32];
-
 /// One codec's `decode` on arbitrary parts. Sections: codec id, params as JSON, `rows cols`,
-/// then each part as `name`, one dtype byte (index into u8, i8, u16, i16, u32, i32, f16, bf16,
-/// f32), `shape` as space-separated numbers, and the data.
+/// then each part as `name`, one dtype byte (an index into [`DType::ALL`]), `shape` as space-separated numbers, and the data.
 pub fn codec_decode(data: &[u8]) -> usize {
     let parts = sections(data);
     let [id, params, shape, rest @ ..] = parts.as_slice() else { return 0 };
@@ -189,7 +175,7 @@ pub fn codec_decode(data: &[u8]) -> usize {
     for chunk in rest.chunks(4) {
         let [name, dtype, shape, bytes] = chunk else { return 0 };
         let (Ok(name), Some(&dtype), Some(shape)) = (std::str::from_utf8(name), dtype.first(), numbers(shape)) else { return 0 };
-        let Ok(part) = Part::new(name, DTYPES[dtype as usize % DTYPES.len()], shape, bytes.to_vec()) else { return 0 };
+        let Ok(part) = Part::new(name, DType::ALL[dtype as usize % DType::ALL.len()], shape, bytes.to_vec()) else { return 0 };
         stored.push(part);
     }
     let encoded = Encoded { codec: id.to_owned(), params, shape: [rows, cols], parts: stored };

@@ -171,7 +171,7 @@ fn seeds(dir: &Path) -> (Vec<Seed>, usize, std::collections::BTreeMap<String, us
             let shape = format!("{} {}", encoded.shape[0], encoded.shape[1]);
             let mut sections: Vec<Vec<u8>> = vec![codec.clone().into_bytes(), params, shape.into_bytes()];
             for part in &encoded.parts {
-                let dtype = DTYPE_NAMES.iter().position(|n| *n == part.dtype.name()).unwrap() as u8;
+                let dtype = tenpak_api::DType::ALL.iter().position(|d| *d == part.dtype).unwrap() as u8;
                 let dims: Vec<String> = part.shape.iter().map(usize::to_string).collect();
                 sections.extend([part.name.clone().into_bytes(), vec![dtype], dims.join(" ").into_bytes(), part.data.clone()]);
             }
@@ -236,9 +236,6 @@ bits = 2
 group_size = 32
 iterations = 3
 "#;
-
-/// The dtype byte of `fuzzing::codec_decode`, by name.
-const DTYPE_NAMES: [&str; 9] = ["u8", "i8", "u16", "i16", "u32", "i32", "f16", "bf16", "f32"];
 
 /// The seeds go through their harnesses without a panic, and reach past the parsers: the GGUF and
 /// safetensors seeds open, every artifact seed verifies and decodes, every codec seed decodes to
