@@ -44,6 +44,30 @@ impl Default for PplOptions {
     }
 }
 
+/// Which positions a perplexity run scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// TenPak's (DESIGN.md): the text without special tokens, every position but the first of
+    /// each window.
+    #[default]
+    Tenpak,
+    /// `llama-perplexity`'s default, to compare with its output: the text tokenized with the
+    /// special tokens the tokenizer adds (a BOS where the model wants one), the first token of
+    /// each window replaced by that BOS, and only the second half of each window scored
+    /// (predictions of positions `ctx/2 + 1 .. ctx − 1`).
+    LlamaCpp,
+}
+
+impl Protocol {
+    /// The first scored prediction of a window (index into its `ctx − 1` NLLs).
+    fn first_scored(self, ctx: usize) -> usize {
+        match self {
+            Protocol::Tenpak => 0,
+            Protocol::LlamaCpp => ctx / 2,
+        }
+    }
+}
+
 /// The outcome of a perplexity run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PplReport {
@@ -110,6 +134,20 @@ pub fn perplexity_with(
     options: &PplOptions,
     step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<PplReport> {
+    perplexity_by(model, ids, text_name, options, Protocol::Tenpak, None, step)
+}
+
+/// [`perplexity_with`] by `protocol`; with `bos`, the first token of every window is replaced by
+/// it (llama.cpp's habit when its vocabulary adds a BOS).
+pub fn perplexity_by(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    protocol: Protocol,
+    bos: Option<u32>,
+    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<PplReport> {
     let PplOptions { ctx, samples, batch } = *options;
     ensure!(batch >= 1, "batch must be at least 1 window");
     let windows = window_count(ids.len(), ctx, samples, text_name)?;
@@ -121,13 +159,40 @@ pub fn perplexity_with(
     let mut done = 0;
     while done < windows {
         let this_batch = batch.min(windows - done);
-        let window_ids = &ids[done * ctx..(done + this_batch) * ctx];
-        let nll = model.token_nll(window_ids, this_batch, None)?;
-        nll_sum += sum_nll(&nll, done, ctx, text_name)?;
+        let mut window_ids = ids[done * ctx..(done + this_batch) * ctx].to_vec();
+        if let Some(bos) = bos {
+            window_ids.iter_mut().step_by(ctx).for_each(|first| *first = bos);
+        }
+        let nll = model.token_nll(&window_ids, this_batch, None)?;
+        // Every position is checked for a non-finite value, scored or not.
+        let all = sum_nll(&nll, done, ctx, text_name)?;
+        let first = protocol.first_scored(ctx);
+        nll_sum += if first == 0 {
+            all
+        } else {
+            nll.chunks(ctx - 1).map(|w| w[first..].iter().map(|&v| f64::from(v)).sum::<f64>()).sum()
+        };
         done += this_batch;
         step(done, windows)?;
     }
-    Ok(report(nll_sum, windows, ids.len(), ctx, text_name, started.elapsed().as_secs_f64()))
+    let mut report = report(nll_sum, windows, ids.len(), ctx, text_name, started.elapsed().as_secs_f64());
+    if protocol == Protocol::LlamaCpp {
+        let per_window = ctx - 1 - protocol.first_scored(ctx);
+        report.tokens_scored = windows * per_window;
+        report.mean_nll = nll_sum / report.tokens_scored as f64;
+        report.ppl = report.mean_nll.exp();
+        report.protocol = format!(
+            "llama-perplexity's protocol: {text_name} tokenized with the tokenizer's special tokens ({} tokens){}; the first \
+             {windows} non-overlapping {ctx}-token windows; only predictions of positions {}..{} of each window scored \
+             ({} tokens); PPL = exp(mean NLL)",
+            ids.len(),
+            if bos.is_some() { ", each window's first token replaced by BOS" } else { ", no BOS" },
+            protocol.first_scored(ctx) + 1,
+            ctx - 1,
+            report.tokens_scored
+        );
+    }
+    Ok(report)
 }
 
 /// The sum of the NLLs of windows `first_window..` (each `ctx − 1` values), refusing a
@@ -194,6 +259,8 @@ pub struct EvalRequest {
     pub text: TextSpec,
     /// Windows, length, batch.
     pub options: PplOptions,
+    /// Which positions are scored.
+    pub protocol: Protocol,
 }
 
 /// A TenPak artifact (a directory with `manifest.json`) or any model source.
@@ -214,22 +281,32 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
         let source = open_any(&request.model, registry.clone())?;
         let text = request.text.load("text", "pass --text FILE")?;
         let tokenizer = tokenize::for_model(source.as_ref())?;
-        let ids = tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?;
+        let (ids, bos) = match request.protocol {
+            Protocol::Tenpak => (tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?, None),
+            Protocol::LlamaCpp => {
+                let with_specials = |t: &str| -> anyhow::Result<Vec<u32>> {
+                    Ok(tokenizer.encode(t, true).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?.get_ids().to_vec())
+                };
+                // The BOS the tokenizer adds, if any: what it puts before an empty text.
+                let bos = with_specials("")?.first().copied();
+                (with_specials(&text.content).context(text.name.clone())?, bos)
+            }
+        };
         ensure!(request.options.batch >= 1, "batch must be at least 1 window");
         let windows = window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
         let limit = source.config().max_position_embeddings;
         ensure!(request.options.ctx <= limit, "ctx {} exceeds the model's max_position_embeddings {limit}", request.options.ctx);
         source.config().validate().with_context(|| source.path().display().to_string())?;
-        Ok((source, text, ids, windows))
+        Ok((source, text, ids, bos, windows))
     };
-    let (source, text, ids, windows) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
+    let (source, text, ids, bos, windows) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
     let scored = || -> anyhow::Result<PplReport> {
         let tracker = Tracker::new(observer, windows as u64);
         tracker.begin(Stage::Evaluate, None, format!("loading {}", source.path().display()))?;
         let model = LlamaModel::load(source.config(), source.as_ref())
             .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
         drop(source);
-        perplexity_with(&model, &ids, &text.name, &request.options, &mut |done, total| {
+        perplexity_by(&model, &ids, &text.name, &request.options, request.protocol, bos, &mut |done, total| {
             tracker.end(Stage::Evaluate, None, format!("window {done}/{total}"));
             tracker.check()
         })

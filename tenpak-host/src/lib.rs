@@ -6,7 +6,7 @@
 //! The job API every front end calls: [`plan::PackPlan::build`] turns a [`plan::PackRequest`]
 //! into a validated plan, [`pack::run`] runs it under a [`observe::PackObserver`] (progress,
 //! warnings, cancellation), [`eval::run`] scores a model or artifact, [`unpack::unpack`] writes one
-//! back out dense; failures are [`error::HostError`]s with a kind the front end maps to an exit
+//! back out dense, [`export`] writes it for another runtime (GGUF); failures are [`error::HostError`]s with a kind the front end maps to an exit
 //! code or an HTTP status. The library prints nothing.
 
 pub mod artifact;
@@ -14,6 +14,7 @@ pub mod builtins;
 pub mod encode;
 pub mod error;
 pub mod eval;
+pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod model;

@@ -16,15 +16,23 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tenpak_host::artifact::Artifact;
 use tenpak_host::error::{HostError, Kind};
-use tenpak_host::eval::{self, EvalRequest, PplOptions};
+use tenpak_host::eval::{self, EvalRequest, PplOptions, Protocol};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
 use tenpak_host::preset::{BUILTIN, Preset};
 #[cfg(feature = "studio")]
 use tenpak_host::server::config::StudioConfig;
+use tenpak_host::export::{GgufOptions, export_gguf};
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::{builtins, pack, report};
 
 use crate::progress::Bar;
+
+/// Formats `tenpak export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// GGUF, llama.cpp's format.
+    Gguf,
+}
 
 #[derive(Parser)]
 #[command(name = "tenpak", version, about = "Compress LLM weights and measure what it cost")]
@@ -83,6 +91,10 @@ enum Command {
         /// Windows per forward pass (1 is fastest on small CPUs; more only adds memory).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Which positions to score: TenPak's protocol, or llama-perplexity's (second half of
+        /// each window, BOS as llama.cpp adds it) to compare with its output.
+        #[arg(long, value_enum, default_value_t = Protocol::Tenpak)]
+        protocol: Protocol,
     },
     /// Show an artifact's manifest: source, preset, sizes, perplexity, per-tensor errors.
     Info {
@@ -108,6 +120,27 @@ enum Command {
         /// Replace the output if it exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Write an artifact in another runtime's format (GGUF for llama.cpp)
+    Export {
+        /// The artifact directory.
+        artifact: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// GGUF type for tensors with no exact GGUF form (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ..
+        /// q6_k, f16) [default: the type nearest each tensor's bits per weight].
+        #[arg(long, value_name = "TYPE")]
+        requant: Option<String>,
+        /// Replace the output if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print every tensor's GGUF type and cost.
+        #[arg(long)]
+        tensors: bool,
     },
     /// Run TenPak Studio, the HTTP job service (README: "Studio").
     Serve {
@@ -177,8 +210,9 @@ fn run_inner(cli: Cli) -> Result<()> {
             print!("{}", report::summary(&manifest));
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
-        Command::Eval { model, text, samples, ctx, batch } => {
-            let request = EvalRequest { model, text: TextSpec::File(text), options: PplOptions { ctx, samples, batch } };
+        Command::Eval { model, text, samples, ctx, batch, protocol } => {
+            let request =
+                EvalRequest { model, text: TextSpec::File(text), options: PplOptions { ctx, samples, batch }, protocol };
             let bar = Bar::new("eval", true);
             let report = eval::run(&request, &registry, &bar);
             bar.finish();
@@ -209,6 +243,28 @@ fn run_inner(cli: Cli) -> Result<()> {
             bar.finish();
             result.with_context(|| format!("unpacking {}", dir.display()))?;
             println!("wrote {}", output.display());
+        }
+        Command::Export { artifact: dir, format, output, requant, force, tensors } => {
+            let ExportFormat::Gguf = format;
+            let requant = requant
+                .map(|name| {
+                    tenpak_host::model::ggml::parse_name(&name).ok_or_else(|| {
+                        Kind::BadRequest.error(format!("--requant {name}: not a GGUF type (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k .. q6_k, f16)"))
+                    })
+                })
+                .transpose()?;
+            let artifact = Artifact::open(&dir)?;
+            let bar = Bar::new("export", progress);
+            let options = GgufOptions { requant, force };
+            let result = export_gguf(&artifact, &registry, &output, &options, &bar);
+            bar.finish();
+            let exported = result.with_context(|| format!("exporting {}", dir.display()))?;
+            if tensors {
+                print!("{}", report::gguf_tensor_table(&exported));
+                println!();
+            }
+            print!("{}", report::gguf_summary(&exported));
+            println!("wrote         {}", output.display());
         }
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Codecs => {

@@ -22,6 +22,8 @@ pub enum Stage {
     Evaluate,
     /// Decoding an artifact back to dense weights.
     Unpack,
+    /// Converting an artifact's tensors to another runtime's format.
+    Export,
 }
 
 impl Stage {
@@ -34,6 +36,7 @@ impl Stage {
             Stage::Propagate => "propagate",
             Stage::Evaluate => "evaluate",
             Stage::Unpack => "unpack",
+            Stage::Export => "export",
         }
     }
 }

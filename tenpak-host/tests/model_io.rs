@@ -14,7 +14,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use tenpak_host::model::gguf::GgufModel;
 use tenpak_host::model::{self, ModelConfig, ModelSource, SourceDType, TokenizerSource};
-use util::{NamedTensor, StoreAs, llama_cpp_permute, tiny_llama_config, tiny_llama_tensors, tiny_vocab, write_safetensors, write_tiny_gguf};
+use util::{
+    NamedTensor, StoreAs, llama_cpp_permute, tiny_llama_config, tiny_llama_tensors, tiny_model_tensors, tiny_qwen2_config, tiny_vocab,
+    write_safetensors, write_tiny_gguf, write_tiny_gguf_as,
+};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -433,6 +436,146 @@ fn gguf_synthetic_llama_maps_names_unpermutes_qk_and_derives_config() {
     // The derived config.json parses back to the same configuration.
     let back = ModelConfig::from_hf_config_json(&model.config_json().unwrap(), Path::new("derived")).unwrap();
     assert_eq!(&back, model.config());
+}
+
+#[test]
+fn gguf_qwen2_keeps_hf_row_order_and_reads_its_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_qwen2_config(64, 96, 2, 300);
+    let tensors = tiny_model_tensors(&config, 11);
+    assert!(tensors.iter().any(|t| t.0.ends_with("k_proj.bias")));
+    let path = dir.path().join("qwen2.gguf");
+    write_tiny_gguf(&path, "qwen2", &config, &tensors, "qwen2", None);
+
+    let model = model::open(&path).unwrap();
+    assert_eq!(model.config(), &config, "model_type qwen2 with q/k/v bias");
+    assert_eq!(model.tensors().len(), tensors.len());
+    for (name, shape, values) in &tensors {
+        assert_eq!(
+            &model
+                .tensor(name)
+                .unwrap_or_else(|| panic!("{name} not mapped"))
+                .shape,
+            shape
+        );
+        // llama.cpp does not permute Qwen2's q/k rows, so neither may the reader.
+        assert!(
+            &model.load_f32(name).unwrap() == values,
+            "{name}: differs from the HF original"
+        );
+    }
+    let back =
+        ModelConfig::from_hf_config_json(&model.config_json().unwrap(), Path::new("derived"))
+            .unwrap();
+    assert_eq!(&back, model.config());
+    assert!(model.config_json().unwrap().contains("Qwen2ForCausalLM"));
+}
+
+#[test]
+fn gguf_types_candle_cannot_read_are_named_with_the_tensor() {
+    // An IQ4_NL tensor (ggml type 20): written as Q4_0-sized bytes, then its type id patched.
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_llama_config(64, 96, 1, 300);
+    let tensors = tiny_llama_tensors(&config, 5);
+    let path = dir.path().join("iq4.gguf");
+    let victim = "model.layers.0.mlp.up_proj.weight";
+    write_tiny_gguf_as(
+        &path,
+        "llama",
+        &config,
+        &tensors,
+        "smollm",
+        &|name: &str| {
+            if name == victim {
+                GgmlDType::Q4_0
+            } else {
+                GgmlDType::F32
+            }
+        },
+    );
+    let mut bytes = fs::read(&path).unwrap();
+    let key = b"blk.0.ffn_up.weight";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // name, then n_dims (u32), two dims (u64), then the type (u32).
+    let type_at = at + 4 + 16;
+    assert_eq!(
+        &bytes[type_at..type_at + 4],
+        &2u32.to_le_bytes(),
+        "Q4_0 where the layout says"
+    );
+    bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+    let err = err_text(model::open(&path));
+    assert_mentions(
+        &err,
+        &[
+            &path.display().to_string(),
+            "blk.0.ffn_up.weight",
+            "IQ4_NL",
+            "F32",
+        ],
+    );
+}
+
+/// Qwen2's own tokenizer.json pipeline (as its Hugging Face repository publishes it): NFC, the
+/// Qwen2 regex split, byte-level mapping without a regex, BPE over `vocab`/`merges`.
+fn qwen2_hf_tokenizer_json(tokens: &[String], merges: &[String], specials: usize) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = (0..specials)
+        .map(|i| {
+            serde_json::json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+             "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+        ]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    })
+    .to_string()
+}
+
+#[test]
+fn gguf_qwen2_tokenizer_matches_the_hf_qwen2_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_qwen2_config(64, 96, 1, 300);
+    let tensors = tiny_model_tensors(&config, 5);
+    let (tokens, merges, _) = tiny_vocab(config.vocab_size);
+    let path = dir.path().join("qwen2.gguf");
+    write_tiny_gguf(&path, "qwen2", &config, &tensors, "qwen2", None);
+    let model = model::open(&path).unwrap();
+    let TokenizerSource::Json(ours) = model.tokenizer() else {
+        panic!("no tokenizer: {:?}", model.tokenizer_error())
+    };
+    let reference = qwen2_hf_tokenizer_json(&tokens, &merges, 3);
+    let texts = [
+        "the the 12 345<|im_start|>x",
+        "It's   the\n\n\tthe's 2024-12-03, they'll THE'S 99.5%!",
+        "  leading spaces and trailing   ",
+        "naïve café — 東京 123abc",
+    ];
+    for text in texts {
+        assert_eq!(encode(&ours, text), encode(&reference, text), "{text:?}");
+    }
+    // Digits split one by one (Llama 3's regex would keep "12" together and the merge apply).
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    assert_eq!(encode(&ours, "12"), vec![id("1"), id("2")]);
 }
 
 #[test]

@@ -58,6 +58,44 @@ pub fn tiny_llama_config(hidden: usize, intermediate: usize, layers: usize, voca
     }
 }
 
+/// [`tiny_llama_config`] as a Qwen2 model: q/k/v biases.
+pub fn tiny_qwen2_config(
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    vocab: usize,
+) -> ModelConfig {
+    ModelConfig {
+        model_type: "qwen2".into(),
+        attention_bias: true,
+        ..tiny_llama_config(hidden, intermediate, layers, vocab)
+    }
+}
+
+/// [`tiny_llama_tensors`] plus the q/k/v biases (N(0, 0.3)) when `config.attention_bias`.
+pub fn tiny_model_tensors(config: &ModelConfig, seed: u64) -> Vec<NamedTensor> {
+    let mut tensors = tiny_llama_tensors(config, seed);
+    if config.attention_bias {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xb1a5);
+        let normal = Normal::new(0.0f32, 0.3).expect("valid normal");
+        for layer in 0..config.num_hidden_layers {
+            for (name, width) in [
+                ("q_proj", config.num_attention_heads * config.head_dim),
+                ("k_proj", config.num_key_value_heads * config.head_dim),
+                ("v_proj", config.num_key_value_heads * config.head_dim),
+            ] {
+                let values = (0..width).map(|_| normal.sample(&mut rng)).collect();
+                tensors.push((
+                    format!("model.layers.{layer}.self_attn.{name}.bias"),
+                    vec![width],
+                    values,
+                ));
+            }
+        }
+    }
+    tensors
+}
+
 /// One named tensor: HF name, shape, row-major values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -339,7 +377,7 @@ pub fn write_tiny_gguf_as(
         }
         let rest = hf.strip_prefix("model.layers.").unwrap();
         let (layer, part) = rest.split_once('.').unwrap();
-        let part = part.strip_suffix(".weight").unwrap();
+        let (part, suffix) = part.rsplit_once('.').unwrap();
         let g = match part {
             "self_attn.q_proj" => "attn_q",
             "self_attn.k_proj" => "attn_k",
@@ -352,11 +390,14 @@ pub fn write_tiny_gguf_as(
             "post_attention_layernorm" => "ffn_norm",
             other => panic!("unmapped {other}"),
         };
-        format!("blk.{layer}.{g}.weight")
+        format!("blk.{layer}.{g}.{suffix}")
     };
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for (name, shape, values) in tensors {
-        let stored = if name.ends_with("q_proj.weight") {
+        // llama.cpp permutes q/k rows only for its "llama" architecture (Qwen2 uses NeoX RoPE).
+        let stored = if arch != "llama" {
+            values.clone()
+        } else if name.ends_with("q_proj.weight") {
             llama_cpp_permute(values, shape[0], shape[1], config.num_attention_heads)
         } else if name.ends_with("k_proj.weight") {
             llama_cpp_permute(values, shape[0], shape[1], config.num_key_value_heads)

@@ -236,13 +236,15 @@ pub fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     let name = dest.file_name().and_then(|n| n.to_str()).with_context(|| format!("{}: no file name", dest.display()))?;
     remove_stale_temporaries(parent, Some(name))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
+    if tmp.is_dir() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    } else if tmp.exists() {
+        std::fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     Ok(tmp)
 }
 
-/// Remove the temporary directories `.<name>.tmp-<pid>` in `dir` (of `name` only, or of any)
+/// Remove the temporaries (directories, or files for single-file outputs) `.<name>.tmp-<pid>` in `dir` (of `name` only, or of any)
 /// whose process is no longer alive on this host: what a `kill -9` mid-write leaves.
 pub fn remove_stale_temporaries(dir: &Path, name: Option<&str>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -256,8 +258,13 @@ pub fn remove_stale_temporaries(dir: &Path, name: Option<&str>) -> Result<()> {
         let Some((stem, pid)) = file_name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
         let dead = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
-        if dead && name.is_none_or(|n| n == stem) && entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+        if dead && name.is_none_or(|n| n == stem) {
+            let removed = if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            removed.with_context(|| format!("removing {}", entry.path().display()))?;
         }
     }
     Ok(())

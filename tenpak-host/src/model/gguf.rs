@@ -1,13 +1,14 @@
-//! GGUF input (llama.cpp's format): Llama-architecture models, any tensor type candle-core can
-//! dequantize, read tensor by tensor from a memory map.
+//! GGUF input (llama.cpp's format): Llama-family models (`llama`, which Mistral and SmolLM GGUFs
+//! also use, and `qwen2`), any tensor type candle-core can dequantize, read tensor by tensor from
+//! a memory map.
 //!
 //! Three conversions make a GGUF look like the Hugging Face checkpoint it was made from:
 //! - names: `blk.N.attn_q.weight` becomes `model.layers.N.self_attn.q_proj.weight`, and so on;
 //! - q/k rows: llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel.permute`) reorders the rows of
 //!   each q and k head from HF's "rotate halves" RoPE layout to GGML's "rotate adjacent pairs"
 //!   layout; we apply the inverse (transformers does the same in `reverse_permute_weights`), so
-//!   downstream code runs HF's RoPE on HF's row order;
-//! - hyper-parameters: `llama.*` metadata becomes a [`ModelConfig`] and, through it, an HF
+//!   downstream code runs HF's RoPE on HF's row order (Qwen2 GGUFs are not permuted);
+//! - hyper-parameters: `llama.*` / `qwen2.*` metadata becomes a [`ModelConfig`] and, through it, an HF
 //!   `config.json`; the embedded vocabulary becomes a `tokenizer.json` ([`super::gguf_tokenizer`]).
 
 use std::borrow::Cow;
@@ -25,10 +26,27 @@ use memmap2::Mmap;
 
 use super::gguf_tokenizer::{integer, tokenizer_json_from_gguf};
 use super::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
+use crate::error::Kind;
 
-/// GGUF `general.architecture` values this reader accepts. Mistral and SmolLM GGUFs also say
-/// "llama"; other architectures name their tensors and hyper-parameters differently.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+/// GGUF `general.architecture` values this reader accepts. Mistral and SmolLM GGUFs say
+/// "llama"; Qwen2 GGUFs say "qwen2" (same tensor names, q/k/v biases, and no q/k row
+/// permutation: llama.cpp runs Qwen2 with NeoX-style RoPE, which is HF's layout). Other
+/// architectures name their tensors and hyper-parameters differently and are refused by name.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// Whether llama.cpp's converter permutes the q/k rows of architecture `arch` (it does for
+/// "llama", whose GGML RoPE rotates adjacent pairs; not for NeoX-RoPE architectures like Qwen2).
+pub fn permutes_qk(arch: &str) -> bool {
+    arch == "llama"
+}
+
+/// The HF `model_type` of GGUF architecture `arch`.
+pub fn model_type_of(arch: &str) -> &'static str {
+    match arch {
+        "qwen2" => "qwen2",
+        _ => "llama",
+    }
+}
 
 /// A GGUF file opened for reading.
 pub struct GgufModel {
@@ -82,7 +100,19 @@ impl GgufModel {
 
     fn from_map(path: &Path, mmap: Mmap) -> anyhow::Result<GgufModel> {
         let file_name = path.display();
-        let content = read_content(&mmap).map_err(|e| anyhow::anyhow!("{file_name}: not a readable GGUF file: {e:#}"))?;
+        let content = read_content(&mmap).map_err(|e| {
+            let unreadable = super::ggml::unreadable_tensors(&mmap);
+            match unreadable.first() {
+                Some((name, id)) => Kind::Unsupported.error(format!(
+                    "{file_name}: tensor '{name}' is stored as {} ({} tensors in all are of types TenPak's GGUF reader \
+                     (candle-core) cannot dequantize; readable: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K; \
+                     `llama-quantize --allow-requantize IN OUT F32` converts such a file exactly)",
+                    super::ggml::type_name(*id).map_or_else(|| format!("unknown ggml type {id}"), str::to_owned),
+                    unreadable.len()
+                )),
+                None => anyhow::anyhow!("{file_name}: not a readable GGUF file: {e:#}"),
+            }
+        })?;
 
         let arch = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
@@ -141,6 +171,7 @@ impl GgufModel {
             })?;
             let rows = shape.first().copied().unwrap_or(1);
             let unpermute_heads = match role {
+                _ if !permutes_qk(&arch) => None,
                 Role::Query => Some(config.num_attention_heads),
                 Role::Key => Some(config.num_key_value_heads),
                 Role::Other => None,
@@ -318,6 +349,20 @@ enum Role {
     Other,
 }
 
+/// Per-block tensors: GGUF name part and HF name part (`blk.N.<gguf>.weight` is
+/// `model.layers.N.<hf>.weight`; biases likewise).
+const BLOCK_PARTS: &[(&str, &str)] = &[
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
 /// The HF name of GGUF tensor `gguf_name`, and whether it is a q or k projection.
 fn hf_name(gguf_name: &str, num_layers: usize) -> anyhow::Result<(String, Role)> {
     let simple = match gguf_name {
@@ -337,25 +382,65 @@ fn hf_name(gguf_name: &str, num_layers: usize) -> anyhow::Result<(String, Role)>
     let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;
     if layer >= num_layers {
-        bail!("block {layer} is beyond llama.block_count = {num_layers}");
+        bail!("block {layer} is beyond the block count {num_layers}");
     }
     let (part, suffix) = rest.rsplit_once('.').ok_or_else(unknown)?;
     if suffix != "weight" && suffix != "bias" {
         return Err(unknown());
     }
-    let (hf_part, role) = match part {
-        "attn_q" => ("self_attn.q_proj", Role::Query),
-        "attn_k" => ("self_attn.k_proj", Role::Key),
-        "attn_v" => ("self_attn.v_proj", Role::Other),
-        "attn_output" => ("self_attn.o_proj", Role::Other),
-        "ffn_gate" => ("mlp.gate_proj", Role::Other),
-        "ffn_up" => ("mlp.up_proj", Role::Other),
-        "ffn_down" => ("mlp.down_proj", Role::Other),
-        "attn_norm" => ("input_layernorm", Role::Other),
-        "ffn_norm" => ("post_attention_layernorm", Role::Other),
-        _ => return Err(unknown()),
+    let hf_part = BLOCK_PARTS
+        .iter()
+        .find(|(g, _)| *g == part)
+        .map(|(_, h)| *h)
+        .ok_or_else(unknown)?;
+    let role = match part {
+        "attn_q" => Role::Query,
+        "attn_k" => Role::Key,
+        _ => Role::Other,
     };
     Ok((format!("model.layers.{layer}.{hf_part}.{suffix}"), role))
+}
+
+/// The GGUF name of HF tensor `hf_name` (the inverse of the reader's mapping), if it has one.
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    match hf_name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let gguf_part = BLOCK_PARTS
+        .iter()
+        .find(|(_, h)| *h == part)
+        .map(|(g, _)| *g)?;
+    Some(format!("blk.{layer}.{gguf_part}.{suffix}"))
+}
+
+/// The row order llama.cpp's q/k permutation produces: row `i` of the permuted matrix is row
+/// `order[i]` of the HF one ([`permute_rope_rows`] moves whole rows this way).
+pub fn rope_permuted_row_order(rows: usize, heads: usize) -> Vec<usize> {
+    assert!(
+        heads > 0 && rows.is_multiple_of(2 * heads),
+        "rope_permuted_row_order: {rows} rows do not split into {heads} heads of pairs"
+    );
+    let head_rows = rows / heads;
+    let half = head_rows / 2;
+    let mut order = vec![0; rows];
+    for h in 0..heads {
+        for i in 0..2 {
+            for j in 0..half {
+                order[h * head_rows + 2 * j + i] = h * head_rows + i * half + j;
+            }
+        }
+    }
+    order
 }
 
 /// Undo llama.cpp's q/k row permutation in place.
@@ -513,7 +598,7 @@ fn config_from_metadata(content: &Content, arch: &str) -> anyhow::Result<ModelCo
     let vocab_size = token_embd_rows;
 
     let config = ModelConfig {
-        model_type: "llama".to_owned(),
+        model_type: model_type_of(arch).to_owned(),
         hidden_size,
         intermediate_size: required("feed_forward_length")?,
         num_hidden_layers: required("block_count")?,
@@ -528,7 +613,9 @@ fn config_from_metadata(content: &Content, arch: &str) -> anyhow::Result<ModelCo
         max_position_embeddings: required("context_length")?,
         // llama.cpp writes `output.weight` only when the checkpoint has a separate lm_head.
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        // Qwen2 always has q/k/v biases (its HF modeling code hard-codes them); a Qwen2 GGUF
+        // without them fails at load, naming the missing tensor.
+        attention_bias: arch == "qwen2" || content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
     };

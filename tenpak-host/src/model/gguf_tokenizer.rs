@@ -33,13 +33,21 @@ pub const SUPPORTED_PRE_TOKENIZERS: &[&str] = &[
     "llama3",
     "llama-v3",
     "smaug-bpe",
+    // Qwen2's regex: Llama 3's with single digits
+    "qwen2",
+    "deepseek-r1-qwen",
 ];
 
 /// The regex of Llama 3's `tokenizer.json` (llama.cpp's LLAMA3 pre-tokenizer is the same).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The regex of Qwen2's `tokenizer.json` (llama.cpp's QWEN2 pre-tokenizer): Llama 3's, except
+/// that digits split one by one.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// llama.cpp's token types (`llama_token_type`).
-mod token_type {
+pub(crate) mod token_type {
+    pub const NORMAL: i64 = 1;
     pub const UNKNOWN: i64 = 2;
     pub const CONTROL: i64 = 3;
     pub const USER_DEFINED: i64 = 4;
@@ -182,7 +190,7 @@ pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Re
 
 /// The HF pre-tokenizer equivalent to llama.cpp's regexes for `pre`, and whether BPE skips the
 /// merges for words already in the vocabulary (llama.cpp's `ignore_merges`, set for Llama 3).
-fn pre_tokenizer(pre: &str) -> anyhow::Result<(Json, bool)> {
+pub(crate) fn pre_tokenizer(pre: &str) -> anyhow::Result<(Json, bool)> {
     // ByteLevel with use_regex applies the GPT-2 regex
     // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ and maps bytes to
     // the printable alphabet the vocabulary is written in.
@@ -207,6 +215,16 @@ fn pre_tokenizer(pre: &str) -> anyhow::Result<(Json, bool)> {
                 ],
             }),
             true,
+        ),
+        "qwen2" | "deepseek-r1-qwen" => (
+            json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": false},
+                    byte_level(false),
+                ],
+            }),
+            false,
         ),
         other => bail!(
             "tokenizer.ggml.pre is \"{other}\", a pre-tokenizer TenPak cannot reproduce (supported: {})",

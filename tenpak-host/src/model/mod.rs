@@ -6,6 +6,7 @@
 //! downstream sees one convention: Hugging Face Llama.
 
 pub mod config;
+pub mod ggml;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod safetensors_source;

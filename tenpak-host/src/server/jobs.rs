@@ -159,7 +159,7 @@ impl Limits {
         if body.windows == Some(0) {
             return Err(ApiError::bad_request("`windows` must be at least 1"));
         }
-        Ok(EvalRequest { model, text: self.text("text", &body.text)?, options: PplOptions { ctx: body.ctx, samples: body.windows, batch: 1 } })
+        Ok(EvalRequest { model, text: self.text("text", &body.text)?, options: PplOptions { ctx: body.ctx, samples: body.windows, batch: 1 }, protocol: Default::default() })
     }
 }
 

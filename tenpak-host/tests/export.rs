@@ -1,0 +1,365 @@
+//! `tenpak export --format gguf`: exact where the artifact's codes map to a GGUF type, the rest
+//! re-quantized with its cost reported; read back by TenPak's reader, by llama.cpp's own Python
+//! package (`gguf`, PyPI), and on the real model scored the same as the artifact.
+
+mod util;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use sha2::{Digest, Sha256};
+use tenpak_api::registry::Registry;
+use tenpak_host::artifact::Artifact;
+use tenpak_host::builtins;
+use tenpak_host::eval::{self, EvalRequest, PplOptions};
+use tenpak_host::export::{GgufOptions, GgufReport, export_gguf};
+use tenpak_host::model::gguf::GgufModel;
+use tenpak_host::model::{self, ModelConfig, TokenizerSource};
+use tenpak_host::observe::Silent;
+use tenpak_host::plan::TextSpec;
+use util::{
+    inline_preset, llama_cpp_permute, pack, request, tiny_llama_config, tiny_model_tensors,
+    tiny_qwen2_config, write_tiny_gguf,
+};
+
+/// Block linears int4_rtn g32 (→ Q4_1), down_proj int4_rtn g16 (two grids per 32-weight block:
+/// no exact GGUF form), embedding
+/// int8 per row (→ Q8_0), lm_head kept f16 (→ F16), norms and biases raw f32 (→ F32).
+const MIXED_PRESET: &str = r#"
+name = "mixed"
+description = "exact and re-quantized GGUF mappings"
+[allocator]
+id = "role_rules"
+[codec]
+codec = "int4_rtn"
+group_size = 32
+[roles.mlp_down]
+codec = "int4_rtn"
+group_size = 16
+[roles.embedding]
+codec = "int8"
+[roles.lm_head]
+codec = "keep"
+dtype = "f16"
+"#;
+
+fn registry() -> Arc<Registry> {
+    Arc::new(builtins::registry().unwrap())
+}
+
+/// A tiny GGUF of `config` packed with [`MIXED_PRESET`] into `dir/model.tenpak`.
+fn tiny_artifact(dir: &Path, config: &ModelConfig, registry: &Arc<Registry>) -> PathBuf {
+    let tensors = tiny_model_tensors(config, 21);
+    let source = dir.join("source.gguf");
+    let (arch, pre) = if config.model_type == "qwen2" {
+        ("qwen2", "qwen2")
+    } else {
+        ("llama", "smollm")
+    };
+    write_tiny_gguf(&source, arch, config, &tensors, pre, None);
+    let out = dir.join("model.tenpak");
+    pack(
+        &request(source, inline_preset(MIXED_PRESET, "mixed"), &out),
+        registry,
+    )
+    .unwrap();
+    out
+}
+
+fn export(artifact: &Path, out: &Path, registry: &Registry) -> GgufReport {
+    let artifact = Artifact::open(artifact).unwrap();
+    export_gguf(&artifact, registry, out, &GgufOptions::default(), &Silent).unwrap()
+}
+
+fn sha256_f32(values: &[f32]) -> String {
+    let mut hasher = Sha256::new();
+    for v in values {
+        hasher.update(v.to_le_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn encode(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<u32> {
+    tokenizer.encode(text, false).unwrap().get_ids().to_vec()
+}
+
+fn check_export_reads_back(config: ModelConfig) {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact_dir = tiny_artifact(dir.path(), &config, &registry);
+    let gguf_path = dir.path().join("model.gguf");
+    let report = export(&artifact_dir, &gguf_path, &registry);
+    let artifact = Artifact::open(&artifact_dir).unwrap();
+
+    // The expected type of every tensor, and whether it must be exact.
+    let by_name: HashMap<&str, _> = report
+        .tensors
+        .iter()
+        .map(|t| (t.hf_name.as_str(), t))
+        .collect();
+    assert_eq!(by_name.len(), artifact.manifest().tensors.len());
+    for record in &artifact.manifest().tensors {
+        let t = by_name[record.name.as_str()];
+        let (dtype, exact) = match record.codec.as_deref() {
+            None => (GgmlDType::F32, true),
+            Some("int4_rtn") if record.role == tenpak_api::LayerRole::MlpDown => (
+                tenpak_host::export::gguf::nearest_type(record.bits_per_weight, record.shape[1]),
+                false,
+            ),
+            Some("int4_rtn") => (GgmlDType::Q4_1, true),
+            Some("int8") => (GgmlDType::Q8_0, true),
+            Some("keep") => (GgmlDType::F16, true),
+            other => panic!("unexpected codec {other:?}"),
+        };
+        assert_eq!((t.dtype, t.exact), (dtype, exact), "{}", record.name);
+    }
+
+    // TenPak's reader: the same configuration, and each tensor (back in HF row order) equal to
+    // the artifact's decode where exact, at the reported cost where not.
+    let gguf = model::open(&gguf_path).unwrap();
+    assert_eq!(gguf.config(), &artifact.manifest().model_config);
+    for record in &artifact.manifest().tensors {
+        let want = artifact.load_f32(&record.name, &registry).unwrap();
+        let got = gguf.load_f32(&record.name).unwrap();
+        let t = by_name[record.name.as_str()];
+        if t.exact {
+            assert!(
+                got == want,
+                "{}: exact export decodes differently",
+                record.name
+            );
+        } else {
+            let err: f64 = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                .sum();
+            let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum();
+            assert!(
+                (err / norm - t.rel_err).abs() <= 1e-9 * t.rel_err,
+                "{}: reported cost {} vs {}",
+                record.name,
+                t.rel_err,
+                err / norm
+            );
+            assert!(
+                t.rel_err > 0.0 && t.rel_err < 0.02,
+                "{}: re-quantization cost {}",
+                record.name,
+                t.rel_err
+            );
+        }
+    }
+    // The stored rows are llama.cpp's layout: permuted for llama (by the tests' own
+    // implementation of the converter), untouched for Qwen2.
+    let raw = GgufModel::open(&gguf_path).unwrap();
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    let hf = artifact.load_f32(q, &registry).unwrap();
+    let expected = if config.model_type == "llama" {
+        llama_cpp_permute(
+            &hf,
+            config.num_attention_heads * config.head_dim,
+            config.hidden_size,
+            config.num_attention_heads,
+        )
+    } else {
+        hf
+    };
+    assert!(
+        raw.load_raw_f32(q).unwrap() == expected,
+        "q rows in the wrong order"
+    );
+
+    // The vocabulary written as tokenizer.ggml.* tokenizes like the artifact's tokenizer.json.
+    let TokenizerSource::Json(json) = gguf.tokenizer() else {
+        panic!("no tokenizer: {:?}", gguf.tokenizer_error())
+    };
+    let ours = tokenizers::Tokenizer::from_str(&json).unwrap();
+    let original = tokenizers::Tokenizer::from_file(artifact_dir.join("tokenizer.json")).unwrap();
+    for text in [
+        "the the 12 345<|im_start|>x",
+        "It's  the\n\nthe's 2024, they'll",
+    ] {
+        assert_eq!(encode(&ours, text), encode(&original, text), "{text:?}");
+    }
+
+    // llama.cpp's own Python reader dequantizes every tensor to the values TenPak reads.
+    let python = python_gguf();
+    let output = Command::new(&python)
+        .arg(util::repo_root().join("scripts/gguf_dump.py"))
+        .arg(&gguf_path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "gguf_dump.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tensors = dump["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), report.tensors.len());
+    for (entry, t) in tensors.iter().zip(&report.tensors) {
+        assert_eq!(entry["name"], t.name.as_str());
+        assert_eq!(
+            entry["type"],
+            tenpak_host::model::ggml::name_of(t.dtype),
+            "{}",
+            t.name
+        );
+        let values = raw.load_raw_f32(&t.hf_name).unwrap();
+        assert_eq!(
+            entry["sha256"],
+            sha256_f32(&values).as_str(),
+            "{}: gguf-py dequantizes other values",
+            t.name
+        );
+    }
+    let md = &dump["metadata"];
+    let arch = md["general.architecture"].as_str().unwrap();
+    assert_eq!(
+        arch,
+        if config.model_type == "qwen2" {
+            "qwen2"
+        } else {
+            "llama"
+        }
+    );
+    assert_eq!(md[format!("{arch}.block_count")], config.num_hidden_layers);
+    assert_eq!(
+        md[format!("{arch}.attention.head_count_kv")],
+        config.num_key_value_heads
+    );
+    assert_eq!(md["tokenizer.ggml.tokens"]["len"], config.vocab_size);
+}
+
+/// The interpreter with PyPI `gguf`, from the project's script (installs it on first use).
+fn python_gguf() -> PathBuf {
+    let script = util::repo_root().join("scripts/python-gguf.sh");
+    let output = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} failed (it needs PyPI): {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+#[test]
+fn gguf_export_of_a_llama_model_is_exact_where_codes_map_and_reads_back_everywhere() {
+    // intermediate 256: down_proj rows can take k-quants.
+    check_export_reads_back(tiny_llama_config(64, 256, 2, 320));
+}
+
+#[test]
+fn gguf_export_of_a_qwen2_model_keeps_its_rows_and_biases() {
+    check_export_reads_back(tiny_qwen2_config(64, 256, 2, 320));
+}
+
+#[test]
+fn gguf_export_refuses_to_overwrite_and_names_what_is_missing() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact_dir = tiny_artifact(dir.path(), &tiny_llama_config(64, 96, 1, 300), &registry);
+    let out = dir.path().join("m.gguf");
+    std::fs::write(&out, b"keep me").unwrap();
+    let artifact = Artifact::open(&artifact_dir).unwrap();
+    let err =
+        export_gguf(&artifact, &registry, &out, &GgufOptions::default(), &Silent).unwrap_err();
+    assert!(format!("{err:#}").contains("--force"), "{err:#}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    std::fs::remove_file(artifact_dir.join("tokenizer.json")).unwrap();
+    let err = export_gguf(
+        &artifact,
+        &registry,
+        &out,
+        &GgufOptions {
+            force: true,
+            ..Default::default()
+        },
+        &Silent,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("tokenizer.json"), "{err:#}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"keep me",
+        "a failed export leaves the old file"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+}
+
+/// The real model packed with int4_rtn in groups of 32 exports to Q4_1 bit for bit (the int8
+/// embedding to Q8_0), and the GGUF scores exactly the artifact's perplexity.
+#[test]
+fn real_model_int4_g32_exports_exactly_and_scores_the_same() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let preset = "name = \"rtn32\"\ndescription = \"int4_rtn g32\"\n[allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_rtn\"\n\
+                  group_size = 32\n[roles.embedding]\ncodec = \"int8\"\n[roles.lm_head]\ncodec = \"int8\"\n";
+    let artifact_dir = dir.path().join("rtn32.tenpak");
+    pack(
+        &request(
+            util::real_gguf(),
+            inline_preset(preset, "rtn32"),
+            &artifact_dir,
+        ),
+        &registry,
+    )
+    .unwrap();
+    let gguf_path = dir.path().join("rtn32.gguf");
+    let report = export(&artifact_dir, &gguf_path, &registry);
+    assert!(
+        report.tensors.iter().all(|t| t.exact),
+        "every tensor has an exact GGUF form"
+    );
+    assert_eq!(
+        report
+            .tensors
+            .iter()
+            .filter(|t| t.dtype == GgmlDType::Q4_1)
+            .count(),
+        210
+    );
+    assert!((report.bits_per_weight(|t| t.linear) - 5.0).abs() < 1e-12);
+
+    let score = |model: &Path| {
+        let request = EvalRequest {
+            model: model.to_owned(),
+            text: TextSpec::File(util::asset("eval.txt")),
+            options: PplOptions {
+                ctx: 512,
+                samples: Some(4),
+                batch: 1,
+            },
+            protocol: Default::default(),
+        };
+        eval::run(&request, &registry, &Silent).unwrap().ppl
+    };
+    let (from_artifact, from_gguf) = (score(&artifact_dir), score(&gguf_path));
+    assert_eq!(
+        from_artifact, from_gguf,
+        "the same weights must give the same perplexity"
+    );
+}
