@@ -19,7 +19,8 @@ use crate::error::{HostError, Kind};
 use crate::model::{self, ModelSource};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::plan::TextSpec;
-use crate::runtime::LlamaModel;
+use crate::model::ModelConfig;
+use crate::runtime::{self, Block, Head, LlamaModel, RopeTables};
 use crate::tokenize::{self, Tokenizer};
 
 /// Default window length, in tokens.
@@ -148,51 +149,135 @@ pub fn perplexity_by(
     bos: Option<u32>,
     step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<PplReport> {
-    let PplOptions { ctx, samples, batch } = *options;
-    ensure!(batch >= 1, "batch must be at least 1 window");
-    let windows = window_count(ids.len(), ctx, samples, text_name)?;
-    let rope_limit = model.config().max_position_embeddings;
-    ensure!(ctx <= rope_limit, "ctx {ctx} exceeds the model's max_position_embeddings {rope_limit}");
-
+    let scoring = Scoring::new(ids, text_name, options, protocol, bos, model.config())?;
     let started = Instant::now();
     let mut nll_sum = 0.0f64;
-    let mut done = 0;
-    while done < windows {
-        let this_batch = batch.min(windows - done);
-        let mut window_ids = ids[done * ctx..(done + this_batch) * ctx].to_vec();
-        if let Some(bos) = bos {
-            window_ids.iter_mut().step_by(ctx).for_each(|first| *first = bos);
+    for (first_window, window_ids) in &scoring.batches {
+        let n = window_ids.len() / options.ctx;
+        nll_sum += scoring.scored(&model.token_nll(window_ids, n, None)?, *first_window)?;
+        step(first_window + n, scoring.windows)?;
+    }
+    Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+}
+
+/// [`perplexity_by`] with one block of `weights` in memory at a time: every window's hidden
+/// states go through block 0, then block 1, and so on, each block loaded, run and dropped. The
+/// same operations on the same values as the whole-model forward (so the same figure, bit for
+/// bit), with memory bounded by one block, the hidden states of the windows, and the embedding
+/// and head, whatever the model's size. `step(done, total)` counts blocks.
+pub fn perplexity_streamed(
+    config: &ModelConfig,
+    weights: &(impl runtime::WeightLoader + ?Sized),
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    protocol: Protocol,
+    bos: Option<u32>,
+    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<PplReport> {
+    config.validate()?;
+    let scoring = Scoring::new(ids, text_name, options, protocol, bos, config)?;
+    let started = Instant::now();
+    let total = config.num_hidden_layers + 1;
+    let embed_tokens = runtime::llama::load_tensor(weights, "model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+    let mut hidden = scoring
+        .batches
+        .iter()
+        .map(|(_, window_ids)| runtime::llama::embed(&embed_tokens, window_ids, window_ids.len() / options.ctx))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
+    let embed_tokens = tied.then_some(embed_tokens);
+    let rope = RopeTables::new(config, options.ctx)?;
+    for index in 0..config.num_hidden_layers {
+        let block = Block::load(config, index, weights).with_context(|| format!("loading block {index}"))?;
+        for h in &mut hidden {
+            *h = block.forward(h, &rope, None)?;
         }
-        let nll = model.token_nll(&window_ids, this_batch, None)?;
-        // Every position is checked for a non-finite value, scored or not.
-        let all = sum_nll(&nll, done, ctx, text_name)?;
-        let first = protocol.first_scored(ctx);
-        nll_sum += if first == 0 {
+        step(index + 1, total)?;
+    }
+    let head = Head::load(config, weights, embed_tokens.as_ref())?;
+    drop(embed_tokens);
+    let mut nll_sum = 0.0f64;
+    for (h, (first_window, window_ids)) in hidden.iter().zip(&scoring.batches) {
+        nll_sum += scoring.scored(&head.token_nll(h, window_ids, None)?, *first_window)?;
+    }
+    step(total, total)?;
+    Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+}
+
+/// The windows of one perplexity run and how they are scored.
+struct Scoring<'a> {
+    /// Per forward pass: its first window and the token ids of its windows (BOS applied).
+    batches: Vec<(usize, Vec<u32>)>,
+    ids_len: usize,
+    windows: usize,
+    ctx: usize,
+    text_name: &'a str,
+    protocol: Protocol,
+    bos: Option<u32>,
+}
+
+impl<'a> Scoring<'a> {
+    fn new(
+        ids: &[u32],
+        text_name: &'a str,
+        options: &PplOptions,
+        protocol: Protocol,
+        bos: Option<u32>,
+        config: &ModelConfig,
+    ) -> anyhow::Result<Self> {
+        let PplOptions { ctx, samples, batch } = *options;
+        ensure!(batch >= 1, "batch must be at least 1 window");
+        let windows = window_count(ids.len(), ctx, samples, text_name)?;
+        let rope_limit = config.max_position_embeddings;
+        ensure!(ctx <= rope_limit, "ctx {ctx} exceeds the model's max_position_embeddings {rope_limit}");
+        let batches = (0..windows)
+            .step_by(batch)
+            .map(|first| {
+                let n = batch.min(windows - first);
+                let mut window_ids = ids[first * ctx..(first + n) * ctx].to_vec();
+                if let Some(bos) = bos {
+                    window_ids.iter_mut().step_by(ctx).for_each(|token| *token = bos);
+                }
+                (first, window_ids)
+            })
+            .collect();
+        Ok(Self { batches, ids_len: ids.len(), windows, ctx, text_name, protocol, bos })
+    }
+
+    /// The scored part of one batch's NLLs (every position is checked for a non-finite value,
+    /// scored or not).
+    fn scored(&self, nll: &[f32], first_window: usize) -> anyhow::Result<f64> {
+        let all = sum_nll(nll, first_window, self.ctx, self.text_name)?;
+        let first = self.protocol.first_scored(self.ctx);
+        Ok(if first == 0 {
             all
         } else {
-            nll.chunks(ctx - 1).map(|w| w[first..].iter().map(|&v| f64::from(v)).sum::<f64>()).sum()
-        };
-        done += this_batch;
-        step(done, windows)?;
+            nll.chunks(self.ctx - 1).map(|w| w[first..].iter().map(|&v| f64::from(v)).sum::<f64>()).sum()
+        })
     }
-    let mut report = report(nll_sum, windows, ids.len(), ctx, text_name, started.elapsed().as_secs_f64());
-    if protocol == Protocol::LlamaCpp {
-        let per_window = ctx - 1 - protocol.first_scored(ctx);
-        report.tokens_scored = windows * per_window;
-        report.mean_nll = nll_sum / report.tokens_scored as f64;
-        report.ppl = report.mean_nll.exp();
-        report.protocol = format!(
-            "llama-perplexity's protocol: {text_name} tokenized with the tokenizer's special tokens ({} tokens){}; the first \
-             {windows} non-overlapping {ctx}-token windows; only predictions of positions {}..{} of each window scored \
-             ({} tokens); PPL = exp(mean NLL)",
-            ids.len(),
-            if bos.is_some() { ", each window's first token replaced by BOS" } else { ", no BOS" },
-            protocol.first_scored(ctx) + 1,
-            ctx - 1,
-            report.tokens_scored
-        );
+
+    fn report(&self, nll_sum: f64, seconds: f64) -> PplReport {
+        let (windows, ctx, text_name) = (self.windows, self.ctx, self.text_name);
+        let mut report = report(nll_sum, windows, self.ids_len, ctx, text_name, seconds);
+        if self.protocol == Protocol::LlamaCpp {
+            let first = self.protocol.first_scored(ctx);
+            report.tokens_scored = windows * (ctx - 1 - first);
+            report.mean_nll = nll_sum / report.tokens_scored as f64;
+            report.ppl = report.mean_nll.exp();
+            report.protocol = format!(
+                "llama-perplexity's protocol: {text_name} tokenized with the tokenizer's special tokens ({} tokens){}; the first \
+                 {windows} non-overlapping {ctx}-token windows; only predictions of positions {}..{} of each window scored \
+                 ({} tokens); PPL = exp(mean NLL)",
+                self.ids_len,
+                if self.bos.is_some() { ", each window's first token replaced by BOS" } else { ", no BOS" },
+                first + 1,
+                ctx - 1,
+                report.tokens_scored
+            );
+        }
+        report
     }
-    Ok(report)
 }
 
 /// The sum of the NLLs of windows `first_window..` (each `ctx − 1` values), refusing a
@@ -273,9 +358,9 @@ pub fn open_any(path: &Path, registry: Arc<Registry>) -> anyhow::Result<Box<dyn 
 }
 
 /// Perplexity of the request's model on its text. The text and window settings are checked
-/// before the weights are loaded; the source is closed once its weights are in the runtime, so
-/// a memory-mapped f32 file is not resident twice. Errors are [`Kind::BadRequest`] unless they
-/// say otherwise.
+/// before any weight is loaded; the model is then run block by block ([`perplexity_streamed`]),
+/// so memory stays bounded by one block and the windows' hidden states, whatever the model's
+/// size. Errors are [`Kind::BadRequest`] unless they say otherwise.
 pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, HostError> {
     let checked = || -> anyhow::Result<_> {
         let source = open_any(&request.model, registry.clone())?;
@@ -293,23 +378,22 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
             }
         };
         ensure!(request.options.batch >= 1, "batch must be at least 1 window");
-        let windows = window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
+        window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
         let limit = source.config().max_position_embeddings;
         ensure!(request.options.ctx <= limit, "ctx {} exceeds the model's max_position_embeddings {limit}", request.options.ctx);
         source.config().validate().with_context(|| source.path().display().to_string())?;
-        Ok((source, text, ids, bos, windows))
+        Ok((source, text, ids, bos))
     };
-    let (source, text, ids, bos, windows) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
+    let (source, text, ids, bos) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
     let scored = || -> anyhow::Result<PplReport> {
-        let tracker = Tracker::new(observer, windows as u64);
-        tracker.begin(Stage::Evaluate, None, format!("loading {}", source.path().display()))?;
-        let model = LlamaModel::load(source.config(), source.as_ref())
-            .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
-        drop(source);
-        perplexity_by(&model, &ids, &text.name, &request.options, request.protocol, bos, &mut |done, total| {
-            tracker.end(Stage::Evaluate, None, format!("window {done}/{total}"));
+        let config = source.config().clone();
+        let tracker = Tracker::new(observer, config.num_hidden_layers as u64 + 1);
+        tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
+        perplexity_streamed(&config, source.as_ref(), &ids, &text.name, &request.options, request.protocol, bos, &mut |done, total| {
+            tracker.end(Stage::Evaluate, None, if done < total { format!("block {done}/{}", total - 1) } else { "head".to_owned() });
             tracker.check()
         })
+        .with_context(|| format!("scoring {}", source.path().display()))
     };
     scored().map_err(|e| HostError::classify(e, Kind::Internal))
 }

@@ -21,7 +21,7 @@ use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_out
 use tenpak_host::preset::{BUILTIN, Preset};
 #[cfg(feature = "studio")]
 use tenpak_host::server::config::StudioConfig;
-use tenpak_host::export::{GgufOptions, export_gguf};
+use tenpak_host::export::{CtOptions, GgufOptions, export_compressed_tensors, export_gguf};
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::{builtins, pack, report};
 
@@ -30,8 +30,10 @@ use crate::progress::Bar;
 /// Formats `tenpak export` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ExportFormat {
-    /// GGUF, llama.cpp's format.
+    /// GGUF, llama.cpp's format (a file).
     Gguf,
+    /// compressed-tensors "pack-quantized" int4 (a Hugging Face directory for vLLM / transformers).
+    CompressedTensors,
 }
 
 #[derive(Parser)]
@@ -128,9 +130,12 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
         format: ExportFormat,
-        /// Output file.
+        /// Output file (GGUF) or directory (compressed-tensors).
         #[arg(short, long)]
         output: PathBuf,
+        /// compressed-tensors: group size, 32 | 64 | 128 [default: the artifact's, else 32].
+        #[arg(long)]
+        group_size: Option<usize>,
         /// GGUF type for tensors with no exact GGUF form (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ..
         /// q6_k, f16) [default: the type nearest each tensor's bits per weight].
         #[arg(long, value_name = "TYPE")]
@@ -244,8 +249,22 @@ fn run_inner(cli: Cli) -> Result<()> {
             result.with_context(|| format!("unpacking {}", dir.display()))?;
             println!("wrote {}", output.display());
         }
-        Command::Export { artifact: dir, format, output, requant, force, tensors } => {
-            let ExportFormat::Gguf = format;
+        Command::Export { artifact: dir, format: ExportFormat::CompressedTensors, output, group_size, requant, force, tensors } => {
+            if requant.is_some() {
+                return Err(Kind::BadRequest.error("--requant applies to --format gguf only").into());
+            }
+            let artifact = Artifact::open(&dir)?;
+            let bar = Bar::new("export", progress);
+            let result = export_compressed_tensors(&artifact, &registry, &output, &CtOptions { group_size, force }, &bar);
+            bar.finish();
+            let exported = result.with_context(|| format!("exporting {}", dir.display()))?;
+            print!("{}", report::ct_summary(&exported, tensors));
+            println!("wrote         {}", output.display());
+        }
+        Command::Export { artifact: dir, format: ExportFormat::Gguf, output, group_size, requant, force, tensors } => {
+            if group_size.is_some() {
+                return Err(Kind::BadRequest.error("--group-size applies to --format compressed-tensors only").into());
+            }
             let requant = requant
                 .map(|name| {
                     tenpak_host::model::ggml::parse_name(&name).ok_or_else(|| {

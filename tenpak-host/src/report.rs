@@ -167,3 +167,34 @@ fn artifact_bits(report: &crate::export::GgufReport, linear_only: bool) -> f64 {
         });
     bits / n.max(1) as f64
 }
+
+/// What a compressed-tensors export packed, its cost, and its size; with `per_tensor`, a line
+/// per tensor first.
+pub fn ct_summary(report: &crate::export::CtReport, per_tensor: bool) -> String {
+    let mut out = String::new();
+    if per_tensor {
+        let _ = writeln!(out, "{:<48} {:<8} {:>11}", "tensor", "stored", "rel err");
+        for t in &report.tensors {
+            let _ = writeln!(out, "{:<48} {:<8} {:>11.3e}", t.name, if t.quantized { "int4" } else { "f16" }, t.rel_err);
+        }
+        let _ = writeln!(out);
+    }
+    let packed: Vec<&crate::export::compressed_tensors::CtTensor> = report.tensors.iter().filter(|t| t.quantized).collect();
+    let dense_linears = report.tensors.iter().filter(|t| t.linear && !t.quantized).count();
+    let (bits, n) = report.tensors.iter().filter(|t| t.linear && t.name != "lm_head.weight").fold((0u64, 0usize), |(b, n), t| (b + t.bits, n + t.numel));
+    let mean = packed.iter().map(|t| t.rel_err).sum::<f64>() / packed.len().max(1) as f64;
+    let worst = packed.iter().max_by(|a, b| a.rel_err.total_cmp(&b.rel_err));
+    let _ = writeln!(
+        out,
+        "int4 groups   {} linears packed (W4A16 asymmetric, groups of {}), {} linears kept f16",
+        packed.len(),
+        report.group_size,
+        dense_linears
+    );
+    if let Some(worst) = worst {
+        let _ = writeln!(out, "re-fitted     mean rel err {mean:.3e} against the artifact's decode, worst {:.3e} ({})", worst.rel_err, worst.name);
+    }
+    let _ = writeln!(out, "bits/weight   {:.3} on the block linears", bits as f64 / n.max(1) as f64);
+    let _ = writeln!(out, "file          {:.1} MiB (model.safetensors)", report.file_bytes as f64 / (1 << 20) as f64);
+    out
+}

@@ -452,6 +452,43 @@ fn perplexity_follows_the_protocol() {
     assert!((all.ppl - all_batched.ppl).abs() < 1e-5 * all.ppl);
 }
 
+/// Block by block (what `tenpak eval` runs, one block in memory) is the whole-model forward on
+/// the same values: the same figure bit for bit, by either protocol, batched or not, tied or not.
+#[test]
+fn streamed_perplexity_equals_the_whole_model_forward() {
+    use tenpak_host::eval::Protocol;
+    for (tied, bias) in [(true, false), (false, true)] {
+        let config = tiny_config(tied, bias);
+        let weights = tiny_weights(&config, 17);
+        let model = LlamaModel::load(&config, &weights).unwrap();
+        let mut rng = StdRng::seed_from_u64(18);
+        let ids = random_ids(&mut rng, 5 * 24 + 3, config.vocab_size);
+        for (batch, protocol, bos) in [(1, Protocol::Tenpak, None), (2, Protocol::Tenpak, None), (2, Protocol::LlamaCpp, Some(1))] {
+            let options = PplOptions { ctx: 24, samples: Some(4), batch };
+            let whole = eval::perplexity_by(&model, &ids, "t", &options, protocol, bos, &mut |_, _| Ok(())).unwrap();
+            let mut steps = Vec::new();
+            let streamed = eval::perplexity_streamed(&config, &weights, &ids, "t", &options, protocol, bos, &mut |d, t| {
+                steps.push((d, t));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(whole.ppl.to_bits(), streamed.ppl.to_bits(), "tied {tied}, batch {batch}, {protocol:?}");
+            assert_eq!(streamed.tokens_scored, whole.tokens_scored);
+            assert_eq!(steps.last(), Some(&(config.num_hidden_layers + 1, config.num_hidden_layers + 1)));
+        }
+        // llama.cpp's protocol scores the second half of each window: positions 13..23 of 24.
+        let options = PplOptions { ctx: 24, samples: Some(4), batch: 1 };
+        let half = eval::perplexity_by(&model, &ids, "t", &options, Protocol::LlamaCpp, None, &mut |_, _| Ok(())).unwrap();
+        assert_eq!(half.tokens_scored, 4 * 11);
+        let mut sum = 0f64;
+        for w in 0..4 {
+            let nll = model.token_nll(&ids[w * 24..(w + 1) * 24], 1, None).unwrap();
+            sum += nll[12..].iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        assert!((half.ppl - (sum / 44.0).exp()).abs() < 1e-9 * half.ppl);
+    }
+}
+
 #[test]
 fn perplexity_rejects_bad_requests_clearly() {
     let config = tiny_config(true, false);

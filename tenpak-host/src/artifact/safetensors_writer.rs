@@ -81,18 +81,24 @@ impl ShardWriter {
 
     /// Append tensor `key`.
     pub fn add(&mut self, key: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
+        self.add_as(key, safetensors_dtype(dtype), dtype.size(), shape, bytes)
+    }
+
+    /// [`ShardWriter::add`] for a safetensors type TenPak's own parts never use (`"I64"` for
+    /// another format's shape tensors), given by its safetensors name and element size.
+    pub fn add_as(&mut self, key: &str, dtype_name: &str, element_bytes: usize, shape: &[usize], bytes: &[u8]) -> Result<()> {
         if self.entries.contains_key(key) {
             bail!("{}: tensor key `{key}` written twice", self.path.display());
         }
-        let want = shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+        let want = shape.iter().try_fold(element_bytes, |n, &d| n.checked_mul(d));
         if want != Some(bytes.len()) {
-            bail!("tensor `{key}`: shape {shape:?} of {} does not fit {} bytes", dtype.name(), bytes.len());
+            bail!("tensor `{key}`: shape {shape:?} of {dtype_name} does not fit {} bytes", bytes.len());
         }
         self.data.write_all(bytes).with_context(|| format!("writing {}", self.data_path.display()))?;
         let end = self.offset + bytes.len() as u64;
         self.entries.insert(
             key.to_owned(),
-            json!({ "dtype": safetensors_dtype(dtype), "shape": shape, "data_offsets": [self.offset, end] }),
+            json!({ "dtype": dtype_name, "shape": shape, "data_offsets": [self.offset, end] }),
         );
         self.offset = end;
         Ok(())

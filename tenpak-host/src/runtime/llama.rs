@@ -32,7 +32,7 @@ const ATTENTION_BLOCK: usize = 128;
 
 /// Load tensor `name` of `shape` through `weights` as a CPU f32 tensor, checking the shape the
 /// source declares (when it declares one) and the number of values it returns.
-fn load_tensor(weights: &(impl WeightLoader + ?Sized), name: &str, shape: &[usize]) -> anyhow::Result<Tensor> {
+pub fn load_tensor(weights: &(impl WeightLoader + ?Sized), name: &str, shape: &[usize]) -> anyhow::Result<Tensor> {
     let expected: usize = shape.iter().product();
     match weights.tensor_shape(name) {
         None => bail!("the model has no tensor {name} (expected shape {shape:?})"),
