@@ -11,14 +11,34 @@ use crate::roles;
 
 /// Error of a reconstruction: relative MSE and SNR in dB (`None` when exact).
 pub fn reconstruction_error(original: &[f32], decoded: &[f32]) -> (f64, Option<f64>) {
+    error_of(original.iter().copied(), decoded)
+}
+
+fn error_of(original: impl Iterator<Item = f32>, decoded: &[f32]) -> (f64, Option<f64>) {
     let (mut signal, mut noise) = (0f64, 0f64);
-    for (&w, &d) in original.iter().zip(decoded) {
+    for (w, &d) in original.zip(decoded) {
         signal += (w as f64) * (w as f64);
         noise += ((w - d) as f64) * ((w - d) as f64);
     }
     let rel = if signal > 0.0 { noise / signal } else if noise > 0.0 { f64::INFINITY } else { 0.0 };
     let snr = (noise > 0.0).then(|| 10.0 * (signal / noise).log10());
     (rel, snr)
+}
+
+/// Values kept in bf16 when that loses nothing.
+enum Compact {
+    F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Compact {
+    fn of(values: Vec<f32>) -> Compact {
+        if values.iter().all(|v| half::bf16::from_f32(*v).to_f32().to_bits() == v.to_bits()) {
+            Compact::Bf16(values.iter().map(|v| half::bf16::from_f32(*v)).collect())
+        } else {
+            Compact::F32(values)
+        }
+    }
 }
 
 /// A tensor record for `info` stored raw (32 bits per weight); encoding fills in the rest.
@@ -59,13 +79,22 @@ pub(crate) fn write_tensor(
     let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
     let encoded =
         codec.encode(view, stats, &lp.params).with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
+    let numel = values.len();
+    // The original, the codes and the decode are alive together; a bf16 source's values hold
+    // exactly in bf16, so keep them at half the size meanwhile (the largest tensor, a 150k-token
+    // embedding, is most of a pack's peak memory).
+    let original = Compact::of(values);
     let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
-    let (rel_mse, snr_db) = reconstruction_error(&values, &decoded);
+    let (rel_mse, snr_db) = match &original {
+        Compact::F32(v) => error_of(v.iter().copied(), &decoded),
+        Compact::Bf16(v) => error_of(v.iter().map(|x| x.to_f32()), &decoded),
+    };
+    drop(original);
     record.codec = Some(lp.codec.clone());
     record.codec_source = registry.codec_source(&lp.codec).map(str::to_owned);
     record.params = encoded.params.clone();
     record.bits = codec.size_bits(&encoded);
-    record.bits_per_weight = record.bits as f64 / values.len().max(1) as f64;
+    record.bits_per_weight = record.bits as f64 / numel.max(1) as f64;
     record.rel_mse = rel_mse;
     record.snr_db = snr_db;
     writer.add_encoded(record, &encoded)?;

@@ -85,7 +85,8 @@ struct Pipeline<'a> {
     hidden: Vec<Tensor>,
     cal_rope: RopeTables,
     eval: Option<EvalState>,
-    float_head: Head,
+    /// The original head, for the baseline perplexity (only when evaluating).
+    float_head: Option<Head>,
     quant_head: Head,
     /// lm_head is separate from the embedding and its codec needs statistics: it is encoded last,
     /// on the quantized path's final hidden states.
@@ -141,32 +142,35 @@ impl<'a> Pipeline<'a> {
                 );
             }
             let values = model.load_f32(&info.name)?;
-            let original = (info.name == "model.embed_tokens.weight").then(|| values.clone());
+            // The original embedding is only needed for the baseline perplexity.
+            let original = (info.name == "model.embed_tokens.weight" && plan.evaluation.is_some()).then(|| values.clone());
             let decoded = write_tensor(writer, registry, info, values, lp, &LayerStats::none())?;
             let as_tensor = |v: Vec<f32>| Tensor::from_vec(v, (info.shape[0], info.shape[1]), &Device::Cpu);
             match info.name.as_str() {
                 "model.embed_tokens.weight" => {
-                    embed_float = Some(as_tensor(original.expect("kept above"))?);
+                    embed_float = original.map(as_tensor).transpose()?;
                     embed_quant = Some(as_tensor(decoded)?);
                 }
                 "lm_head.weight" => lm_head_quant = Some(decoded),
                 _ => {}
             }
         }
-        let (Some(embed_float), Some(embed_quant)) = (embed_float, embed_quant) else {
+        let Some(embed_quant) = embed_quant else {
             bail!("{}: no model.embed_tokens.weight", model.path().display());
         };
-        // lm_head (tied or not) for each path: the float head as the source has it; the quantized
-        // head gets the decoded weight (a calibrated one at the end).
+        // lm_head (tied or not) for each path: the float head as the source has it (only when
+        // evaluating); the quantized head gets the decoded weight (a calibrated one at the end),
+        // sharing the decoded embedding's storage when tied.
         // (Head::load's rule: tied if the configuration says so or there is no lm_head.weight.)
-        let float_head = Head::load(config, model, Some(&embed_float))?;
-        let mut quant_head = float_head.clone();
+        let float_head = embed_float.as_ref().map(|e| Head::load(config, model, Some(e))).transpose()?;
         let tied = config.tie_word_embeddings || model.tensor("lm_head.weight").is_none();
-        match (tied, lm_head_quant) {
-            (true, _) => quant_head.lm_head_mut().set_weight(embed_quant.flatten_all()?.to_vec1()?)?,
-            (false, Some(decoded)) => quant_head.lm_head_mut().set_weight(decoded)?,
-            (false, None) => {}
-        }
+        let quant_head = match (tied, lm_head_quant) {
+            (true, _) => Head::load(config, model, Some(&embed_quant))?,
+            (false, Some(decoded)) => {
+                Head::with_lm_head(config, model, Tensor::from_vec(decoded, (config.vocab_size, config.hidden_size), &Device::Cpu)?)?
+            }
+            (false, None) => Head::load(config, model, None)?,
+        };
 
         let hidden = embed_windows(&embed_quant, &calibration.ids, calibration.windows, calibration.ctx)?;
         let cal_rope = RopeTables::new(config, calibration.ctx)?;
@@ -174,7 +178,7 @@ impl<'a> Pipeline<'a> {
             None => None,
             Some(e) => Some(EvalState {
                 rope: RopeTables::new(config, e.options.ctx)?,
-                float: embed_windows(&embed_float, &e.ids, e.windows, e.options.ctx)?,
+                float: embed_windows(embed_float.as_ref().context("the original embedding is kept when evaluating")?, &e.ids, e.windows, e.options.ctx)?,
                 quant: embed_windows(&embed_quant, &e.ids, e.windows, e.options.ctx)?,
             }),
         };
@@ -343,7 +347,8 @@ impl<'a> Pipeline<'a> {
         };
         let evaluation = match (&self.eval, &self.plan.evaluation) {
             (Some(state), Some(e)) => {
-                let baseline = score(&self.float_head, &state.float, e)?;
+                let float_head = self.float_head.as_ref().context("the original head is kept when evaluating")?;
+                let baseline = score(float_head, &state.float, e)?;
                 let compressed = score(&self.quant_head, &state.quant, e)?;
                 Some(evaluation_record(&baseline, &compressed, &e.text, e.warning.as_deref()))
             }

@@ -300,6 +300,20 @@ impl Head {
         Ok(Head { norm, lm_head: Linear::from_tensor("lm_head.weight", weight, None)?, eps: config.rms_norm_eps })
     }
 
+    /// `model.norm.weight` from `weights` and the given `lm_head` weight `[vocab, hidden]` (a
+    /// decoded one), without loading the source's.
+    pub fn with_lm_head(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized), lm_head: Tensor) -> anyhow::Result<Head> {
+        ensure!(
+            lm_head.dims() == [config.vocab_size, config.hidden_size],
+            "lm_head weight has shape {:?}, expected [{}, {}]",
+            lm_head.dims(),
+            config.vocab_size,
+            config.hidden_size
+        );
+        let norm = load_tensor(weights, "model.norm.weight", &[config.hidden_size])?;
+        Ok(Head { norm, lm_head: Linear::from_tensor("lm_head.weight", lm_head, None)?, eps: config.rms_norm_eps })
+    }
+
     /// The output projection. Its name is `lm_head.weight` even when tied to the embedding.
     pub fn lm_head(&self) -> &Linear {
         &self.lm_head
