@@ -87,7 +87,9 @@ struct Pipeline<'a> {
     eval: Option<EvalState>,
     /// The original head, for the baseline perplexity (only when evaluating).
     float_head: Option<Head>,
-    quant_head: Head,
+    /// The quantized head, for the compressed perplexity and a calibrated lm_head (absent when
+    /// neither is wanted, so a pack without evaluation holds no vocabulary-sized matrix).
+    quant_head: Option<Head>,
     /// lm_head is separate from the embedding and its codec needs statistics: it is encoded last,
     /// on the quantized path's final hidden states.
     calibrated_lm_head: bool,
@@ -165,11 +167,14 @@ impl<'a> Pipeline<'a> {
         let float_head = embed_float.as_ref().map(|e| Head::load(config, model, Some(e))).transpose()?;
         let tied = config.tie_word_embeddings || model.tensor("lm_head.weight").is_none();
         let quant_head = match (tied, lm_head_quant) {
-            (true, _) => Head::load(config, model, Some(&embed_quant))?,
-            (false, Some(decoded)) => {
-                Head::with_lm_head(config, model, Tensor::from_vec(decoded, (config.vocab_size, config.hidden_size), &Device::Cpu)?)?
-            }
-            (false, None) => Head::load(config, model, None)?,
+            _ if plan.evaluation.is_none() && !calibrated_lm_head => None,
+            (true, _) => Some(Head::load(config, model, Some(&embed_quant))?),
+            (false, Some(decoded)) => Some(Head::with_lm_head(
+                config,
+                model,
+                Tensor::from_vec(decoded, (config.vocab_size, config.hidden_size), &Device::Cpu)?,
+            )?),
+            (false, None) => Some(Head::load(config, model, None)?),
         };
 
         let hidden = embed_windows(&embed_quant, &calibration.ids, calibration.windows, calibration.ctx)?;
@@ -311,7 +316,7 @@ impl<'a> Pipeline<'a> {
         let lp = self.plan.layers.get(&info.name);
         let watching = self.watchers(lp)?;
         for h in &self.hidden {
-            let normed = self.quant_head.normed_rows(h)?;
+            let normed = self.quant_head.as_ref().context("a calibrated lm_head keeps the quantized head")?.normed_rows(h)?;
             let rows = normed.dims()[0];
             let calibrators = &mut self.calibrators;
             ops::with_f32_slice(&normed, |data| -> Result<()> {
@@ -324,7 +329,7 @@ impl<'a> Pipeline<'a> {
         let stats = self.stats(&layer, &watching)?;
         let decoded = write_tensor(self.writer, self.registry, info, model.load_f32(&info.name)?, lp, &stats)?;
         if !self.tied {
-            self.quant_head.lm_head_mut().set_weight(decoded)?;
+            self.quant_head.as_mut().context("a calibrated lm_head keeps the quantized head")?.lm_head_mut().set_weight(decoded)?;
         }
         Ok(())
     }
@@ -349,7 +354,8 @@ impl<'a> Pipeline<'a> {
             (Some(state), Some(e)) => {
                 let float_head = self.float_head.as_ref().context("the original head is kept when evaluating")?;
                 let baseline = score(float_head, &state.float, e)?;
-                let compressed = score(&self.quant_head, &state.quant, e)?;
+                let quant_head = self.quant_head.as_ref().context("the quantized head is kept when evaluating")?;
+                let compressed = score(quant_head, &state.quant, e)?;
                 Some(evaluation_record(&baseline, &compressed, &e.text, e.warning.as_deref()))
             }
             _ => None,

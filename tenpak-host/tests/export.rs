@@ -191,37 +191,7 @@ fn check_export_reads_back(config: ModelConfig) {
         assert_eq!(encode(&ours, text), encode(&original, text), "{text:?}");
     }
 
-    // llama.cpp's own Python reader dequantizes every tensor to the values TenPak reads.
-    let python = python_gguf();
-    let output = Command::new(&python)
-        .arg(util::repo_root().join("scripts/gguf_dump.py"))
-        .arg(&gguf_path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "gguf_dump.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let tensors = dump["tensors"].as_array().unwrap();
-    assert_eq!(tensors.len(), report.tensors.len());
-    for (entry, t) in tensors.iter().zip(&report.tensors) {
-        assert_eq!(entry["name"], t.name.as_str());
-        assert_eq!(
-            entry["type"],
-            tenpak_host::model::ggml::name_of(t.dtype),
-            "{}",
-            t.name
-        );
-        let values = raw.load_raw_f32(&t.hf_name).unwrap();
-        assert_eq!(
-            entry["sha256"],
-            sha256_f32(&values).as_str(),
-            "{}: gguf-py dequantizes other values",
-            t.name
-        );
-    }
+    let dump = assert_gguf_py_reads_what_tenpak_reads(&gguf_path, &report);
     let md = &dump["metadata"];
     let arch = md["general.architecture"].as_str().unwrap();
     assert_eq!(
@@ -238,6 +208,77 @@ fn check_export_reads_back(config: ModelConfig) {
         config.num_key_value_heads
     );
     assert_eq!(md["tokenizer.ggml.tokens"]["len"], config.vocab_size);
+}
+
+/// llama.cpp's own Python reader (PyPI `gguf`) dequantizes every tensor of `gguf_path` to the
+/// values TenPak's reader gives, in the types the report says; returns its dump.
+fn assert_gguf_py_reads_what_tenpak_reads(gguf_path: &Path, report: &GgufReport) -> serde_json::Value {
+    let raw = GgufModel::open(gguf_path).unwrap();
+    let output = Command::new(python_gguf())
+        .arg(util::repo_root().join("scripts/gguf_dump.py"))
+        .arg(gguf_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "gguf_dump.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tensors = dump["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), report.tensors.len());
+    for (entry, t) in tensors.iter().zip(&report.tensors) {
+        assert_eq!(entry["name"], t.name.as_str());
+        assert_eq!(entry["type"], tenpak_host::model::ggml::name_of(t.dtype), "{}", t.name);
+        let values = raw.load_raw_f32(&t.hf_name).unwrap();
+        assert_eq!(entry["sha256"], sha256_f32(&values).as_str(), "{}: gguf-py dequantizes other values", t.name);
+    }
+    dump
+}
+
+/// int4_awq with 6-bit double-quantized headers in super-groups of 8 (no column scales, no
+/// outliers) on rows of 256 and 512: every linear lands in Q4_K, exactly, read the same by
+/// gguf-py; the perplexity of the GGUF is the artifact's.
+#[test]
+fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_llama_config(256, 512, 2, 320);
+    config.max_position_embeddings = 512;
+    let tensors = tiny_model_tensors(&config, 41);
+    let source = dir.path().join("source.gguf");
+    write_tiny_gguf(&source, "llama", &config, &tensors, "smollm", None);
+    let preset = "name = \"q4k\"\ndescription = \"Q4_K-shaped int4_awq\"\n[calibration]\nwindows = 4\nctx = 64\n\
+                  [evaluation]\nwindows = 4\nctx = 64\n[allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_awq\"\n\
+                  group_size = 32\nheader_bits = 6\nsuper_group = 8\nalpha = 0.0\noutlier_fraction = 0.0\nerror_feedback = true\n\
+                  [roles.embedding]\ncodec = \"int8\"\n[roles.lm_head]\ncodec = \"int8\"\n";
+    let words = ["the", "people", "of", "12", "union", "they'll", "345", "night\n", "café"];
+    let text = (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect::<Vec<_>>().join(" ");
+    let artifact_dir = dir.path().join("q4k.tenpak");
+    let request = tenpak_host::plan::PackRequest {
+        model: source.into(),
+        preset: inline_preset(preset, "q4k"),
+        output: artifact_dir.clone(),
+        force: false,
+        calib: Some(TextSpec::Inline { name: "calib".into(), text: text.clone() }),
+        eval: Some(TextSpec::Inline { name: "eval".into(), text: text.clone() }),
+    };
+    let manifest = pack(&request, &registry).unwrap();
+    let gguf_path = dir.path().join("q4k.gguf");
+    let report = export(&artifact_dir, &gguf_path, &registry);
+    for t in report.tensors.iter().filter(|t| t.linear) {
+        assert_eq!((t.dtype, t.exact), (GgmlDType::Q4K, true), "{}", t.hf_name);
+    }
+    assert!((report.bits_per_weight(|t| t.linear) - 4.5).abs() < 1e-12);
+    assert_gguf_py_reads_what_tenpak_reads(&gguf_path, &report);
+    let score = |model: &Path| {
+        let request = EvalRequest {
+            model: model.to_owned(),
+            text: TextSpec::Inline { name: "eval".into(), text: text.clone() },
+            options: PplOptions { ctx: 64, samples: Some(4), batch: 1 },
+            protocol: Default::default(),
+        };
+        eval::run(&request, &registry, &Silent).unwrap().ppl
+    };
+    let recorded = manifest.evaluation.unwrap().compressed_ppl;
+    assert_eq!(score(&gguf_path), score(&artifact_dir));
+    assert!((score(&gguf_path) - recorded).abs() <= 1e-9 * recorded);
 }
 
 /// The interpreter with PyPI `gguf`, from the project's script (installs it on first use).

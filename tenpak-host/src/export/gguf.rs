@@ -7,6 +7,7 @@
 //! | raw f32 (norms), `keep` f32 / f16 / bf16 | F32 / F16 / BF16 |
 //! | `int8`, one scale per row or per group of a multiple of 32 | Q8_0 (`d·q`, the same scale in each block) |
 //! | 4-bit asymmetric groups of a multiple of 32 with f16 `(scale, min)` and nothing else (`int4_rtn`, `int4_gptq`, `int4_awq` without column scales, outliers or double-quantized headers) | Q4_1 (`d·q + m`) |
+//! | 4-bit groups of 32 with 6-bit double-quantized headers in super-groups of 8 (`int4_awq` with `header_bits = 6`, `super_group = 8`, `alpha = 0`, no outliers), rows a multiple of 256, each super-group's mins of one sign | Q4_K (`d·sc·q − dmin·m`) |
 //!
 //! "Exactly" is checked, not assumed: the GGUF blocks are dequantized (candle-core's llama.cpp
 //! formulas) and must equal the artifact's decode bit for bit; a tensor that does not is
@@ -519,7 +520,77 @@ fn exact_form(
         }
         return Ok(Some((GgmlDType::Q4_1, out)));
     }
+    if matches!(part_names.as_slice(), ["codes", "header_q", "header_super"])
+        && param("bits")?.unwrap_or(4) == 4
+        && param("group_size")? == Some(32)
+        && param("header_bits")? == Some(6)
+        && param("super_group")? == Some(8)
+        && cols.is_multiple_of(256)
+    {
+        return q4_k_form(artifact, record, values, rows, cols);
+    }
     Ok(None)
+}
+
+/// 4-bit codes in groups of 32 whose (scale, min) are 6-bit integers against an f16 pair per
+/// super-group of 8 groups: llama.cpp's Q4_K block (`d·sc·q − dmin·m`), when every group's min
+/// in a super-group has the same sign (Q4_K's mins are one signed f16 times unsigned 6-bit
+/// integers; TenPak's are signed integers). Rows must be whole 256-weight super-blocks.
+fn q4_k_form(artifact: &Artifact, record: &TensorRecord, values: &[f32], rows: usize, cols: usize) -> Result<Option<(GgmlDType, Vec<u8>)>> {
+    use tenpak_quant::GroupLayout;
+    use tenpak_quant::dq::{DqHeaders, DqLayout};
+    let encoded = artifact.encoded(&record.name)?;
+    let dq = DqLayout::new(GroupLayout::new(rows, cols, 32)?, 6, 8)?;
+    let grids = DqHeaders::from_parts(dq, encoded.part("header_q")?, encoded.part("header_super")?)?.grids();
+    let supers = &encoded.part("header_super")?.data;
+    let (groups, blocks) = (cols / 32, cols / 256);
+    let mut out = Vec::with_capacity(rows * blocks * 144);
+    for r in 0..rows {
+        for b in 0..blocks {
+            let at = 4 * (r * blocks + b);
+            let (d_bits, m_bits) = ([supers[at], supers[at + 1]], [supers[at + 2], supers[at + 3]]);
+            let (d, m) = (f16::from_le_bytes(d_bits).to_f32(), f16::from_le_bytes(m_bits).to_f32());
+            let group = |j: usize| grids[r * groups + b * 8 + j];
+            let sc: Vec<u8> = (0..8).map(|j| if d > 0.0 { (group(j).scale / d).round() as u8 } else { 0 }).collect();
+            let k: Vec<i32> = (0..8).map(|j| if m > 0.0 { (group(j).min / m).round() as i32 } else { 0 }).collect();
+            // min = m·k = −dmin·|k|: dmin = m when every k ≤ 0, −m when every k ≥ 0.
+            let dmin_bits = if k.iter().all(|&k| k <= 0) {
+                m_bits
+            } else if k.iter().all(|&k| k >= 0) {
+                (-f16::from_le_bytes(m_bits)).to_le_bytes()
+            } else {
+                return Ok(None);
+            };
+            let mq: Vec<u8> = k.iter().map(|k| k.unsigned_abs() as u8).collect();
+            if sc.iter().chain(&mq).any(|&v| v > 63) {
+                return Ok(None);
+            }
+            // Six-bit (scale, min) pairs packed as llama.cpp's quantize_row_q4_K_ref packs them.
+            let mut scales = [0u8; 12];
+            for j in 0..8 {
+                if j < 4 {
+                    scales[j] = sc[j];
+                    scales[j + 4] = mq[j];
+                } else {
+                    scales[j + 4] = (sc[j] & 0xF) | ((mq[j] & 0xF) << 4);
+                    scales[j - 4] |= (sc[j] >> 4) << 6;
+                    scales[j] |= (mq[j] >> 4) << 6;
+                }
+            }
+            let base = r * cols + b * 256;
+            let code = |i: usize| -> u8 {
+                let g = group(i / 32);
+                if g.scale > 0.0 { ((values[base + i] - g.min) / g.scale).round().clamp(0.0, 15.0) as u8 } else { 0 }
+            };
+            out.extend_from_slice(&d_bits);
+            out.extend_from_slice(&dmin_bits);
+            out.extend_from_slice(&scales);
+            for chunk in 0..4 {
+                out.extend((0..32).map(|l| code(64 * chunk + l) | (code(64 * chunk + 32 + l) << 4)));
+            }
+        }
+    }
+    Ok(Some((GgmlDType::Q4K, out)))
 }
 
 /// `values` (row-major, `shape`) quantized to `dtype` by candle-core (llama.cpp's reference
