@@ -109,8 +109,11 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--blocks", type=int, help="only this many transformer blocks (same widths)")
     args = ap.parse_args()
-    c = SHAPES[args.shape]
+    c = dict(SHAPES[args.shape])
+    if args.blocks:
+        c["num_hidden_layers"] = args.blocks
     st_dtype, size = DTYPES[args.dtype]
     os.makedirs(args.out, exist_ok=True)
 

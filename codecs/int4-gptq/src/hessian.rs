@@ -31,8 +31,10 @@ pub const MAX_DAMPING_RETRIES: usize = 4;
 #[derive(Clone, Debug)]
 pub struct Hessian {
     dim: usize,
-    /// `(G + Gᵀ) / 2` in f64, row-major, with the diagonal of dead channels set to 1.
-    data: Vec<f64>,
+    /// `G` as given (f32, row-major). `(G + Gᵀ) / 2` in f64 with the dead channels' diagonal set
+    /// to 1 is rebuilt from it by [`Hessian::damped`], so that f64 matrix (0.64 GB for an
+    /// 8960-wide input) exists only while it is being factored.
+    gram: Vec<f32>,
     dead: Vec<bool>,
     mean_diag: f64,
 }
@@ -84,7 +86,25 @@ impl Hessian {
             )));
         }
         // (G + Gᵀ) / 2, tile by tile so the transposed reads stay in cache.
+        let dead: Vec<bool> = (0..cols).map(|j| gram[j * cols + j] == 0.0).collect();
+        let diagonal = |j: usize| if dead[j] { 1.0 } else { f64::from(gram[j * cols + j]) };
+        let mean_diag = if cols == 0 {
+            0.0
+        } else {
+            (0..cols).map(diagonal).sum::<f64>() / cols as f64
+        };
+        Ok(Self {
+            dim: cols,
+            gram: gram.to_vec(),
+            dead,
+            mean_diag,
+        })
+    }
+
+    /// `(G + Gᵀ) / 2` in f64, row-major, with the diagonal of dead channels set to 1.
+    fn symmetrized(&self) -> Vec<f64> {
         const TILE: usize = 32;
+        let (cols, gram) = (self.dim, &self.gram);
         let mut data = vec![0f64; cols * cols];
         for i0 in (0..cols).step_by(TILE) {
             for j0 in (0..cols).step_by(TILE) {
@@ -96,21 +116,10 @@ impl Hessian {
                 }
             }
         }
-        let dead: Vec<bool> = (0..cols).map(|j| data[j * cols + j] == 0.0).collect();
-        for j in (0..cols).filter(|&j| dead[j]) {
+        for j in (0..cols).filter(|&j| self.dead[j]) {
             data[j * cols + j] = 1.0;
         }
-        let mean_diag = if cols == 0 {
-            0.0
-        } else {
-            (0..cols).map(|j| data[j * cols + j]).sum::<f64>() / cols as f64
-        };
-        Ok(Self {
-            dim: cols,
-            data,
-            dead,
-            mean_diag,
-        })
+        data
     }
 
     /// Side length (the layer's input columns).
@@ -130,7 +139,7 @@ impl Hessian {
 
     /// `H + percdamp · mean(diag H) · I`, row-major.
     pub fn damped(&self, percdamp: f64) -> Vec<f64> {
-        let mut h = self.data.clone();
+        let mut h = self.symmetrized();
         let damp = percdamp * self.mean_diag;
         for j in 0..self.dim {
             h[j * self.dim + j] += damp;

@@ -8,7 +8,7 @@ use tenpak_api::{Codec, Encoded, ErrorKind, Gram, LayerStats, ParamValue, Params
 use tenpak_codec_int4_gptq::hessian::Hessian;
 use tenpak_codec_int4_gptq::linalg::{
     cholesky_lower, cholesky_lower_reference, inverse_cholesky_upper, inverse_reference,
-    invert_lower, invert_lower_reference,
+    invert_lower, invert_lower_in_place, invert_lower_reference,
 };
 use tenpak_codec_int4_gptq::output_error::{difference, quadratic_form, quadratic_form_reference};
 use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor, blocks};
@@ -63,6 +63,13 @@ fn blocked_cholesky_and_inverse_match_the_references() {
 
         let inv_fast = invert_lower(&fast, n);
         let inv_reference = invert_lower_reference(&fast, n);
+        // The in-place inversion (what the error feedback runs) is the blocked one, bit for bit.
+        let mut in_place = fast.clone();
+        invert_lower_in_place(&mut in_place, n);
+        assert!(
+            in_place.iter().zip(&inv_fast).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "invert_lower_in_place n={n} differs from invert_lower"
+        );
         assert!(
             max_abs_diff(&inv_fast, &inv_reference) <= 1e-10 * max_abs(&inv_reference),
             "invert_lower n={n}"

@@ -180,6 +180,42 @@ pub fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
     x
 }
 
+/// [`invert_lower`] in place: `a` holds `L` (strict upper triangle zero, as [`cholesky_lower`]
+/// leaves it) and becomes `L⁻¹`, bit for bit what [`invert_lower`] returns, without a second
+/// `n × n` matrix (for an 8960-wide layer that is 0.64 GB). The tiles are visited in the same
+/// order with the same products: a tile `X[I,J]` reads `L[I, J..I]`, which no earlier step has
+/// overwritten (columns are done left to right), and overwrites `L[I,J]` only after reading it.
+pub fn invert_lower_in_place(a: &mut [f64], n: usize) {
+    assert_eq!(a.len(), n * n, "invert_lower_in_place: matrix must be n x n");
+    for b0 in (0..n).step_by(INVERSE_BLOCK) {
+        let b1 = (b0 + INVERSE_BLOCK).min(n);
+        let bs = b1 - b0;
+        let mut lt = vec![0f64; bs * bs];
+        for i in 0..bs {
+            lt[i * bs..(i + 1) * bs].copy_from_slice(&a[(b0 + i) * n + b0..(b0 + i) * n + b1]);
+        }
+        let mut xt = vec![0f64; bs * bs];
+        invert_lower_block(&lt, &mut xt, bs, 0, bs);
+        for i in 0..bs {
+            a[(b0 + i) * n + b0..(b0 + i) * n + b1].copy_from_slice(&xt[i * bs..(i + 1) * bs]);
+        }
+    }
+    for j0 in (0..n).step_by(INVERSE_BLOCK) {
+        let j1 = (j0 + INVERSE_BLOCK).min(n);
+        for i0 in (j1..n).step_by(INVERSE_BLOCK) {
+            let i1 = (i0 + INVERSE_BLOCK).min(n);
+            let mut t = Array2::<f64>::zeros((i1 - i0, j1 - j0));
+            {
+                let v = ArrayView2::from_shape((n, n), &a[..]).expect("n x n");
+                general_mat_mul(1.0, &v.slice(s![i0..i1, j0..i0]), &v.slice(s![j0..i0, j0..j1]), 0.0, &mut t);
+            }
+            let mut xv = ArrayViewMut2::from_shape((n, n), &mut a[..]).expect("n x n");
+            let (mut left, right) = xv.view_mut().split_at(Axis(1), i0);
+            general_mat_mul(-1.0, &right.slice(s![i0..i1, ..i1 - i0]), &t, 0.0, &mut left.slice_mut(s![i0..i1, j0..j1]));
+        }
+    }
+}
+
 /// Reference for [`invert_lower`]: forward substitution on the whole matrix.
 pub fn invert_lower_reference(l: &[f64], n: usize) -> Vec<f64> {
     assert_eq!(
@@ -207,9 +243,9 @@ pub fn inverse_cholesky_upper(mut h: Vec<f64>, n: usize) -> Result<Vec<f64>, Not
     cholesky_lower(&mut h, n).map_err(|e| NotPositiveDefinite {
         column: n - 1 - e.column,
     })?;
-    let mut u = invert_lower(&h, n);
-    u.reverse();
-    Ok(u)
+    invert_lower_in_place(&mut h, n);
+    h.reverse();
+    Ok(h)
 }
 
 /// `H⁻¹` of a symmetric positive-definite `h` by Gauss–Jordan elimination without pivoting
