@@ -123,7 +123,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Write an artifact in another runtime's format (GGUF for llama.cpp)
+    /// Write an artifact in another runtime's format: GGUF (llama.cpp) or compressed-tensors (vLLM, transformers)
     Export {
         /// The artifact directory.
         artifact: PathBuf,
