@@ -142,7 +142,8 @@ pub fn export_compressed_tensors(
                 if linear {
                     ignore.push(record.name.trim_end_matches(".weight").to_owned());
                 }
-                let rel_err = relative_error(&values, dense.iter().map(|v| v.to_f32()));
+                let rounded: Vec<f32> = dense.iter().map(|v| v.to_f32()).collect();
+                let (rel_err, _) = crate::encode::reconstruction_error(&values, &rounded);
                 CtTensor { name: record.name.clone(), quantized: false, rel_err, numel: values.len(), linear, bits: 16 * values.len() as u64 }
             };
             tensors.push(entry);
@@ -213,15 +214,6 @@ fn quantization_config(group_size: usize, ignore: &[String]) -> serde_json::Valu
         "transform_config": {},
         "version": "0.12.2"
     })
-}
-
-fn relative_error(reference: &[f32], approx: impl Iterator<Item = f32>) -> f64 {
-    let (mut err, mut norm) = (0f64, 0f64);
-    for (r, a) in reference.iter().zip(approx) {
-        err += (f64::from(*r) - f64::from(a)).powi(2);
-        norm += f64::from(*r).powi(2);
-    }
-    if err == 0.0 { 0.0 } else { err / norm.max(f64::MIN_POSITIVE) }
 }
 
 /// A matrix in the pack-quantized layout.

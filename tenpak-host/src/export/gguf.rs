@@ -335,16 +335,7 @@ fn convert(
     };
     let bytes = quantize(dtype, &values, &record.shape)?;
     let decoded = dequantize(dtype, &bytes, values.len())?;
-    let (mut err, mut norm) = (0f64, 0f64);
-    for (d, v) in decoded.iter().zip(&values) {
-        err += (f64::from(*d) - f64::from(*v)).powi(2);
-        norm += f64::from(*v).powi(2);
-    }
-    let rel_err = if err == 0.0 {
-        0.0
-    } else {
-        err / norm.max(f64::MIN_POSITIVE)
-    };
+    let (rel_err, _) = crate::encode::reconstruction_error(&values, &decoded);
     Ok(Converted {
         dtype,
         bytes,

@@ -71,55 +71,42 @@ pub fn name_of(dtype: GgmlDType) -> &'static str {
     type_name(type_id(dtype)).expect("every candle type has a ggml id in TYPES")
 }
 
-/// The candle type called `name` (case-insensitive, `q4_k` or `Q4_K`), if candle has it.
+/// Every type candle-core reads (and dequantizes).
+const CANDLE_TYPES: [GgmlDType; 15] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q8_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::Q8K,
+];
+
+/// The candle type called `name` (case-insensitive, `q4_k` or `Q4_K`), if candle has it as a
+/// storage type (Q8_1 and Q8_K are llama.cpp's activation types, never a file's).
 pub fn parse_name(name: &str) -> Option<GgmlDType> {
-    [
-        GgmlDType::F32,
-        GgmlDType::F16,
-        GgmlDType::BF16,
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q2K,
-        GgmlDType::Q3K,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ]
-    .into_iter()
-    .find(|&d| name_of(d).eq_ignore_ascii_case(name))
+    CANDLE_TYPES
+        .into_iter()
+        .filter(|d| !matches!(d, GgmlDType::Q8_1 | GgmlDType::Q8K))
+        .find(|&d| name_of(d).eq_ignore_ascii_case(name))
 }
 
 /// Tensors of a GGUF file whose type candle-core cannot read, as `(name, type id)`, found by
 /// walking the header without candle (which stops at the first with "unknown dtype for tensor
 /// <id>", naming neither the tensor nor the type). Empty when the header cannot be walked.
 pub fn unreadable_tensors(bytes: &[u8]) -> Vec<(String, u32)> {
-    let readable: Vec<u32> = [
-        GgmlDType::F32,
-        GgmlDType::F16,
-        GgmlDType::BF16,
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q8_1,
-        GgmlDType::Q2K,
-        GgmlDType::Q3K,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-        GgmlDType::Q8K,
-    ]
-    .into_iter()
-    .map(type_id)
-    .collect();
     tensor_types(bytes)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, id)| !readable.contains(id))
+        .filter(|(_, id)| !CANDLE_TYPES.into_iter().any(|d| type_id(d) == *id))
         .collect()
 }
 
