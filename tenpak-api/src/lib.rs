@@ -30,7 +30,7 @@ mod params;
 pub mod registry;
 mod tensor;
 
-pub use allocator::{Allocator, AllocatorConfig, CodecChoice, LayerPlan, Override, Plan, Probe, ProbeResult};
+pub use allocator::{Allocator, AllocatorConfig, CodecChoice, LayerPlan, Override, Plan, Probe, ProbeResult, glob_match};
 pub use calibrator::{Calibrator, StatKind, StatsNeeds};
 pub use codec::{Codec, ParamSpec, ParamType, param_in_range, param_one_of, validate_params, validate_recorded};
 pub use error::{Error, ErrorKind, Result};

@@ -3,6 +3,7 @@
 //! Naming each crate here keeps the linker from dropping its `inventory` registrations; the
 //! registry test asserts that every id below is really registered.
 
+use tenpak_alloc_bit_budget as _;
 use tenpak_alloc_role_rules as _;
 use tenpak_calibrators as _;
 use tenpak_codec_basic as _;
@@ -15,9 +16,9 @@ use tenpak_codec_vq as _;
 /// Codec ids this binary must provide.
 pub const CODECS: &[&str] = &["int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
 /// Calibrator ids this binary must provide.
-pub const CALIBRATORS: &[&str] = &["act_scale", "gram", "hessian_diag"];
+pub const CALIBRATORS: &[&str] = &["act_scale", "fisher_diag", "gram", "hessian_diag"];
 /// Allocator ids this binary must provide.
-pub const ALLOCATORS: &[&str] = &["role_rules"];
+pub const ALLOCATORS: &[&str] = &["bit_budget", "role_rules"];
 
 /// The registry of every built-in component.
 pub fn registry() -> anyhow::Result<tenpak_api::registry::Registry> {

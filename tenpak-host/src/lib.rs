@@ -6,7 +6,8 @@
 //! The job API every front end calls: [`plan::PackPlan::build`] turns a [`plan::PackRequest`]
 //! into a validated plan, [`pack::run`] runs it under a [`observe::PackObserver`] (progress,
 //! warnings, cancellation), [`eval::run`] scores a model or artifact, [`unpack::unpack`] writes one
-//! back out dense, [`export`] writes it for another runtime (GGUF); failures are [`error::HostError`]s with a kind the front end maps to an exit
+//! back out dense, [`export`] writes it for another runtime (GGUF), [`sweep`] packs one model at several
+//! rates beside other tools' files and plots perplexity against bits per weight; failures are [`error::HostError`]s with a kind the front end maps to an exit
 //! code or an HTTP status. The library prints nothing.
 
 pub mod artifact;
@@ -17,6 +18,7 @@ pub mod eval;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod measure;
 pub mod model;
 pub mod observe;
 pub mod pack;
@@ -29,5 +31,6 @@ pub mod roles;
 pub mod runtime;
 #[cfg(feature = "studio")]
 pub mod server;
+pub mod sweep;
 pub mod tokenize;
 pub mod unpack;

@@ -22,6 +22,7 @@ use tenpak_host::preset::{BUILTIN, Preset};
 #[cfg(feature = "studio")]
 use tenpak_host::server::config::StudioConfig;
 use tenpak_host::export::{CtOptions, GgufOptions, export_compressed_tensors, export_gguf};
+use tenpak_host::sweep::{self, SweepRequest};
 use tenpak_host::unpack::{DenseDType, unpack};
 use tenpak_host::{builtins, pack, report};
 
@@ -73,6 +74,10 @@ enum Command {
         /// Skip the evaluation.
         #[arg(long)]
         no_eval: bool,
+        /// Bits per weight on the block linears, for a preset whose allocator measures
+        /// (`bit_budget`, e.g. the built-in `budget`): overrides its target_bpw.
+        #[arg(long, value_name = "BITS")]
+        target_bpw: Option<f64>,
         /// Print every tensor's codec, bits and error (default: on).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         tensors: bool,
@@ -157,6 +162,35 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Pack a model at several bit rates with a measuring preset and plot perplexity against bits
+    /// per weight, beside llama.cpp's GGUFs scored the same way (sweep.csv, sweep.svg, sweep.png).
+    Sweep {
+        /// The model to compress.
+        model: PathBuf,
+        /// Bits per weight on the block linears, one artifact each (`bpw-<target>.tenpak`).
+        #[arg(long, value_name = "BITS,...", value_delimiter = ',', required = true, num_args = 1..)]
+        bpw: Vec<f64>,
+        /// A preset whose allocator measures (`bit_budget`): a built-in name or a TOML file
+        /// [default: the built-in `budget`, where this build has one].
+        #[arg(long, value_name = "FILE_OR_NAME")]
+        preset: Option<String>,
+        /// A directory of GGUF files (llama.cpp's quantizations) to score with the same
+        /// evaluation windows and ctx; each is a point labelled by its file stem.
+        #[arg(long, value_name = "DIR")]
+        with_llamacpp: Option<PathBuf>,
+        /// Output directory: the artifacts, sweep.csv, sweep.svg and sweep.png.
+        #[arg(short, long, value_name = "OUT_DIR")]
+        output: PathBuf,
+        /// Calibration text (windows and ctx from the preset's [calibration]).
+        #[arg(long, default_value = "assets/calib.txt")]
+        calib: PathBuf,
+        /// Evaluation text (windows and ctx from the preset's [evaluation], for every point).
+        #[arg(long, default_value = "assets/eval.txt")]
+        eval: PathBuf,
+        /// Replace existing artifacts in the output directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// List registered codecs, calibrators and allocators.
     Codecs,
     /// List built-in presets, and whether this build can run them.
@@ -193,7 +227,7 @@ fn run_inner(cli: Cli) -> Result<()> {
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
-        Command::Pack { model, preset, output, force, calib, eval, no_eval, tensors } => {
+        Command::Pack { model, preset, output, force, calib, eval, no_eval, target_bpw, tensors } => {
             let request = PackRequest {
                 output: output.unwrap_or_else(|| default_output(&model)),
                 model: model.into(),
@@ -201,6 +235,7 @@ fn run_inner(cli: Cli) -> Result<()> {
                 force,
                 calib: Some(TextSpec::File(calib)),
                 eval: (!no_eval).then_some(TextSpec::File(eval)),
+                target_bpw,
             };
             let started = std::time::Instant::now();
             let plan = PackPlan::build(&request, &registry)?;
@@ -284,6 +319,33 @@ fn run_inner(cli: Cli) -> Result<()> {
             }
             print!("{}", report::gguf_summary(&exported));
             println!("wrote         {}", output.display());
+        }
+        Command::Sweep { model, bpw, preset, with_llamacpp, output, calib, eval, force } => {
+            let preset = match preset {
+                Some(preset) => PresetSpec::from_cli(&preset),
+                None => sweep::default_preset()?,
+            };
+            let request = SweepRequest {
+                model,
+                targets: bpw,
+                preset,
+                gguf_dir: with_llamacpp,
+                output,
+                calib: TextSpec::File(calib),
+                eval: TextSpec::File(eval),
+                force,
+            };
+            let bar = Bar::new("sweep", true);
+            let outcome = sweep::run(&request, &registry, &bar, &mut |row| bar.println(&row.to_string()));
+            bar.finish();
+            let outcome = outcome?;
+            for (path, reason) in &outcome.skipped {
+                println!("skipped       {}: {reason}", path.display());
+            }
+            println!("protocol      {}", outcome.caption);
+            for path in [&outcome.csv, &outcome.svg, &outcome.png] {
+                println!("wrote         {}", path.display());
+            }
         }
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Codecs => {

@@ -12,6 +12,8 @@ use crate::error::Kind;
 pub enum Stage {
     /// Checking the request, planning every layer.
     Plan,
+    /// Measuring candidate configurations on calibration text for a measuring allocator.
+    Measure,
     /// Running a block on calibration text while calibrators watch its linears.
     Calibrate,
     /// Encoding weights (every tensor on the calibration-free path; one block's on the pipeline).
@@ -31,6 +33,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::Plan => "plan",
+            Stage::Measure => "measure",
             Stage::Calibrate => "calibrate",
             Stage::Encode => "encode",
             Stage::Propagate => "propagate",

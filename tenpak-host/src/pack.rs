@@ -28,7 +28,7 @@ use crate::error::{HostError, Kind};
 use crate::eval::{self, PplReport};
 use crate::model::{ModelSource, TokenizerSource};
 use crate::observe::{PackObserver, Stage, Tracker};
-use crate::pipeline;
+use crate::{measure, pipeline};
 use crate::plan::{Evaluation, PackPlan, Text};
 use crate::runtime::LlamaModel;
 
@@ -96,17 +96,25 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
     }
     let calibrated = !plan.calibrators.is_empty();
     let eval_steps = plan.evaluation.as_ref().map_or(0, |e| 2 * e.windows as u64);
-    let total = if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
+    let measure_steps = if plan.measuring { measure::steps(plan) } else { 0 };
+    let total = measure_steps + if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
     let tracker = Tracker::new(observer, total);
+    // A measuring allocator chooses the plan now, before anything is written.
+    let (layers, allocation) = if plan.measuring {
+        let (layers, record) = measure::allocate(plan, registry, &tracker)?;
+        (layers, Some(record))
+    } else {
+        (plan.layers.clone(), None)
+    };
     let mut writer = ArtifactWriter::create(&plan.output, plan.force)?;
     let (evaluation, calibration) = if calibrated {
-        let outcome = pipeline::run(plan, registry, &mut writer, &tracker)?;
+        let outcome = pipeline::run(plan, &layers, registry, &mut writer, &tracker)?;
         (outcome.evaluation, Some(outcome.calibration))
     } else {
         for info in model.tensors() {
             tracker.begin(Stage::Encode, None, &info.name)?;
             let values = model.load_f32(&info.name)?;
-            write_tensor(&mut writer, registry, info, values, plan.layers.get(&info.name), &LayerStats::none())?;
+            write_tensor(&mut writer, registry, info, values, layers.get(&info.name), &LayerStats::none())?;
             tracker.end(Stage::Encode, None, &info.name);
         }
         (None, None)
@@ -125,6 +133,7 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
         totals,
         evaluation,
         calibration,
+        allocation,
         shards: Vec::new(),
     };
     if calibrated || plan.evaluation.is_none() {

@@ -18,6 +18,7 @@
 //! exactly the operations `tenpak eval` runs, on the same weights a reader decodes, so the
 //! compressed figure equals `tenpak eval <artifact>` (a test checks it).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -76,6 +77,7 @@ fn forward_all(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> Result<Ve
 /// The pipeline's state between stages.
 struct Pipeline<'a> {
     plan: &'a PackPlan,
+    layers: &'a BTreeMap<String, LayerPlan>,
     registry: &'a Registry,
     writer: &'a mut ArtifactWriter,
     tracker: &'a Tracker<'a>,
@@ -97,9 +99,16 @@ struct Pipeline<'a> {
 }
 
 /// Calibrate, encode and write every weight of `plan.model` by `plan`, block by block.
-pub(crate) fn run(plan: &PackPlan, registry: &Registry, writer: &mut ArtifactWriter, tracker: &Tracker<'_>) -> Result<Outcome> {
+/// `layers` is the plan (the preset's, or what a measuring allocator chose).
+pub(crate) fn run(
+    plan: &PackPlan,
+    layers: &BTreeMap<String, LayerPlan>,
+    registry: &Registry,
+    writer: &mut ArtifactWriter,
+    tracker: &Tracker<'_>,
+) -> Result<Outcome> {
     let started = Instant::now();
-    let mut pipeline = Pipeline::start(plan, registry, writer, tracker)?;
+    let mut pipeline = Pipeline::start(plan, layers, registry, writer, tracker)?;
     let n = plan.model.config().num_hidden_layers;
     for i in 0..n {
         let mut block = Block::load(plan.model.config(), i, plan.model.as_ref()).with_context(|| format!("loading block {i}"))?;
@@ -115,14 +124,19 @@ pub(crate) fn run(plan: &PackPlan, registry: &Registry, writer: &mut ArtifactWri
 impl<'a> Pipeline<'a> {
     /// Everything outside the blocks' linear layers, encoded without statistics; the embedding
     /// and lm_head kept, original and decoded, for the two paths; the windows embedded.
-    fn start(plan: &'a PackPlan, registry: &'a Registry, writer: &'a mut ArtifactWriter, tracker: &'a Tracker<'a>) -> Result<Self> {
+    fn start(
+        plan: &'a PackPlan,
+        layers: &'a BTreeMap<String, LayerPlan>,
+        registry: &'a Registry,
+        writer: &'a mut ArtifactWriter,
+        tracker: &'a Tracker<'a>,
+    ) -> Result<Self> {
         let model = plan.model.as_ref();
         let config = model.config();
         let calibration = plan.calibration.as_ref().context("a calibrated plan has a calibration text")?;
         let calibrators = plan.calibrators.iter().map(|id| registry.calibrator(id)).collect::<tenpak_api::Result<Vec<_>>>()?;
         tracker.begin(Stage::Encode, None, "embedding, norms and head")?;
-        let calibrated_lm_head = plan
-            .layers
+        let calibrated_lm_head = layers
             .get("lm_head.weight")
             .is_some_and(|lp| registry.codec(&lp.codec).is_ok_and(|c| !c.needs().is_none()));
         let (mut embed_float, mut embed_quant, mut lm_head_quant) = (None, None, None);
@@ -131,7 +145,7 @@ impl<'a> Pipeline<'a> {
             if (role.is_block_linear() && block.is_some()) || (calibrated_lm_head && info.name == "lm_head.weight") {
                 continue;
             }
-            let lp = plan.layers.get(&info.name);
+            let lp = layers.get(&info.name);
             if let Some(lp) = lp
                 && !registry.codec(&lp.codec)?.needs().is_none()
             {
@@ -190,6 +204,7 @@ impl<'a> Pipeline<'a> {
         tracker.end(Stage::Encode, None, "embedding, norms and head");
         Ok(Pipeline {
             plan,
+            layers,
             registry,
             writer,
             tracker,
@@ -223,7 +238,7 @@ impl<'a> Pipeline<'a> {
 
     /// The linear layers of `block`, with their plans and watchers.
     fn block_layers(&self, block: &Block) -> Result<Vec<BlockLayer<'a>>> {
-        let plan = self.plan;
+        let planned = self.layers;
         block
             .linears()
             .iter()
@@ -231,7 +246,7 @@ impl<'a> Pipeline<'a> {
                 let name = linear.name().to_owned();
                 let (role, block) = roles::classify(&name, &[linear.out_features(), linear.in_features()]);
                 let info = LayerInfo { name, role, block, rows: linear.out_features(), cols: linear.in_features() };
-                let lp = plan.layers.get(&info.name);
+                let lp = planned.get(&info.name);
                 Ok(BlockLayer { calibrators: self.watchers(lp)?, plan: lp, info })
             })
             .collect()
@@ -313,7 +328,7 @@ impl<'a> Pipeline<'a> {
         let model = self.plan.model.as_ref();
         let info = model.tensor("lm_head.weight").context("lm_head.weight is planned, so present")?;
         let layer = LayerInfo { name: info.name.clone(), role: LayerRole::LmHead, block: None, rows: info.shape[0], cols: info.shape[1] };
-        let lp = self.plan.layers.get(&info.name);
+        let lp = self.layers.get(&info.name);
         let watching = self.watchers(lp)?;
         for h in &self.hidden {
             let normed = self.quant_head.as_ref().context("a calibrated lm_head keeps the quantized head")?.normed_rows(h)?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
-use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
+use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Plan, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
 
 use crate::artifact::safetensors_writer::hex;
 use crate::encode::reconstruction_error;
@@ -24,7 +24,7 @@ use crate::error::{HostError, Kind};
 use crate::eval::{self, PplOptions};
 use crate::model::{self, ModelSource};
 use crate::preset::{BUILTIN, Preset};
-use crate::{roles, tokenize};
+use crate::tokenize;
 
 /// Where the preset comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +165,9 @@ pub struct PackRequest {
     pub calib: Option<TextSpec>,
     /// Evaluation text: when given, baseline and compressed perplexity go into the manifest.
     pub eval: Option<TextSpec>,
+    /// Bits per weight on the block linears, overriding the preset's `target_bpw` (a preset
+    /// whose allocator measures, such as `bit_budget`).
+    pub target_bpw: Option<f64>,
 }
 
 /// The calibration input of a plan.
@@ -202,7 +205,12 @@ pub struct PackPlan {
     /// The preset's text, for the manifest.
     pub preset_text: String,
     /// Every planned tensor's codec and parameters, by name (tensors absent are stored raw).
+    /// With a measuring allocator, the plan its rules resolve to before measuring: the pack
+    /// replaces it with the allocator's choice ([`crate::measure`]).
     pub layers: BTreeMap<String, LayerPlan>,
+    /// The preset's allocator measures: the plan is chosen inside the pack, on the calibration
+    /// text.
+    pub measuring: bool,
     /// Ids of the calibrators to run; empty for a calibration-free pack.
     pub calibrators: Vec<String>,
     /// Calibration text and windows, when `calibrators` is not empty.
@@ -224,7 +232,18 @@ impl PackPlan {
     }
 
     fn build_inner(request: &PackRequest, registry: &Registry) -> Result<PackPlan> {
-        let (preset, preset_text) = request.preset.load()?;
+        let (mut preset, preset_text) = request.preset.load()?;
+        if let Some(bpw) = request.target_bpw {
+            if registry.allocator(&preset.allocator.id)?.needs(&preset.allocator_config()).is_none() {
+                bail!(
+                    "--target-bpw needs a preset whose allocator measures (`bit_budget`); preset `{}` uses `{}`",
+                    preset.name,
+                    preset.allocator.id
+                );
+            }
+            preset.allocator.params.0.remove("target_bytes");
+            preset.allocator.params.set("target_bpw", bpw);
+        }
         preset.validate(registry)?;
         if request.output.exists() && !request.force {
             bail!("{} already exists (pass --force to replace it)", request.output.display());
@@ -234,20 +253,46 @@ impl PackPlan {
             ModelSpec::Source(source) => source.clone(),
         };
         let config = model.config();
-        let layers = plan_layers(model.as_ref(), &preset, registry)?;
-        let calibrators = calibrators_for(&layers, &preset, registry)?;
+        let allocator_config = preset.allocator_config();
+        let measuring = !registry.allocator(&preset.allocator.id)?.needs(&allocator_config).is_none();
+        // Every configuration the pack may encode with, for the calibrators it needs.
+        let mut candidates: Vec<LayerPlan> = Vec::new();
+        let layers = if measuring {
+            // The rules' plan, every candidate laid over it checked now; the choice comes later.
+            let infos = crate::measure::plan_infos(model.as_ref());
+            let base = infos.iter().map(|l| allocator_config.resolve(l)).collect::<tenpak_api::Result<Vec<_>>>()?;
+            for (lp, info) in base.iter().zip(&infos) {
+                if !(info.role.is_block_linear() && info.block.is_some()) {
+                    continue;
+                }
+                for (i, candidate) in allocator_config.candidates.iter().enumerate() {
+                    let mut tried = lp.clone();
+                    tried.apply(candidate);
+                    let codec = registry.codec(&tried.codec)?;
+                    codec.validate(&tried.params).with_context(|| {
+                        format!("preset `{}`, [[allocator.candidates]] #{} on `{}` ({})", preset.name, i + 1, lp.name, tried.codec)
+                    })?;
+                    candidates.push(tried);
+                }
+            }
+            check_plan(Plan { layers: base }, &infos, registry, &preset.allocator.id)?
+        } else {
+            plan_layers(model.as_ref(), &preset, registry)?
+        };
+        let calibrators = calibrators_for(layers.values().chain(&candidates), &preset, registry)?;
 
         // Calibrating or evaluating runs the model, so the runtime must accept its configuration.
-        let needs_tokens = !calibrators.is_empty() || request.eval.is_some();
+        let calibrating = !calibrators.is_empty() || measuring;
+        let needs_tokens = calibrating || request.eval.is_some();
         if needs_tokens {
             config.validate().with_context(|| format!("{}", model.path().display()))?;
         }
         let tokenizer = if needs_tokens { Some(tokenize::for_model(model.as_ref())?) } else { None };
         let max_ctx = config.max_position_embeddings;
-        let calibration = match (calibrators.is_empty(), &request.calib) {
-            (true, _) => None,
-            (false, None) => bail!("preset `{}` calibrates and needs a calibration text: pass --calib FILE", preset.name),
-            (false, Some(spec)) => {
+        let calibration = match (calibrating, &request.calib) {
+            (false, _) => None,
+            (true, None) => bail!("preset `{}` calibrates and needs a calibration text: pass --calib FILE", preset.name),
+            (true, Some(spec)) => {
                 let (windows, ctx) = (preset.calibration.windows, preset.calibration.ctx);
                 ensure!(windows > 0, "preset `{}`: [calibration] windows must be at least 1", preset.name);
                 ensure!(ctx <= max_ctx, "preset `{}`: calibration ctx {ctx} exceeds the model's max_position_embeddings {max_ctx}", preset.name);
@@ -300,6 +345,7 @@ impl PackPlan {
             preset,
             preset_text,
             layers,
+            measuring,
             calibrators,
             calibration,
             evaluation,
@@ -325,32 +371,33 @@ impl Probe for MeasuringProbe<'_> {
         let view = WeightView::new(&values, layer.rows, layer.cols)?;
         let encoded = codec.encode(view, &LayerStats::none(), params)?;
         let decoded = codec.decode(&encoded)?;
-        Ok(ProbeResult { bits: codec.size_bits(&encoded), rel_mse: reconstruction_error(&values, &decoded).0 })
+        Ok(ProbeResult { bits: codec.size_bits(&encoded), rel_mse: reconstruction_error(&values, &decoded).0, ..Default::default() })
     }
 }
 
 /// The per-layer plan for `model` under `preset`, keyed by tensor name. Every codec id and
 /// parameter set is checked here, before any encoding starts.
 pub fn plan_layers(model: &dyn ModelSource, preset: &Preset, registry: &Registry) -> Result<BTreeMap<String, LayerPlan>> {
-    let layers: Vec<LayerInfo> = model
-        .tensors()
-        .iter()
-        .filter(|t| t.shape.len() == 2)
-        .map(|t| {
-            let (role, block) = roles::classify(&t.name, &t.shape);
-            LayerInfo { name: t.name.clone(), role, block, rows: t.shape[0], cols: t.shape[1] }
-        })
-        .collect();
+    let layers = crate::measure::plan_infos(model);
     let allocator = registry.allocator(&preset.allocator.id)?;
     let mut probe = MeasuringProbe { model, registry, layers: &layers };
     let plan = allocator
         .plan(&layers, &preset.allocator_config(), &mut probe)
         .with_context(|| format!("allocator `{}`", preset.allocator.id))?;
+    check_plan(plan, &layers, registry, &preset.allocator.id)
+}
+
+/// An allocator's plan for `layers`, checked (one entry per layer, by name and in order; every
+/// codec known and its parameters valid) and keyed by tensor name.
+pub(crate) fn check_plan(plan: Plan, layers: &[LayerInfo], registry: &Registry, allocator: &str) -> Result<BTreeMap<String, LayerPlan>> {
     if plan.layers.len() != layers.len() {
-        bail!("allocator `{}` planned {} layers, expected {}", preset.allocator.id, plan.layers.len(), layers.len());
+        bail!("allocator `{allocator}` planned {} layers, expected {}", plan.layers.len(), layers.len());
     }
     let mut out = BTreeMap::new();
-    for lp in plan.layers {
+    for (lp, layer) in plan.layers.into_iter().zip(layers) {
+        if lp.name != layer.name {
+            bail!("allocator `{allocator}` planned `{}` where `{}` was expected", lp.name, layer.name);
+        }
         let codec = registry.codec(&lp.codec).with_context(|| format!("plan for `{}`", lp.name))?;
         codec.validate(&lp.params).with_context(|| format!("plan for `{}` ({})", lp.name, lp.codec))?;
         out.insert(lp.name.clone(), lp);
@@ -372,9 +419,10 @@ pub(crate) fn wants(needs: StatsNeeds, kind: StatKind) -> bool {
 
 /// Ids of the calibrators a pack needs: those the preset lists, plus a registered provider of
 /// every statistic a planned codec needs. Empty when nothing needs calibration.
-pub fn calibrators_for(plan: &BTreeMap<String, LayerPlan>, preset: &Preset, registry: &Registry) -> Result<Vec<String>> {
+pub fn calibrators_for<'p>(plan: impl IntoIterator<Item = &'p LayerPlan>, preset: &Preset, registry: &Registry) -> Result<Vec<String>> {
+    let plan: Vec<&LayerPlan> = plan.into_iter().collect();
     let mut needs = StatsNeeds::NONE;
-    for lp in plan.values() {
+    for lp in &plan {
         needs = needs.union(registry.codec(&lp.codec)?.needs());
     }
     let mut chosen = Vec::new();
@@ -389,7 +437,7 @@ pub fn calibrators_for(plan: &BTreeMap<String, LayerPlan>, preset: &Preset, regi
         let provider = registered.iter().find_map(|id| registry.calibrator(id).ok().filter(|c| c.provides() == kind));
         let Some(provider) = provider else {
             let codecs: Vec<&str> = plan
-                .values()
+                .iter()
                 .filter(|lp| registry.codec(&lp.codec).is_ok_and(|c| wants(c.needs(), kind)))
                 .map(|lp| lp.codec.as_str())
                 .collect();

@@ -72,14 +72,21 @@ pub struct OverrideTable {
     pub table: CodecTable,
 }
 
-/// `[allocator]`.
+/// `[allocator]`: its id, its own parameters beside it (`target_bpw = 4.0`), and for a
+/// measuring allocator the configurations it may choose from (`[[allocator.candidates]]`, each a
+/// codec table laid over the layer's resolved plan).
+///
+/// Unknown keys are not refused here but by the allocator's `validate`, which knows its
+/// parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AllocatorTable {
     /// Allocator id.
     pub id: String,
-    /// Allocator-specific parameters.
-    #[serde(default)]
+    /// Configurations to choose from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<CodecTable>,
+    /// Allocator-specific parameters: every other key.
+    #[serde(flatten)]
     pub params: Params,
 }
 
@@ -188,6 +195,7 @@ impl Preset {
                 .map(|o| Override { pattern: o.pattern.clone(), choice: (&o.table).into() })
                 .collect(),
             params: self.allocator.params.clone(),
+            candidates: self.allocator.candidates.iter().map(CodecChoice::from).collect(),
         }
     }
 
@@ -217,6 +225,9 @@ impl Preset {
         }
         for (i, o) in self.overrides.iter().enumerate() {
             check(&o.table, &self.codec.params, &format!("[[overrides]] #{} (`{}`)", i + 1, o.pattern))?;
+        }
+        for (i, c) in self.allocator.candidates.iter().enumerate() {
+            check(c, &self.codec.params, &format!("[[allocator.candidates]] #{}", i + 1))?;
         }
         if self.evaluation.ctx < 2 || self.calibration.ctx < 2 {
             bail!("{}: ctx must be at least 2 tokens", ctx("[evaluation]/[calibration]"));

@@ -28,6 +28,14 @@ impl Bar {
         Self { label: label.to_owned(), shown, state: Mutex::new(State::default()) }
     }
 
+    /// Print `line` on stdout, with the bar (if any) lifted out of the way while it prints.
+    pub fn println(&self, line: &str) {
+        match &self.state.lock().unwrap_or_else(|e| e.into_inner()).bar {
+            Some(bar) => bar.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
+
     /// Clear the bar.
     pub fn finish(&self) {
         if let Some(bar) = self.state.lock().unwrap_or_else(|e| e.into_inner()).bar.take() {

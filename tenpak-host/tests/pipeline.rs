@@ -3,11 +3,10 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use tenpak_api::{Codec, Encoded, LayerStats, ParamSpec, ParamType, Params, Part, StatsNeeds, WeightView};
 use tenpak_host::artifact::{Artifact, ArtifactSource};
 use tenpak_host::eval::{self, PplOptions};
@@ -17,7 +16,7 @@ use tenpak_host::error::{HostError, Kind};
 use tenpak_host::observe::{PackObserver, Stage, Update};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
 use tenpak_host::preset::Preset;
-use util::{inline_preset, pack};
+use util::{Tiny, inline_preset, pack, tiny, write_tiny_model};
 use tenpak_host::runtime::LlamaModel;
 use tenpak_host::{builtins, tokenize};
 
@@ -51,46 +50,6 @@ impl Codec for StatsProbe {
 
 tenpak_api::register_codec!("test_stats_probe", StatsProbe);
 
-/// Words the tiny tokenizer knows; text is made of them.
-const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",
-    "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were",
-    "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would",
-    "who", "so", "no", "nation", "people", "state", "union", "year", "war", "law", "work", "peace", "congress",
-];
-
-/// A tiny model directory: config.json, model.safetensors (untied lm_head), and a word-level
-/// tokenizer.json over [`WORDS`].
-fn write_tiny_model(dir: &Path, seed: u64) {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = util::tiny_llama_config(72, 160, 2, 96);
-    std::fs::write(dir.join("config.json"), config.to_hf_config_json()).unwrap();
-    let tensors = util::tiny_llama_tensors(&config, seed);
-    util::write_safetensors(&dir.join("model.safetensors"), &tensors, |_| util::StoreAs::F32);
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("[UNK]".into(), 0.into());
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab.insert((*w).into(), (i + 1).into());
-    }
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-}
-
-/// `words` words of random text, a line break every 12.
-fn write_text(path: &Path, words: usize, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut text = String::new();
-    for i in 0..words {
-        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-        text.push(if i % 12 == 11 { '\n' } else { ' ' });
-    }
-    std::fs::write(path, text).unwrap();
-}
-
 fn preset(codec: &str, calibrators: &[&str], windows: usize) -> (Preset, String) {
     preset_with_embedding(codec, calibrators, windows, r#"codec = "int8""#)
 }
@@ -122,25 +81,6 @@ codec = "int8"
     (Preset::parse(&text, "tiny-calibrated.toml").unwrap(), text)
 }
 
-struct Tiny {
-    _tmp: tempfile::TempDir,
-    model: PathBuf,
-    calib: PathBuf,
-    eval: PathBuf,
-    out: PathBuf,
-}
-
-fn tiny(seed: u64) -> Tiny {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny");
-    write_tiny_model(&model, seed);
-    let (calib, eval) = (tmp.path().join("calib.txt"), tmp.path().join("eval.txt"));
-    write_text(&calib, 400, seed + 1);
-    write_text(&eval, 200, seed + 2);
-    let out = tmp.path().join("tiny.tenpak");
-    Tiny { _tmp: tmp, model, calib, eval, out }
-}
-
 fn registry() -> Arc<tenpak_api::registry::Registry> {
     Arc::new(builtins::registry().unwrap())
 }
@@ -153,6 +93,7 @@ fn job(preset: &(Preset, String), t: &Tiny) -> PackRequest {
         force: true,
         calib: Some(TextSpec::File(t.calib.clone())),
         eval: Some(TextSpec::File(t.eval.clone())),
+        target_bpw: None,
     }
 }
 
@@ -347,6 +288,7 @@ mod real {
                 force: false,
                 calib: Some(TextSpec::File(calib.clone())),
                 eval: Some(TextSpec::File(eval_text.clone())),
+                target_bpw: None,
             };
             pack(&job, &registry).unwrap()
         };
@@ -570,6 +512,7 @@ fn inline_texts_pack_as_files() {
     let inline = PackRequest {
         calib: Some(TextSpec::Inline { name: "calib (inline)".into(), text: read(&t.calib) }),
         eval: Some(TextSpec::Inline { name: "eval (inline)".into(), text: read(&t.eval) }),
+        target_bpw: None,
         ..job(&preset, &t)
     };
     let from_request = run_observed(&inline, &Recorder::default()).unwrap();

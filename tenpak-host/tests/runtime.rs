@@ -7,96 +7,12 @@ mod util;
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 use tenpak_host::eval::{self, PplOptions};
 use tenpak_host::model::ModelConfig;
 use tenpak_host::runtime::{LinearHook, LlamaModel, RopeTables, WeightLoader, rope};
-
-// ---------------------------------------------------------------------------------------------
-// A tiny model held in a map
-
-/// Weights by HF name, with shapes.
-struct MapWeights(HashMap<String, (Vec<usize>, Vec<f32>)>);
-
-impl WeightLoader for MapWeights {
-    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.0.get(name).map(|(shape, _)| shape.clone())
-    }
-    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
-        self.0.get(name).map(|(_, values)| values.clone()).ok_or_else(|| anyhow::anyhow!("no tensor {name}"))
-    }
-}
-
-impl MapWeights {
-    fn get(&self, name: &str) -> &[f32] {
-        &self.0.get(name).unwrap_or_else(|| panic!("test model has no {name}")).1
-    }
-}
-
-/// hidden 64, 4 query heads / 2 kv heads of 16, MLP 96, 2 blocks, vocabulary 100.
-fn tiny_config(tied: bool, bias: bool) -> ModelConfig {
-    ModelConfig {
-        model_type: if bias { "qwen2" } else { "llama" }.into(),
-        hidden_size: 64,
-        intermediate_size: 96,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        vocab_size: 100,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 128,
-        tie_word_embeddings: tied,
-        attention_bias: bias,
-        bos_token_id: None,
-        eos_token_id: None,
-    }
-}
-
-/// Random weights for `config`, scaled so activations stay O(1) through the blocks (weights
-/// ~ U(−1, 1)·√(3/in)) and attention is far from uniform; norm weights around 1, biases O(0.3).
-fn tiny_weights(config: &ModelConfig, seed: u64) -> MapWeights {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut map = HashMap::new();
-    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
-        let n = shape.iter().product();
-        let values = (0..n).map(|_| offset + scale * rng.random_range(-1.0f32..1.0)).collect();
-        map.insert(name, (shape, values));
-    };
-    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
-    let (q, kv) = (config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim);
-    let linear = |input: usize| (3.0 / input as f32).sqrt();
-    add("model.embed_tokens.weight".into(), vec![v, h], 1.0, 0.0);
-    for layer in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{layer}");
-        add(format!("{p}.input_layernorm.weight"), vec![h], 0.3, 1.0);
-        add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], 2.0 * linear(h), 0.0);
-        add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 2.0 * linear(h), 0.0);
-        add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], linear(h), 0.0);
-        if config.attention_bias {
-            add(format!("{p}.self_attn.q_proj.bias"), vec![q], 0.3, 0.0);
-            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], 0.3, 0.0);
-            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], 0.3, 0.0);
-        }
-        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], linear(q), 0.0);
-        add(format!("{p}.post_attention_layernorm.weight"), vec![h], 0.3, 1.0);
-        add(format!("{p}.mlp.gate_proj.weight"), vec![i, h], linear(h), 0.0);
-        add(format!("{p}.mlp.up_proj.weight"), vec![i, h], linear(h), 0.0);
-        add(format!("{p}.mlp.down_proj.weight"), vec![h, i], linear(i), 0.0);
-    }
-    add("model.norm.weight".into(), vec![h], 0.3, 1.0);
-    if !config.tie_word_embeddings {
-        add("lm_head.weight".into(), vec![v, h], linear(h), 0.0);
-    }
-    MapWeights(map)
-}
-
-fn random_ids(rng: &mut StdRng, n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
-}
+use util::{MapWeights, random_ids, tiny_config, tiny_weights};
 
 // ---------------------------------------------------------------------------------------------
 // The loop-based reference forward (f64, no candle)

@@ -2,14 +2,16 @@
 //! real architecture, and writers for the files they live in.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use tenpak_host::model::ModelConfig;
+use tenpak_host::runtime::WeightLoader;
 
 /// The repository root (tenpak-host's parent).
 pub fn repo_root() -> PathBuf {
@@ -226,7 +228,94 @@ pub fn request(
         force: false,
         calib: None,
         eval: None,
+        target_bpw: None,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny model held in a map
+
+/// Weights by HF name, with shapes.
+pub struct MapWeights(pub HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl WeightLoader for MapWeights {
+    fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.get(name).map(|(shape, _)| shape.clone())
+    }
+    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+        self.0.get(name).map(|(_, values)| values.clone()).ok_or_else(|| anyhow::anyhow!("no tensor {name}"))
+    }
+}
+
+impl MapWeights {
+    pub fn get(&self, name: &str) -> &[f32] {
+        &self.0.get(name).unwrap_or_else(|| panic!("test model has no {name}")).1
+    }
+}
+
+/// hidden 64, 4 query heads / 2 kv heads of 16, MLP 96, 2 blocks, vocabulary 100.
+pub fn tiny_config(tied: bool, bias: bool) -> ModelConfig {
+    ModelConfig {
+        model_type: if bias { "qwen2" } else { "llama" }.into(),
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        vocab_size: 100,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 128,
+        tie_word_embeddings: tied,
+        attention_bias: bias,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+/// Random weights for `config`, scaled so activations stay O(1) through the blocks (weights
+/// ~ U(−1, 1)·√(3/in)) and attention is far from uniform; norm weights around 1, biases O(0.3).
+pub fn tiny_weights(config: &ModelConfig, seed: u64) -> MapWeights {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut map = HashMap::new();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let values = (0..n).map(|_| offset + scale * rng.random_range(-1.0f32..1.0)).collect();
+        map.insert(name, (shape, values));
+    };
+    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (q, kv) = (config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim);
+    let linear = |input: usize| (3.0 / input as f32).sqrt();
+    add("model.embed_tokens.weight".into(), vec![v, h], 1.0, 0.0);
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{layer}");
+        add(format!("{p}.input_layernorm.weight"), vec![h], 0.3, 1.0);
+        add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], 2.0 * linear(h), 0.0);
+        add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], 2.0 * linear(h), 0.0);
+        add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], linear(h), 0.0);
+        if config.attention_bias {
+            add(format!("{p}.self_attn.q_proj.bias"), vec![q], 0.3, 0.0);
+            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], 0.3, 0.0);
+            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], 0.3, 0.0);
+        }
+        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], linear(q), 0.0);
+        add(format!("{p}.post_attention_layernorm.weight"), vec![h], 0.3, 1.0);
+        add(format!("{p}.mlp.gate_proj.weight"), vec![i, h], linear(h), 0.0);
+        add(format!("{p}.mlp.up_proj.weight"), vec![i, h], linear(h), 0.0);
+        add(format!("{p}.mlp.down_proj.weight"), vec![h, i], linear(i), 0.0);
+    }
+    add("model.norm.weight".into(), vec![h], 0.3, 1.0);
+    if !config.tie_word_embeddings {
+        add("lm_head.weight".into(), vec![v, h], linear(h), 0.0);
+    }
+    MapWeights(map)
+}
+
+/// `n` token ids drawn uniformly from the vocabulary.
+pub fn random_ids(rng: &mut StdRng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,3 +501,65 @@ pub fn write_tiny_gguf_as(
     let mut file = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut file, &md_refs, &t_refs).unwrap();
 }
+
+/// Words the tiny tokenizer knows; text is made of them.
+pub const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",
+    "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they", "you", "were",
+    "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more", "when", "will", "would",
+    "who", "so", "no", "nation", "people", "state", "union", "year", "war", "law", "work", "peace", "congress",
+];
+
+/// A tiny model directory: config.json, model.safetensors (untied lm_head), and a word-level
+/// tokenizer.json over [`WORDS`].
+pub fn write_tiny_model(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = tiny_llama_config(72, 160, 2, 96);
+    std::fs::write(dir.join("config.json"), config.to_hf_config_json()).unwrap();
+    let tensors = tiny_llama_tensors(&config, seed);
+    write_safetensors(&dir.join("model.safetensors"), &tensors, |_| StoreAs::F32);
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), 0.into());
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert((*w).into(), (i + 1).into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+/// `words` words of random text, a line break every 12.
+pub fn write_text(path: &Path, words: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut text = String::new();
+    for i in 0..words {
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        text.push(if i % 12 == 11 { '\n' } else { ' ' });
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// A tiny model directory with a calibration and an evaluation text, in a temporary directory.
+pub struct Tiny {
+    pub _tmp: tempfile::TempDir,
+    pub model: PathBuf,
+    pub calib: PathBuf,
+    pub eval: PathBuf,
+    pub out: PathBuf,
+}
+
+/// [`write_tiny_model`] with 400 words of calibration text and 200 of evaluation text.
+pub fn tiny(seed: u64) -> Tiny {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    write_tiny_model(&model, seed);
+    let (calib, eval) = (tmp.path().join("calib.txt"), tmp.path().join("eval.txt"));
+    write_text(&calib, 400, seed + 1);
+    write_text(&eval, 200, seed + 2);
+    let out = tmp.path().join("tiny.tenpak");
+    Tiny { _tmp: tmp, model, calib, eval, out }
+}
+

@@ -11,9 +11,7 @@
 //! beforehand and written down.
 #![deny(missing_docs)]
 
-use tenpak_api::{
-    Allocator, AllocatorConfig, CodecChoice, Error, LayerInfo, LayerPlan, Plan, Probe, Result,
-};
+use tenpak_api::{Allocator, AllocatorConfig, Error, LayerInfo, LayerPlan, Plan, Probe, Result};
 
 /// See the crate docs.
 #[derive(Default)]
@@ -21,67 +19,11 @@ pub struct RoleRules;
 
 tenpak_api::register_allocator!("role_rules", RoleRules);
 
-/// True if `name` matches `pattern`, where `*` matches any run of characters (including none)
-/// and every other character matches itself.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    // Classic two-pointer wildcard match with backtracking to the last star.
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut star_n) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == n[ni] {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            star_n = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            star_n += 1;
-            ni = star_n;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+pub use tenpak_api::glob_match;
 
-fn apply(plan: &mut LayerPlan, choice: &CodecChoice) {
-    if let Some(codec) = &choice.codec {
-        if *codec != plan.codec {
-            plan.codec = codec.clone();
-            plan.params = Default::default();
-        }
-    }
-    plan.params = plan.params.merged(&choice.params);
-}
-
-/// The plan for one layer under `config`.
+/// The plan for one layer under `config` ([`AllocatorConfig::resolve`]).
 pub fn plan_layer(layer: &LayerInfo, config: &AllocatorConfig) -> Result<LayerPlan> {
-    let codec = config.default.codec.clone().ok_or_else(|| {
-        Error::invalid_param("role_rules: the preset's default codec has no `codec` id")
-    })?;
-    let mut plan = LayerPlan { name: layer.name.clone(), codec, params: config.default.params.clone() };
-    let class = if layer.role.is_attention() {
-        Some("attention")
-    } else if layer.role.is_mlp() {
-        Some("mlp")
-    } else {
-        None
-    };
-    if let Some(choice) = class.and_then(|c| config.roles.get(c)) {
-        apply(&mut plan, choice);
-    }
-    if let Some(choice) = config.roles.get(layer.role.name()) {
-        apply(&mut plan, choice);
-    }
-    for rule in &config.overrides {
-        if glob_match(&rule.pattern, &layer.name) {
-            apply(&mut plan, &rule.choice);
-        }
-    }
-    Ok(plan)
+    config.resolve(layer)
 }
 
 /// Role keys a preset may use under `[roles]`.
@@ -109,6 +51,11 @@ impl Allocator for RoleRules {
                 ROLE_KEYS.join(", ")
             )));
         }
+        if !config.candidates.is_empty() {
+            return Err(Error::invalid_param(
+                "role_rules: it takes no [[allocator.candidates]] (it measures nothing; use `bit_budget`)",
+            ));
+        }
         if let Some((key, _)) = config.params.iter().next() {
             return Err(Error::invalid_param(format!(
                 "role_rules: unknown parameter `{key}` (it takes none)"
@@ -127,7 +74,7 @@ impl Allocator for RoleRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tenpak_api::{LayerRole, Override, Params};
+    use tenpak_api::{CodecChoice, LayerRole, Override, Params};
 
     fn layer(name: &str, role: LayerRole) -> LayerInfo {
         LayerInfo { name: name.into(), role, block: Some(0), rows: 8, cols: 8 }

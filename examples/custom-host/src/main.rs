@@ -43,6 +43,7 @@ fn run(args: &[String]) -> Result<()> {
                 force: false,
                 calib: None,
                 eval: None,
+                target_bpw: None,
             };
             let plan = PackPlan::build(&request, &registry)?;
             let manifest = pack::run(&plan, &registry, &Silent)?;

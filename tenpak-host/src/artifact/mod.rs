@@ -61,6 +61,9 @@ pub struct Manifest {
     /// How calibration statistics were gathered (absent for calibration-free presets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationRecord>,
+    /// What a measuring allocator measured and chose (absent for rule-based presets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<crate::measure::AllocationRecord>,
     /// The weight shards with their hashes.
     pub shards: Vec<ShardRecord>,
 }

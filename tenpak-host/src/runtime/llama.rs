@@ -210,6 +210,16 @@ impl Block {
         self.index
     }
 
+    /// The RMSNorm weight before attention (`input_layernorm`), `[hidden]`.
+    pub fn input_norm(&self) -> &Tensor {
+        &self.input_norm
+    }
+
+    /// The RMSNorm weight before the MLP (`post_attention_layernorm`), `[hidden]`.
+    pub fn post_attention_norm(&self) -> &Tensor {
+        &self.post_attention_norm
+    }
+
     /// The seven linear layers, in execution order: q, k, v, o, gate, up, down.
     pub fn linears(&self) -> [&Linear; 7] {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
@@ -312,6 +322,11 @@ impl Head {
         );
         let norm = load_tensor(weights, "model.norm.weight", &[config.hidden_size])?;
         Ok(Head { norm, lm_head: Linear::from_tensor("lm_head.weight", lm_head, None)?, eps: config.rms_norm_eps })
+    }
+
+    /// The final RMSNorm weight (`model.norm.weight`), `[hidden]`.
+    pub fn norm(&self) -> &Tensor {
+        &self.norm
     }
 
     /// The output projection. Its name is `lm_head.weight` even when tied to the embedding.

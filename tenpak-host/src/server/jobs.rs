@@ -47,6 +47,9 @@ pub struct CompressBody {
     /// Evaluation text (baseline and compressed PPL in the manifest): `root/path` or inline.
     #[serde(default)]
     pub eval_text: Option<Value>,
+    /// Bits per weight on the block linears, overriding a `bit_budget` preset's target.
+    #[serde(default)]
+    pub target_bpw: Option<f64>,
 }
 
 fn default_preset() -> Value {
@@ -135,6 +138,7 @@ impl Limits {
             force: true,
             calib: body.calib_text.as_ref().map(|v| self.text("calib_text", v)).transpose()?,
             eval: body.eval_text.as_ref().map(|v| self.text("eval_text", v)).transpose()?,
+            target_bpw: body.target_bpw,
         })
     }
 
