@@ -2,7 +2,7 @@
 //!
 //! A preset names its calibrators, its allocator, the default codec for block linears with its
 //! parameters, role refinements and name overrides, and how much text to calibrate and evaluate
-//! on. Four ship inside the binary (`fast`, `quality`, `balanced`, `size`); any other is read from
+//! on. Five ship inside the binary (`fast`, `quality`, `balanced`, `size`, `budget`); any other is read from
 //! a path or given inline ([`crate::plan::PresetSpec`]). Parsing checks the *shape* of the file (unknown keys, wrong types, with the line);
 //! [`Preset::validate`] then checks it against the registry (unknown codec, calibrator or
 //! allocator ids, listing the known ones; codec parameters against each codec's own list).
@@ -43,6 +43,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("quality", include_str!("../../presets/quality.toml")),
     ("balanced", include_str!("../../presets/balanced.toml")),
     ("size", include_str!("../../presets/size.toml")),
+    ("budget", include_str!("../../presets/budget.toml")),
 ];
 
 /// A codec table: `codec = "id"` plus that codec's parameters.

@@ -6,7 +6,7 @@
 //! [allocator]
 //! id = "bit_budget"
 //! target_bpw = 4.0            # over the block linears (or target_bytes = …, everything planned)
-//! sensitivity = "output"      # or "fisher"
+//! sensitivity = "fisher"      # or "output"
 //!
 //! [[allocator.candidates]]    # laid over each layer's resolved plan ([codec], roles, overrides)
 //! bits = 3
@@ -18,8 +18,9 @@
 //! 1. **Measure.** Each candidate is tried on each block linear through the host's [`Probe`]
 //!    with the layer's calibration statistics: exact bits, and its error, either the relative
 //!    output error tr(E G Eᵀ)/tr(W G Wᵀ) (`sensitivity = "output"`: every layer weighs the
-//!    same) or the Fisher-weighted output error Σₒ fₒ (E G Eᵀ)ₒₒ (`"fisher"`: twice the
-//!    predicted increase of the loss, so layers weigh by how much the loss feels them).
+//!    same) or the Fisher-weighted output error Σₒ fₒ (E G Eᵀ)ₒₒ (`"fisher"`, the default: twice
+//!    the predicted increase of the loss, so layers weigh by how much the loss feels them; on
+//!    SmolLM2 at 4.0 bits per weight +9.77 % PPL against +18.03 % with `"output"`).
 //! 2. **Frontier.** Per layer, only candidates that no other beats on both bits and error stay.
 //! 3. **Choose.** A multiple-choice knapsack by dynamic programming over the budget, in units of
 //!    at most 1/[`RESOLUTION`] of it; each candidate's cost is rounded *up* to whole units, so the
@@ -67,8 +68,8 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "sensitivity",
         ty: ParamType::Str,
-        default: "\"output\"",
-        doc: "error to minimize: \"output\" (relative output error, layers alike) or \"fisher\" (Fisher-weighted)",
+        default: "\"fisher\"",
+        doc: "error to minimize: \"fisher\" (Fisher-weighted output error) or \"output\" (relative output error, layers alike)",
     },
 ];
 
@@ -102,7 +103,7 @@ fn target(config: &AllocatorConfig) -> Result<Target> {
 }
 
 fn sensitivity(config: &AllocatorConfig) -> Result<&'static str> {
-    param_one_of(ID, "sensitivity", config.params.str_or("sensitivity", "output")?, SENSITIVITIES)
+    param_one_of(ID, "sensitivity", config.params.str_or("sensitivity", "fisher")?, SENSITIVITIES)
 }
 
 /// One measured option of one layer.
