@@ -13,7 +13,7 @@ use tenpak_host::sweep::{
     CSV_HEADER, PlotOptions, Source, SweepRow, csv_text, ggml_bits_per_weight, gguf_linear_bits, is_gguf_block_linear, parse_csv,
     read_csv, write_csv, write_png, write_svg,
 };
-use util::{tiny, tiny_llama_config, tiny_llama_tensors, write_tiny_gguf, write_tiny_gguf_as};
+use util::{budget_preset, tiny, tiny_llama_config, tiny_llama_tensors, write_tiny_gguf, write_tiny_gguf_as};
 
 fn row(source: Source, label: &str, target: Option<f64>, bpw: f64, ppl: f64, baseline: Option<f64>) -> SweepRow {
     SweepRow {
@@ -191,41 +191,6 @@ fn the_csv_round_trips_one_row_per_point() {
     assert!(e.contains("header"), "{e}");
 }
 
-/// The bit_budget preset of tests/allocation.rs: int4_awq with error feedback at 2 to 8 bits in
-/// groups of 16, 4.6 to 10.6 bits per weight on the tiny model.
-const TINY_BUDGET: &str = r#"
-name = "tiny-budget"
-[calibration]
-calibrators = ["act_scale"]
-windows = 6
-ctx = 32
-[evaluation]
-windows = 3
-ctx = 32
-[allocator]
-id = "bit_budget"
-target_bpw = 6.0
-sensitivity = "output"
-[[allocator.candidates]]
-bits = 2
-[[allocator.candidates]]
-bits = 3
-[[allocator.candidates]]
-bits = 4
-[[allocator.candidates]]
-bits = 6
-[[allocator.candidates]]
-bits = 8
-[codec]
-codec = "int4_awq"
-group_size = 16
-error_feedback = true
-[roles.embedding]
-codec = "int8"
-[roles.lm_head]
-codec = "int8"
-"#;
-
 fn sweep_cli(args: &[&str], font: &Path, cache: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tenpak"))
         .arg("sweep")
@@ -242,7 +207,7 @@ fn a_tiny_sweep_writes_its_table_and_svg_and_fails_the_png_without_a_font() {
     let t = tiny(71);
     let dir = tempfile::tempdir().unwrap();
     let preset = dir.path().join("tiny-budget.toml");
-    std::fs::write(&preset, TINY_BUDGET).unwrap();
+    std::fs::write(&preset, budget_preset("target_bpw = 6.0", "output")).unwrap();
     // Two GGUFs to compare with (their own tokenizer; Q8_0 linears, and f32), and one that is not a GGUF.
     let ggufs = dir.path().join("ggufs");
     std::fs::create_dir(&ggufs).unwrap();

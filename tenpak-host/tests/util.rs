@@ -563,3 +563,43 @@ pub fn tiny(seed: u64) -> Tiny {
     Tiny { _tmp: tmp, model, calib, eval, out }
 }
 
+/// A bit_budget preset for the tiny model: int4_awq with error feedback at 2, 3, 4, 6 and 8
+/// bits in groups of 16 with f16 headers: 4.6 to 10.6 bits per weight with the
+/// column scales (the tiny model's widths, 72
+/// and 160, leave a short last group).
+pub fn budget_preset(target: &str, sensitivity: &str) -> String {
+    format!(
+        r#"
+name = "tiny-budget"
+[calibration]
+calibrators = ["act_scale"]
+windows = 6
+ctx = 32
+[evaluation]
+windows = 3
+ctx = 32
+[allocator]
+id = "bit_budget"
+{target}
+sensitivity = "{sensitivity}"
+[[allocator.candidates]]
+bits = 2
+[[allocator.candidates]]
+bits = 3
+[[allocator.candidates]]
+bits = 4
+[[allocator.candidates]]
+bits = 6
+[[allocator.candidates]]
+bits = 8
+[codec]
+codec = "int4_awq"
+group_size = 16
+error_feedback = true
+[roles.embedding]
+codec = "int8"
+[roles.lm_head]
+codec = "int8"
+"#
+    )
+}
