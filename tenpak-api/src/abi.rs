@@ -33,9 +33,17 @@
 //! - **Never unloaded.** Function pointers and metadata strings point into the library, so a
 //!   host keeps every library it opened until the process exits.
 //!
-//! Only codecs cross this ABI so far ([`KIND_CODEC`]); the kind codes for calibrators and
-//! allocators are reserved, and a host refuses kinds it does not know.
+//! Three kinds of component cross it: codecs ([`KIND_CODEC`], a [`CodecVTable`]), calibrators
+//! ([`KIND_CALIBRATOR`], a [`CalibratorVTable`]: the host streams a layer's inputs and gradients
+//! in and takes the finished statistic back) and allocators ([`KIND_ALLOCATOR`], an
+//! [`AllocatorVTable`]: the host passes the layers and the preset's allocator table, and the
+//! plugin measures candidates by calling back into the host's [`Probe`](crate::Probe) through a
+//! [`ProbeRef`] before it returns the plan). A host refuses kinds it does not know. Structured
+//! values that are not flat (an allocator's configuration, its plan) cross as JSON written and
+//! read by `serde_json` with exact float round trips.
 
+mod allocator;
+mod calibrator;
 mod json;
 
 use std::ffi::c_void;
@@ -43,19 +51,25 @@ use std::mem::size_of;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 
+pub use allocator::{
+    AllocatorInfo, AllocatorVTable, PROBE_HAS_LOSS_ERROR, PROBE_HAS_OUTPUT_ERROR, ProbeLease, ProbeRef, ProbeResultRef,
+    config_from_json, config_to_json, plan_from_json, plan_to_json,
+};
+pub use calibrator::{CalibratorInfo, CalibratorVTable, StatsOut, stat_kind_code, stat_kind_from_code};
 pub use json::{params_from_json, params_to_json};
 
 use crate::{
-    Codec, DType, Encoded, Error, ErrorKind, Gram, LayerStats, ParamSpec, ParamType, Part, Result, StatsNeeds,
-    WeightView,
+    Codec, DType, Encoded, Error, ErrorKind, Gram, LayerInfo, LayerRole, LayerStats, ParamSpec, ParamType, Part,
+    Result, StatsNeeds, WeightView,
 };
 
 /// Version of this ABI. A host refuses a library whose descriptor reports another one.
 ///
 /// Bumped whenever a `#[repr(C)]` type, a function signature or a status code in this module
-/// changes. Adding a new component kind does not bump it: an old host refuses the unknown kind
-/// by itself.
-pub const ABI_VERSION: u32 = 1;
+/// changes. History: 1, codecs only; 2, calibrators and allocators (with the probe callback)
+/// beside codecs, whose vtable is unchanged. A version-1 library is refused with both numbers
+/// rather than half-understood.
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the symbol every plugin library exports (an [`EntryPoint`]).
 pub const ENTRY_POINT: &str = "tenpak_plugin";
@@ -70,9 +84,9 @@ pub const FLAG_PANIC_UNWIND: u32 = 1;
 
 /// [`ComponentDescriptor::kind`] of a codec; its vtable is a [`CodecVTable`].
 pub const KIND_CODEC: u32 = 1;
-/// Reserved for calibrators (not exported yet).
+/// [`ComponentDescriptor::kind`] of a calibrator; its vtable is a [`CalibratorVTable`].
 pub const KIND_CALIBRATOR: u32 = 2;
-/// Reserved for allocators (not exported yet).
+/// [`ComponentDescriptor::kind`] of an allocator; its vtable is an [`AllocatorVTable`].
 pub const KIND_ALLOCATOR: u32 = 3;
 
 /// Status codes returned by every fallible function of a vtable.
@@ -250,13 +264,13 @@ pub struct PluginDescriptor {
 #[repr(C)]
 #[derive(Debug)]
 pub struct ComponentDescriptor {
-    /// [`KIND_CODEC`] (other kinds reserved).
+    /// [`KIND_CODEC`], [`KIND_CALIBRATOR`] or [`KIND_ALLOCATOR`].
     pub kind: u32,
     /// Reserved, zero.
     pub reserved: u32,
     /// The id it registers under; static text.
     pub id: StrRef,
-    /// The kind's vtable ([`CodecVTable`] for a codec), static.
+    /// The kind's vtable ([`CodecVTable`], [`CalibratorVTable`] or [`AllocatorVTable`]), static.
     pub vtable: *const c_void,
 }
 
@@ -311,6 +325,54 @@ pub struct WeightRef {
     pub rows: usize,
     /// Columns (in_features).
     pub cols: usize,
+}
+
+/// Borrowed [`LayerInfo`]: what a calibrator is told about the layer it observes, and what an
+/// allocator plans.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LayerRef {
+    /// Tensor name.
+    pub name: StrRef,
+    /// [`LayerRole::name`] (`"attn_q"`).
+    pub role: StrRef,
+    /// Transformer block index, or [`NO_BLOCK`].
+    pub block: usize,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+}
+
+/// [`LayerRef::block`] of a weight outside the transformer blocks.
+pub const NO_BLOCK: usize = usize::MAX;
+
+impl LayerRef {
+    /// Borrow `layer`; valid while `layer` is alive.
+    pub fn new(layer: &LayerInfo) -> Self {
+        Self {
+            name: StrRef::new(&layer.name),
+            role: StrRef::new(layer.role.name()),
+            block: layer.block.unwrap_or(NO_BLOCK),
+            rows: layer.rows,
+            cols: layer.cols,
+        }
+    }
+
+    /// Copy into an owned [`LayerInfo`]; an error naming `what` for bad text or an unknown role.
+    ///
+    /// # Safety
+    /// Both strings must be valid for their lengths.
+    pub unsafe fn to_info(&self, what: &str) -> Result<LayerInfo> {
+        // SAFETY: forwarded to the caller.
+        let name = unsafe { self.name.to_str(&format!("{what}: name")) }?.to_owned();
+        // SAFETY: forwarded to the caller.
+        let role_name = unsafe { self.role.to_str(&format!("{what}: role")) }?;
+        let role = LayerRole::from_name(role_name)
+            .ok_or_else(|| Error::corrupt(format!("{what} (`{name}`): unknown role `{role_name}`")))?;
+        let block = (self.block != NO_BLOCK).then_some(self.block);
+        Ok(LayerInfo { name, role, block, rows: self.rows, cols: self.cols })
+    }
 }
 
 /// Borrowed [`LayerStats`]; each statistic absent when its pointer is null.
@@ -452,6 +514,7 @@ const _: () = assert!(size_of::<CodecInfo>() == 6 * PTR + 8);
 const _: () = assert!(size_of::<ParamSpecRef>() == 6 * PTR + 8);
 const _: () = assert!(size_of::<WeightRef>() == 3 * PTR);
 const _: () = assert!(size_of::<StatsRef>() == 10 * PTR);
+const _: () = assert!(size_of::<LayerRef>() == 7 * PTR);
 const _: () = assert!(size_of::<PartRef>() == 6 * PTR + 8);
 const _: () = assert!(size_of::<EncodedRef>() == 8 * PTR);
 const _: () = assert!(size_of::<EncodedOut>() == 9 * PTR);
@@ -533,6 +596,16 @@ impl F32Ref {
 }
 
 impl StatsRef {
+    /// No statistics: what a host puts in a [`StatsOut`] for the plugin to fill.
+    pub const EMPTY: StatsRef = StatsRef {
+        act_scale: F32Ref::ABSENT,
+        hessian_diag: F32Ref::ABSENT,
+        gram: F32Ref::ABSENT,
+        gram_dim: 0,
+        fisher_diag: F32Ref::ABSENT,
+        samples: 0,
+    };
+
     /// Borrow `stats`; the result is valid while `stats` is alive and unchanged.
     pub fn new(stats: &LayerStats) -> Self {
         Self {
@@ -757,6 +830,7 @@ enum Held {
     Text(#[allow(dead_code)] String),
     Floats(#[allow(dead_code)] Vec<f32>),
     Encoded { _encoded: Encoded, _params: String, _parts: Vec<PartRef> },
+    Stats(#[allow(dead_code)] LayerStats),
 }
 
 impl Held {
@@ -765,8 +839,12 @@ impl Held {
     }
 }
 
-/// Frees a handle made by this crate's plugin side. Never unwinds.
-unsafe extern "C" fn release(handle: *mut c_void) {
+/// Frees a handle made by this crate (a plugin's outputs, or a host's error text in a probe
+/// callback). Never unwinds.
+///
+/// # Safety
+/// `handle` is null or was handed out by this copy of the crate and not released yet.
+pub unsafe extern "C" fn release(handle: *mut c_void) {
     if handle.is_null() {
         return;
     }
@@ -776,6 +854,25 @@ unsafe extern "C" fn release(handle: *mut c_void) {
         // each once.
         drop(unsafe { Box::from_raw(handle.cast::<Held>()) });
     }));
+}
+
+/// Copy the text of an error output and give its handle back to `release` (the function of the
+/// side that wrote it). Empty text reads "(no message)"; unreadable text says why.
+///
+/// # Safety
+/// `err.text` must be valid for its length until released, and `err.handle` null or a handle
+/// `release` accepts, not yet released.
+pub unsafe fn take_text(release: unsafe extern "C" fn(*mut c_void), err: TextOut) -> String {
+    // SAFETY: forwarded to the caller.
+    let text = match unsafe { slice_from_raw(err.text.ptr, err.text.len, "error text") } {
+        Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Err(e) => format!("(unreadable error text: {e})"),
+    };
+    if !err.handle.is_null() {
+        // SAFETY: forwarded to the caller; released once.
+        unsafe { release(err.handle) };
+    }
+    if text.is_empty() { "(no message)".to_owned() } else { text }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -818,12 +915,69 @@ fn guard(err: *mut TextOut, body: impl FnOnce() -> Result<()>) -> i32 {
     }
 }
 
-/// A codec instance as the host holds it: the codec (boxed on its own so its address never
-/// changes) and the metadata tables that borrow from it.
-struct CodecInstance<T> {
-    codec: NonNull<T>,
+/// A codec or allocator instance as the host holds it: the component (boxed on its own so its
+/// address never changes) and the metadata tables (`I`: [`CodecInfo`], [`AllocatorInfo`]) that
+/// borrow from it.
+struct Instance<T, I> {
+    component: NonNull<T>,
     _params: Vec<ParamSpecRef>,
-    info: CodecInfo,
+    info: I,
+}
+
+impl<T, I: Copy> Instance<T, I> {
+    /// Box `component` and its metadata (made by `info` from the component and its parameter
+    /// table) as an opaque instance pointer.
+    fn create(component: T, info: impl FnOnce(&T, &[ParamSpecRef]) -> I, params: impl FnOnce(&T) -> Vec<ParamSpecRef>) -> *mut c_void {
+        let component = NonNull::from(Box::leak(Box::new(component)));
+        // SAFETY: just made; only shared references are taken from here on, until destroy.
+        let shared: &T = unsafe { component.as_ref() };
+        let params = params(shared);
+        let info = info(shared, &params);
+        Box::into_raw(Box::new(Instance { component, _params: params, info })).cast()
+    }
+
+    /// # Safety
+    /// `instance` is null or was made by [`Instance::create`] with these types and not destroyed.
+    unsafe fn get<'a>(instance: *const c_void) -> Result<&'a Self> {
+        // SAFETY: forwarded to the caller.
+        unsafe { instance.cast::<Self>().as_ref() }.ok_or_else(|| null_arg("instance"))
+    }
+
+    /// # Safety
+    /// As [`Instance::get`]; the component lives as long as the instance.
+    unsafe fn component<'a>(instance: *const c_void) -> Result<&'a T> {
+        // SAFETY: forwarded to the caller.
+        Ok(unsafe { Self::get(instance)?.component.as_ref() })
+    }
+
+    /// Write the metadata to `out`.
+    ///
+    /// # Safety
+    /// As [`Instance::get`]; `out` null (refused) or writable.
+    unsafe fn write_info(instance: *const c_void, out: *mut I) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        let instance = unsafe { Self::get(instance) }?;
+        if out.is_null() {
+            return Err(null_arg("out"));
+        }
+        // SAFETY: non-null, writable.
+        unsafe { out.write(instance.info) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// `instance` is null or was made by [`Instance::create`] with these types; destroyed once.
+    unsafe fn destroy(instance: *mut c_void) {
+        if instance.is_null() {
+            return;
+        }
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: made by `create`, destroyed once (the host's contract).
+            let instance = unsafe { Box::from_raw(instance.cast::<Self>()) };
+            // SAFETY: the component box was leaked in `create` and is reclaimed exactly here.
+            drop(unsafe { Box::from_raw(instance.component.as_ptr()) });
+        }));
+    }
 }
 
 fn null_arg(what: &str) -> Error {
@@ -833,9 +987,23 @@ fn null_arg(what: &str) -> Error {
 /// # Safety
 /// `instance` is null or was made by `codec_create::<T>` and not destroyed.
 unsafe fn codec_of<'a, T>(instance: *const c_void) -> Result<&'a T> {
-    // SAFETY: forwarded to the caller; the codec box lives as long as the instance.
-    let instance = unsafe { instance.cast::<CodecInstance<T>>().as_ref() }.ok_or_else(|| null_arg("instance"))?;
-    Ok(unsafe { instance.codec.as_ref() })
+    // SAFETY: forwarded to the caller.
+    unsafe { Instance::<T, CodecInfo>::component(instance) }
+}
+
+/// A borrowed row-major matrix as a [`WeightView`], refusing null pointers and overflowing shapes.
+///
+/// # Safety
+/// `weight` is null or valid, and its data valid for `rows * cols` values for `'a`.
+unsafe fn weight_from_raw<'a>(weight: *const WeightRef, what: &str) -> Result<WeightView<'a>> {
+    // SAFETY: forwarded to the caller.
+    let weight = unsafe { weight.as_ref() }.ok_or_else(|| null_arg(what))?;
+    let len = weight.rows.checked_mul(weight.cols).ok_or_else(|| {
+        Error::invalid_input(format!("{what} shape [{}, {}] overflows", weight.rows, weight.cols))
+    })?;
+    // SAFETY: forwarded to the caller.
+    let data = unsafe { slice_from_raw(weight.data, len, what) }?;
+    WeightView::new(data, weight.rows, weight.cols)
 }
 
 unsafe extern "C" fn codec_create<T: Codec + Default + 'static>(out: *mut *mut c_void, err: *mut TextOut) -> i32 {
@@ -843,35 +1011,27 @@ unsafe extern "C" fn codec_create<T: Codec + Default + 'static>(out: *mut *mut c
         if out.is_null() {
             return Err(null_arg("out"));
         }
-        let codec = NonNull::from(Box::leak(Box::new(T::default())));
-        // SAFETY: just made; only shared references are taken from here on, until destroy.
-        let shared: &T = unsafe { codec.as_ref() };
-        let params: Vec<ParamSpecRef> = shared.params().iter().map(ParamSpecRef::new).collect();
-        let info = CodecInfo {
-            id: StrRef::new(shared.id()),
-            description: StrRef::new(shared.description()),
-            params: params.as_ptr(),
-            param_count: params.len(),
-            needs: needs_bits(shared.needs()),
-            reserved: 0,
-        };
-        let instance = Box::new(CodecInstance { codec, _params: params, info });
+        let instance = Instance::create(
+            T::default(),
+            |codec: &T, params: &[ParamSpecRef]| CodecInfo {
+                id: StrRef::new(codec.id()),
+                description: StrRef::new(codec.description()),
+                params: params.as_ptr(),
+                param_count: params.len(),
+                needs: needs_bits(codec.needs()),
+                reserved: 0,
+            },
+            |codec| codec.params().iter().map(ParamSpecRef::new).collect(),
+        );
         // SAFETY: `out` is non-null and points to writable storage the host provides.
-        unsafe { out.write(Box::into_raw(instance).cast()) };
+        unsafe { out.write(instance) };
         Ok(())
     })
 }
 
 unsafe extern "C" fn codec_destroy<T: Codec + Default + 'static>(instance: *mut c_void) {
-    if instance.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: made by `codec_create::<T>`, destroyed once (the host's contract).
-        let instance = unsafe { Box::from_raw(instance.cast::<CodecInstance<T>>()) };
-        // SAFETY: the codec box was leaked in `codec_create` and is reclaimed exactly here.
-        drop(unsafe { Box::from_raw(instance.codec.as_ptr()) });
-    }));
+    // SAFETY: the host's contract: made by `codec_create::<T>`, destroyed once.
+    unsafe { Instance::<T, CodecInfo>::destroy(instance) }
 }
 
 unsafe extern "C" fn codec_info<T: Codec + Default + 'static>(
@@ -879,16 +1039,8 @@ unsafe extern "C" fn codec_info<T: Codec + Default + 'static>(
     out: *mut CodecInfo,
     err: *mut TextOut,
 ) -> i32 {
-    guard(err, || {
-        // SAFETY: the host passes an instance from `create` (or null, refused).
-        let instance = unsafe { instance.cast::<CodecInstance<T>>().as_ref() }.ok_or_else(|| null_arg("instance"))?;
-        if out.is_null() {
-            return Err(null_arg("out"));
-        }
-        // SAFETY: non-null, writable.
-        unsafe { out.write(instance.info) };
-        Ok(())
-    })
+    // SAFETY: the host passes an instance from `create` (or null, refused) and a writable `out`.
+    guard(err, || unsafe { Instance::<T, CodecInfo>::write_info(instance, out) })
 }
 
 unsafe extern "C" fn codec_validate<T: Codec + Default + 'static>(
@@ -915,12 +1067,7 @@ unsafe extern "C" fn codec_encode<T: Codec + Default + 'static>(
     guard(err, || {
         // SAFETY (every block): the host's contract on every argument.
         let codec = unsafe { codec_of::<T>(instance) }?;
-        let weight = unsafe { weight.as_ref() }.ok_or_else(|| null_arg("weight"))?;
-        let len = weight.rows.checked_mul(weight.cols).ok_or_else(|| {
-            Error::invalid_input(format!("weight shape [{}, {}] overflows", weight.rows, weight.cols))
-        })?;
-        let data = unsafe { slice_from_raw(weight.data, len, "weight") }?;
-        let view = WeightView::new(data, weight.rows, weight.cols)?;
+        let view = unsafe { weight_from_raw(weight, "weight") }?;
         let stats = match unsafe { stats.as_ref() } {
             None => LayerStats::none(),
             Some(s) => unsafe { s.to_stats() }?,

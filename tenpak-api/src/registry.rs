@@ -217,6 +217,16 @@ impl Registry {
         self.codecs.get(id).map(|s| s.source.as_str())
     }
 
+    /// Where calibrator `id` came from.
+    pub fn calibrator_source(&self, id: &str) -> Option<&str> {
+        self.calibrators.get(id).map(|s| s.source.as_str())
+    }
+
+    /// Where allocator `id` came from.
+    pub fn allocator_source(&self, id: &str) -> Option<&str> {
+        self.allocators.get(id).map(|s| s.source.as_str())
+    }
+
     /// A fresh instance of calibrator `id`, or an error listing the registered ones.
     pub fn calibrator(&self, id: &str) -> Result<Box<dyn Calibrator>> {
         self.calibrators

@@ -252,6 +252,26 @@ pub enum LayerRole {
 }
 
 impl LayerRole {
+    /// Every role.
+    pub const ALL: [LayerRole; 11] = [
+        LayerRole::AttnQ,
+        LayerRole::AttnK,
+        LayerRole::AttnV,
+        LayerRole::AttnO,
+        LayerRole::MlpGate,
+        LayerRole::MlpUp,
+        LayerRole::MlpDown,
+        LayerRole::Embedding,
+        LayerRole::LmHead,
+        LayerRole::Norm,
+        LayerRole::Other,
+    ];
+
+    /// The role whose [`name`](LayerRole::name) is `name`.
+    pub fn from_name(name: &str) -> Option<LayerRole> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     /// Snake-case name (`"attn_q"`), as used in presets and manifests.
     pub fn name(self) -> &'static str {
         match self {

@@ -42,7 +42,7 @@ enum ExportFormat {
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Load codecs from a plugin library (.so/.dylib/.dll); repeatable.
+    /// Load codecs, calibrators and allocators from a plugin library (.so/.dylib/.dll); repeatable.
     #[arg(long, global = true, value_name = "PATH")]
     plugin: Vec<PathBuf>,
 }

@@ -1,19 +1,29 @@
-//! Plugins: codecs loaded at run time from shared libraries, through `tenpak_api::abi`.
+//! Plugins: codecs, calibrators and allocators loaded at run time from shared libraries, through
+//! `tenpak_api::abi`.
 //!
 //! [`load_into`] opens a library the operator named (`tenpak --plugin PATH`; never a path from an
 //! HTTP request), checks its ABI version before anything else, makes one instance of each codec
-//! it exports, and adds them to a [`Registry`] as [`ForeignCodec`]s, which implement the ordinary
-//! [`Codec`] trait: the rest of the host cannot tell them from built-ins, except by
-//! [`Registry::codec_source`], which names the library.
+//! and allocator it exports (calibrators get one per run, made on demand), and adds them to a
+//! [`Registry`] as [`ForeignCodec`]s, [`ForeignCalibrator`]s and [`ForeignAllocator`]s, which
+//! implement the ordinary traits: the rest of the host cannot tell them from built-ins, except by
+//! the registry's sources, which name the library.
 //!
 //! What the host does not trust a plugin with: every string is checked for UTF-8, every encoded
-//! part's length against its shape and dtype, the decoded length against the matrix, and the
-//! codec id and shape of every encoding. A malformed answer is an error naming the library; a
-//! panic inside the plugin arrives as an error (the ABI catches it), and the host goes on.
+//! part's length against its shape and dtype, the decoded length against the matrix, the codec
+//! id and shape of every encoding, that a calibrator wrote exactly the statistic it provides with
+//! the layer's size, and that a plan has one entry per layer, by name and in order. A malformed
+//! answer is an error naming the library; a panic inside the plugin arrives as an error (the ABI
+//! catches it), and the host goes on.
 //!
-//! Libraries are never unloaded: codec instances, function pointers and metadata live in them.
-//! Each library is opened once per process; loading the same path again (into another registry)
+//! Libraries are never unloaded: instances, function pointers and metadata live in them. Each
+//! library is opened once per process; loading the same path again (into another registry)
 //! reuses it.
+
+mod allocator;
+mod calibrator;
+
+pub use allocator::ForeignAllocator;
+pub use calibrator::{ForeignCalibrator, ForeignCalibratorType};
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -22,22 +32,25 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tenpak_api::abi::{
-    self, ABI_VERSION, CodecInfo, CodecVTable, ComponentDescriptor, ENTRY_POINT, EncodedLease, EncodedOut, EntryPoint,
-    FLAG_PANIC_UNWIND, FloatsOut, KIND_CODEC, PluginDescriptor, StatsRef, StrRef, TextOut, WeightRef, status,
+    self, ABI_VERSION, AllocatorVTable, CalibratorVTable, CodecInfo, CodecVTable, ComponentDescriptor, ENTRY_POINT,
+    EncodedLease, EncodedOut, EntryPoint, FLAG_PANIC_UNWIND, FloatsOut, KIND_ALLOCATOR, KIND_CALIBRATOR, KIND_CODEC,
+    ParamSpecRef, PluginDescriptor, StatsRef, StrRef, TextOut, WeightRef, status,
 };
 use tenpak_api::registry::Registry;
-use tenpak_api::{Codec, Encoded, Error, ErrorKind, LayerStats, ParamSpec, Params, StatsNeeds, WeightView};
+use tenpak_api::{Allocator, Codec, Encoded, Error, ErrorKind, LayerStats, ParamSpec, Params, StatsNeeds, WeightView};
 
 /// Every library this process opened, refused ones included: never dropped, so never unloaded.
 static OPENED: Mutex<Vec<libloading::Library>> = Mutex::new(Vec::new());
 /// Libraries loaded successfully, by canonical path.
 static LOADED: Mutex<Vec<Arc<Plugin>>> = Mutex::new(Vec::new());
 
-/// A loaded plugin library and the codecs it provides.
+/// A loaded plugin library and the components it provides.
 pub struct Plugin {
     path: PathBuf,
     name: String,
     codecs: Vec<Arc<ForeignCodec>>,
+    calibrators: Vec<Arc<ForeignCalibratorType>>,
+    allocators: Vec<Arc<ForeignAllocator>>,
 }
 
 impl Plugin {
@@ -53,31 +66,50 @@ impl Plugin {
     pub fn codecs(&self) -> &[Arc<ForeignCodec>] {
         &self.codecs
     }
+    /// Its calibrators.
+    pub fn calibrators(&self) -> &[Arc<ForeignCalibratorType>] {
+        &self.calibrators
+    }
+    /// Its allocators.
+    pub fn allocators(&self) -> &[Arc<ForeignAllocator>] {
+        &self.allocators
+    }
     /// What the registry and the manifests record as the source of its components: the path,
     /// then the crate, so a reader missing a codec knows which library to pass.
     pub fn source(&self) -> String {
         format!("{} ({})", self.path.display(), self.name)
     }
 
-    /// Add every codec to `registry`, or none: if any id is taken, the error names the id, the
-    /// source that has it and this library.
+    /// Add every component to `registry`, or none: if any id is taken, the error names the kind,
+    /// the id, the source that has it and this library.
     pub fn register(&self, registry: &mut Registry) -> Result<()> {
         let source = self.source();
-        for codec in &self.codecs {
-            if let Some(existing) = registry.codec_source(&codec.id) {
-                if existing == source {
-                    bail!("plugin {}: this library is already loaded into the registry", self.path.display());
-                }
-                bail!(
-                    "plugin {}: codec id `{}` is already registered by {existing}; refusing the whole library \
-                     (ids must be unique across built-ins and plugins)",
-                    self.path.display(),
-                    codec.id
-                );
+        let taken = self
+            .codecs
+            .iter()
+            .map(|c| ("codec", c.id.as_str(), registry.codec_source(&c.id)))
+            .chain(self.calibrators.iter().map(|c| ("calibrator", c.id(), registry.calibrator_source(c.id()))))
+            .chain(self.allocators.iter().map(|a| ("allocator", a.id(), registry.allocator_source(a.id()))));
+        for (kind, id, existing) in taken {
+            let Some(existing) = existing else { continue };
+            if existing == source {
+                bail!("plugin {}: this library is already loaded into the registry", self.path.display());
             }
+            bail!(
+                "plugin {}: {kind} id `{id}` is already registered by {existing}; refusing the whole library \
+                 (ids must be unique across built-ins and plugins)",
+                self.path.display(),
+            );
         }
         for codec in &self.codecs {
             registry.add_codec(codec.clone(), &source)?;
+        }
+        for calibrator in &self.calibrators {
+            let factory = calibrator.clone();
+            registry.add_calibrator(calibrator.id(), Arc::new(move || factory.make()), &source)?;
+        }
+        for allocator in &self.allocators {
+            registry.add_allocator(allocator.clone(), &source)?;
         }
         Ok(())
     }
@@ -91,15 +123,15 @@ pub fn load_all(registry: &mut Registry, paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Load the library at `path` (or reuse it, if this process loaded it before) and add its codecs
-/// to `registry`.
+/// Load the library at `path` (or reuse it, if this process loaded it before) and add its
+/// components to `registry`.
 pub fn load_into(registry: &mut Registry, path: &Path) -> Result<Arc<Plugin>> {
     let plugin = load(path)?;
     plugin.register(registry)?;
     Ok(plugin)
 }
 
-/// Open the library at `path`, check it, and make its codecs, without registering them. A
+/// Open the library at `path`, check it, and make its components, without registering them. A
 /// library this process already loaded is returned as it is.
 pub fn load(path: &Path) -> Result<Arc<Plugin>> {
     let canonical = std::fs::canonicalize(path).with_context(|| format!("plugin {}", path.display()))?;
@@ -169,28 +201,90 @@ fn open(path: &Path) -> Result<Plugin> {
     // SAFETY: as above.
     let components: &[ComponentDescriptor] =
         unsafe { abi::slice_from_raw(descriptor.components, descriptor.component_count, "component table") }?;
-    let mut codecs: Vec<Arc<ForeignCodec>> = Vec::new();
+    let source = format!("{} ({name})", path.display());
+    let mut plugin = Plugin { path: path.to_owned(), name, codecs: Vec::new(), calibrators: Vec::new(), allocators: Vec::new() };
+    let mut ids: Vec<(u32, String)> = Vec::new();
     for (i, component) in components.iter().enumerate() {
         // SAFETY: as above.
         let id = unsafe { component.id.to_str(&format!("id of component {i}")) }?.to_owned();
-        if component.kind != KIND_CODEC {
-            bail!(
-                "component `{id}` is of kind {}, which this host cannot load (it loads codecs, kind {KIND_CODEC})",
-                component.kind
-            );
+        let kind = match component.kind {
+            KIND_CODEC => "codec",
+            KIND_CALIBRATOR => "calibrator",
+            KIND_ALLOCATOR => "allocator",
+            other => bail!(
+                "component `{id}` is of kind {other}, which this host cannot load (it loads codecs, kind \
+                 {KIND_CODEC}; calibrators, kind {KIND_CALIBRATOR}; allocators, kind {KIND_ALLOCATOR})"
+            ),
+        };
+        if id.is_empty() || ids.iter().any(|(k, other)| *k == component.kind && *other == id) {
+            bail!("{kind} id `{id}` is empty or appears twice in the library");
         }
-        if id.is_empty() || codecs.iter().any(|c| c.id == id) {
-            bail!("codec id `{id}` is empty or appears twice in the library");
+        ids.push((component.kind, id.clone()));
+        match component.kind {
+            // SAFETY (each arm): a component's vtable is a static vtable of its kind (ABI
+            // contract), checked non-null and aligned by `vtable`.
+            KIND_CODEC => {
+                let vtable = unsafe { *vtable::<CodecVTable>(component, kind, &id)? };
+                plugin.codecs.push(Arc::new(ForeignCodec::create(id, vtable, source.clone())?));
+            }
+            KIND_CALIBRATOR => {
+                let vtable = unsafe { *vtable::<CalibratorVTable>(component, kind, &id)? };
+                plugin.calibrators.push(Arc::new(ForeignCalibratorType::load(id, vtable, source.clone())?));
+            }
+            _ => {
+                let vtable = unsafe { *vtable::<AllocatorVTable>(component, kind, &id)? };
+                plugin.allocators.push(Arc::new(ForeignAllocator::create(id, vtable, source.clone())?));
+            }
         }
-        if component.vtable.is_null() || !component.vtable.cast::<CodecVTable>().is_aligned() {
-            bail!("codec `{id}`: invalid vtable pointer");
-        }
-        // SAFETY: a codec component's vtable is a static `CodecVTable` (ABI contract).
-        let vtable = unsafe { *component.vtable.cast::<CodecVTable>() };
-        let codec = ForeignCodec::create(id, vtable, format!("{} ({name})", path.display()))?;
-        codecs.push(Arc::new(codec));
     }
-    Ok(Plugin { path: path.to_owned(), name, codecs })
+    Ok(plugin)
+}
+
+/// A component's vtable pointer, checked non-null and aligned for `V`.
+fn vtable<V>(component: &ComponentDescriptor, kind: &str, id: &str) -> Result<*const V> {
+    let vtable = component.vtable.cast::<V>();
+    if vtable.is_null() || !vtable.is_aligned() {
+        bail!("{kind} `{id}`: invalid vtable pointer");
+    }
+    Ok(vtable)
+}
+
+/// Parameter specs read from a plugin's table, with every string and type code checked.
+///
+/// # Safety
+/// The table and its strings must be valid for their lengths.
+unsafe fn read_param_specs(component: &str, params: *const ParamSpecRef, count: usize) -> Result<Vec<ParamSpec>> {
+    // SAFETY (every block): forwarded to the caller.
+    let specs = unsafe { abi::slice_from_raw(params, count, "parameter table") }?;
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = unsafe { spec.name.to_str("parameter name") }?;
+        let ty = abi::param_type_from_code(spec.ty)
+            .ok_or_else(|| anyhow!("{component}: parameter `{name}` has unknown type code {}", spec.ty))?;
+        out.push(ParamSpec {
+            name: leak(name),
+            ty,
+            default: leak(unsafe { spec.default.to_str("parameter default") }?),
+            doc: leak(unsafe { spec.doc.to_str("parameter doc") }?),
+        });
+    }
+    Ok(out)
+}
+
+/// The error a failed call into `component` (`"codec `nf4`"`) from `source` reports.
+fn call_error(component: &str, source: &str, release: unsafe extern "C" fn(*mut c_void), function: &str, code: i32, err: TextOut) -> Error {
+    // SAFETY: on failure the plugin filled `err` with text borrowed from a handle it releases.
+    let message = unsafe { abi::take_text(release, err) };
+    match code {
+        status::PANIC => Error::new(ErrorKind::Other, format!("{component} from {source} panicked in {function}: {message}")),
+        status::INVALID_INPUT..=status::OTHER => Error::new(abi::kind_of_status(code), message),
+        _ => Error::new(ErrorKind::Other, format!("{component} from {source}: {function} returned unknown status {code}: {message}")),
+    }
+}
+
+/// The error for a malformed answer of `component` from `source`.
+fn malformed(component: &str, source: &str, function: &str, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!("{component} from {source} returned a malformed {function} result: {what}"))
 }
 
 /// A codec living in a plugin library, behind the ordinary [`Codec`] trait.
@@ -251,7 +345,8 @@ impl ForeignCodec {
         // SAFETY: ABI contract: `create` writes an instance pointer or an error.
         let code = unsafe { create(&mut instance, &mut err) };
         if code != status::OK {
-            bail!("codec `{id}`: create failed: {}", take_text(functions.release, err));
+            // SAFETY: on failure the plugin filled `err`.
+            bail!("codec `{id}`: create failed: {}", unsafe { abi::take_text(functions.release, err) });
         }
         let instance = NonNull::new(instance).ok_or_else(|| anyhow!("codec `{id}`: create returned a null instance"))?;
         // From here on, dropping `codec` destroys the instance.
@@ -277,18 +372,7 @@ impl ForeignCodec {
             bail!("codec exported as `{}` reports its id as `{reported}`", codec.id);
         }
         codec.description = unsafe { raw.description.to_str("description") }?.to_owned();
-        let specs = unsafe { abi::slice_from_raw(raw.params, raw.param_count, "parameter table") }?;
-        for spec in specs {
-            let name = unsafe { spec.name.to_str("parameter name") }?;
-            let ty = abi::param_type_from_code(spec.ty)
-                .ok_or_else(|| anyhow!("codec `{}`: parameter `{name}` has unknown type code {}", codec.id, spec.ty))?;
-            codec.params.push(ParamSpec {
-                name: leak(name),
-                ty,
-                default: leak(unsafe { spec.default.to_str("parameter default") }?),
-                doc: leak(unsafe { spec.doc.to_str("parameter doc") }?),
-            });
-        }
+        codec.params = unsafe { read_param_specs(&format!("codec `{}`", codec.id), raw.params, raw.param_count) }?;
         codec.needs = abi::needs_from_bits(raw.needs).map_err(|e| e.context(format!("codec `{}`", codec.id)))?;
         Ok(codec)
     }
@@ -305,37 +389,12 @@ impl ForeignCodec {
 
     /// The error a failed call reports.
     fn call_error(&self, function: &str, code: i32, err: TextOut) -> Error {
-        let message = take_text(self.vtable.release, err);
-        match code {
-            status::PANIC => Error::new(
-                ErrorKind::Other,
-                format!("codec `{}` from {} panicked in {function}: {message}", self.id, self.source),
-            ),
-            status::INVALID_INPUT..=status::OTHER => Error::new(abi::kind_of_status(code), message),
-            _ => Error::new(
-                ErrorKind::Other,
-                format!("codec `{}` from {}: {function} returned unknown status {code}: {message}", self.id, self.source),
-            ),
-        }
+        call_error(&format!("codec `{}`", self.id), &self.source, self.vtable.release, function, code, err)
     }
 
     fn malformed(&self, function: &str, what: impl std::fmt::Display) -> Error {
-        Error::corrupt(format!("codec `{}` from {} returned a malformed {function} result: {what}", self.id, self.source))
+        malformed(&format!("codec `{}`", self.id), &self.source, function, what)
     }
-}
-
-/// Copy a plugin's error text and give it back.
-fn take_text(release: unsafe extern "C" fn(*mut c_void), err: TextOut) -> String {
-    // SAFETY: the text is borrowed from `err.handle` until it is released below.
-    let text = match unsafe { abi::slice_from_raw(err.text.ptr, err.text.len, "error text") } {
-        Ok(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Err(e) => format!("(unreadable error text: {e})"),
-    };
-    if !err.handle.is_null() {
-        // SAFETY: handed out by the plugin with this text; released once.
-        unsafe { release(err.handle) };
-    }
-    if text.is_empty() { "(no message)".to_owned() } else { text }
 }
 
 impl Drop for ForeignCodec {

@@ -1,7 +1,7 @@
 //! The ABI driven in-process: the same calls a host makes through a library, without dlopen.
 
 use super::*;
-use crate::{ParamValue, Params};
+use crate::{ParamValue, Params, StatKind};
 
 #[test]
 fn params_json_round_trips_bit_exactly() {
@@ -261,4 +261,25 @@ fn slices_refuse_null_and_misaligned_pointers() {
     assert!(unsafe { slice_from_raw(misaligned, 1, "w") }.unwrap_err().message().contains("aligned"));
     let err = unsafe { slice_from_raw(values.as_ptr(), usize::MAX / 2, "w") }.unwrap_err();
     assert!(err.message().contains("impossibly large"), "{err}");
+}
+
+#[test]
+fn layers_cross_with_their_role_and_block() {
+    use crate::{LayerInfo, LayerRole};
+    for role in LayerRole::ALL {
+        assert_eq!(LayerRole::from_name(role.name()), Some(role));
+        for block in [None, Some(0), Some(27)] {
+            let info = LayerInfo { name: format!("model.layers.x.{}", role.name()), role, block, rows: 3, cols: 5 };
+            assert_eq!(unsafe { LayerRef::new(&info).to_info("layer") }.unwrap(), info);
+        }
+    }
+    let info = LayerInfo { name: "w".into(), role: LayerRole::Other, block: None, rows: 1, cols: 1 };
+    let mut raw = LayerRef::new(&info);
+    raw.role = StrRef::new("attn_z");
+    let err = unsafe { raw.to_info("layer 4") }.unwrap_err();
+    assert!(err.message().contains("layer 4") && err.message().contains("`attn_z`"), "{err}");
+    for kind in [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram, StatKind::FisherDiag] {
+        assert_eq!(stat_kind_from_code(stat_kind_code(kind)), Some(kind));
+    }
+    assert_eq!(stat_kind_from_code(4), None);
 }

@@ -8,7 +8,7 @@
 //! max_queued = 16                    # queued jobs beyond this are refused (429)
 //! max_body_bytes = 33554432          # request bodies beyond this are refused (413)
 //! max_text_bytes = 16777216          # inline texts beyond this are refused (413)
-//! plugins = []                       # codec plugin libraries, loaded at start
+//! plugins = []                       # plugin libraries (codecs, calibrators, allocators), loaded at start
 //!
 //! [model_roots]                      # where models and texts may come from: `assets/calib.txt`
 //! assets = "assets"
@@ -58,7 +58,7 @@ pub struct StudioConfig {
     /// Largest inline text.
     #[serde(default = "default_max_text")]
     pub max_text_bytes: u64,
-    /// Codec plugin libraries, loaded at start (never from a request).
+    /// Plugin libraries (codecs, calibrators, allocators), loaded at start (never from a request).
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
     /// Job database; default a SQLite file in `data_dir`.
