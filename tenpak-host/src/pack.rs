@@ -184,27 +184,47 @@ fn evaluate_artifact(
         };
         eval::perplexity_with(&model, &evaluation.ids, name, &evaluation.options, &mut step)
     };
-    let baseline = score(plan.model.as_ref(), "baseline")?;
+    let baseline = match evaluation.known_baseline {
+        Some(ppl) => Baseline::Reused(ppl),
+        None => Baseline::Scored(score(plan.model.as_ref(), "baseline")?.ppl),
+    };
     let artifact = ArtifactSource::open(dir, registry.clone())?;
     let compressed = score(&artifact, "compressed")?;
-    Ok(evaluation_record(&baseline, &compressed, &evaluation.text, evaluation.warning.as_deref()))
+    Ok(evaluation_record(baseline, &compressed, &evaluation.text, evaluation.warning.as_deref()))
+}
+
+/// The source model's perplexity, as the evaluation record takes it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Baseline {
+    /// Scored by this pack.
+    Scored(f64),
+    /// Scored earlier in this process on the same model, text and windows
+    /// ([`crate::plan::Evaluation::known_baseline`]).
+    Reused(f64),
 }
 
 /// The manifest's evaluation entry; `warning` is appended to the protocol when set.
 pub(crate) fn evaluation_record(
-    baseline: &PplReport,
+    baseline: Baseline,
     compressed: &PplReport,
     text: &Text,
     warning: Option<&str>,
 ) -> EvaluationRecord {
     let mut protocol = format!("{} (text sha256 {})", compressed.protocol, text.sha256);
+    let baseline_ppl = match baseline {
+        Baseline::Scored(ppl) => ppl,
+        Baseline::Reused(ppl) => {
+            protocol.push_str("; baseline reused from an earlier pack of the same model on the same windows");
+            ppl
+        }
+    };
     if let Some(warning) = warning {
         protocol.push_str(&format!("; WARNING: {warning}"));
     }
     EvaluationRecord {
-        baseline_ppl: baseline.ppl,
+        baseline_ppl,
         compressed_ppl: compressed.ppl,
-        delta_pct: 100.0 * (compressed.ppl - baseline.ppl) / baseline.ppl,
+        delta_pct: 100.0 * (compressed.ppl - baseline_ppl) / baseline_ppl,
         protocol,
     }
 }

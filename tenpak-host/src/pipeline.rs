@@ -30,7 +30,7 @@ use crate::artifact::{ArtifactWriter, CalibrationRecord, EvaluationRecord};
 use crate::encode::write_tensor;
 use crate::eval;
 use crate::observe::{Stage, Tracker};
-use crate::pack::evaluation_record;
+use crate::pack::{Baseline, evaluation_record};
 use crate::plan::{Calibration, PackPlan, wants};
 use crate::roles;
 use crate::runtime::llama::embed;
@@ -57,10 +57,11 @@ struct BlockLayer<'p> {
     calibrators: Vec<usize>,
 }
 
-/// The hidden states of the evaluation windows on both paths.
+/// The hidden states of the evaluation windows on both paths (the original one only when the
+/// baseline is not known already).
 struct EvalState {
     rope: RopeTables,
-    float: Vec<Tensor>,
+    float: Option<Vec<Tensor>>,
     quant: Vec<Tensor>,
 }
 
@@ -197,7 +198,15 @@ impl<'a> Pipeline<'a> {
             None => None,
             Some(e) => Some(EvalState {
                 rope: RopeTables::new(config, e.options.ctx)?,
-                float: embed_windows(embed_float.as_ref().context("the original embedding is kept when evaluating")?, &e.ids, e.windows, e.options.ctx)?,
+                float: match e.known_baseline {
+                    Some(_) => None,
+                    None => Some(embed_windows(
+                        embed_float.as_ref().context("the original embedding is kept when evaluating")?,
+                        &e.ids,
+                        e.windows,
+                        e.options.ctx,
+                    )?),
+                },
                 quant: embed_windows(&embed_quant, &e.ids, e.windows, e.options.ctx)?,
             }),
         };
@@ -316,7 +325,9 @@ impl<'a> Pipeline<'a> {
         }
         if let (Some(eval), Some(float_block)) = (self.eval.as_mut(), float_block) {
             eval.quant = forward_all(block, &eval.quant, &eval.rope)?;
-            eval.float = forward_all(float_block, &eval.float, &eval.rope)?;
+            if let Some(float) = &eval.float {
+                eval.float = Some(forward_all(float_block, float, &eval.rope)?);
+            }
         }
         self.tracker.end(Stage::Propagate, Some((i, n)), format!("block {}/{n}: done", i + 1));
         Ok(())
@@ -367,11 +378,17 @@ impl<'a> Pipeline<'a> {
         };
         let evaluation = match (&self.eval, &self.plan.evaluation) {
             (Some(state), Some(e)) => {
-                let float_head = self.float_head.as_ref().context("the original head is kept when evaluating")?;
-                let baseline = score(float_head, &state.float, e)?;
+                let baseline = match (e.known_baseline, &state.float) {
+                    (Some(ppl), _) => Baseline::Reused(ppl),
+                    (None, Some(float)) => {
+                        let float_head = self.float_head.as_ref().context("the original head is kept when evaluating")?;
+                        Baseline::Scored(score(float_head, float, e)?.ppl)
+                    }
+                    (None, None) => bail!("the original path was not run, and no baseline is known"),
+                };
                 let quant_head = self.quant_head.as_ref().context("the quantized head is kept when evaluating")?;
                 let compressed = score(quant_head, &state.quant, e)?;
-                Some(evaluation_record(&baseline, &compressed, &e.text, e.warning.as_deref()))
+                Some(evaluation_record(baseline, &compressed, &e.text, e.warning.as_deref()))
             }
             _ => None,
         };

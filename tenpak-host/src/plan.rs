@@ -194,6 +194,10 @@ pub struct Evaluation {
     pub options: PplOptions,
     /// Set when the figures will not be held-out (the evaluation text is the calibration text).
     pub warning: Option<String>,
+    /// The source model's perplexity on exactly these windows, when this process has measured it
+    /// already (the later points of a sweep): the pack records it instead of scoring the source
+    /// again, and says so in the protocol. `None` from [`PackPlan::build`].
+    pub known_baseline: Option<f64>,
 }
 
 /// A validated pack job: everything [`crate::pack::run`] needs.
@@ -337,7 +341,7 @@ impl PackPlan {
                         text.name, c.text.name
                     )
                 });
-                Some(Evaluation { text, ids, windows, options, warning })
+                Some(Evaluation { text, ids, windows, options, warning, known_baseline: None })
             }
         };
         Ok(PackPlan {

@@ -8,6 +8,12 @@
 //! block (from the manifest for TenPak; from the tensor types of the file for a GGUF). Everything
 //! is checked before the first pack starts, and `sweep.csv` is rewritten after every point, so a
 //! sweep that stops keeps what it measured.
+//!
+//! What is done once: the measuring allocator's measurements (cached on disk by the first pack,
+//! read by the others) and the source model's perplexity (scored by the first pack; the others
+//! record it, and their protocol says so, instead of running the original model over the windows
+//! again). Each point still calibrates on its own, since its statistics come from the inputs its
+//! own quantized blocks produce.
 
 pub mod plot;
 
@@ -533,7 +539,12 @@ fn measure(
         rows.push(row);
         write_csv(&csv, rows)
     };
-    for (i, point) in packs.into_iter().enumerate() {
+    for (i, mut point) in packs.into_iter().enumerate() {
+        // Every point packs the same model and scores the same windows: the first scores the
+        // source, the others record its figure instead of running the source again.
+        if let (Some(e), Some(baseline)) = (point.plan.evaluation.as_mut(), rows.first().and_then(|r| r.baseline_ppl)) {
+            e.known_baseline = Some(baseline);
+        }
         let started = Instant::now();
         let prefix = PointObserver { inner: observer, prefix: format!("point {}/{total} {}:", i + 1, point.label) };
         let manifest = crate::pack::run(&point.plan, registry, &prefix).with_context(|| format!("packing {}", point.label))?;

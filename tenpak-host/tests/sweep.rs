@@ -265,6 +265,16 @@ fn a_tiny_sweep_writes_its_table_and_svg_and_fails_the_png_without_a_font() {
         assert!(out.join(format!("bpw-{target}.tenpak")).join("manifest.json").is_file());
         assert!((r.baseline_ppl.unwrap() - baseline).abs() < 1e-3 && r.ppl.is_finite(), "{r:?}");
     }
+    // The first point scores the source; the second records that figure instead of running the
+    // source over the windows again, and its protocol says so.
+    let protocol = |label: &str| {
+        let text = std::fs::read_to_string(out.join(format!("{label}.tenpak")).join("manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (manifest["evaluation"]["protocol"].as_str().unwrap().to_owned(), manifest["evaluation"]["baseline_ppl"].as_f64().unwrap())
+    };
+    let ((first, first_baseline), (second, second_baseline)) = (protocol("bpw-9"), protocol("bpw-5"));
+    assert!(!first.contains("baseline reused") && second.contains("baseline reused"), "{first}\n{second}");
+    assert_eq!(first_baseline.to_bits(), second_baseline.to_bits());
     let (f32_row, q8_row) = (&rows[2], &rows[3]);
     assert_eq!((f32_row.source, f32_row.target_bpw, f32_row.bpw_linears), (Source::LlamaCpp, None, 32.0));
     assert_eq!(q8_row.bpw_linears, 8.5);
