@@ -87,7 +87,7 @@ impl Plugin {
         let taken = self
             .codecs
             .iter()
-            .map(|c| ("codec", c.id.as_str(), registry.codec_source(&c.id)))
+            .map(|c| ("codec", c.id(), registry.codec_source(c.id())))
             .chain(self.calibrators.iter().map(|c| ("calibrator", c.id(), registry.calibrator_source(c.id()))))
             .chain(self.allocators.iter().map(|a| ("allocator", a.id(), registry.allocator_source(a.id()))));
         for (kind, id, existing) in taken {
@@ -287,15 +287,112 @@ fn malformed(component: &str, source: &str, function: &str, what: impl std::fmt:
     Error::corrupt(format!("{component} from {source} returned a malformed {function} result: {what}"))
 }
 
-/// A codec living in a plugin library, behind the ordinary [`Codec`] trait.
-pub struct ForeignCodec {
+/// What a plugin's `info` reports that every instance-holding component has: its id, its
+/// description and its parameter table (borrowed from the instance).
+pub(crate) struct InfoFields {
+    id: StrRef,
+    description: StrRef,
+    params: *const ParamSpecRef,
+    param_count: usize,
+}
+
+/// An instance a library made for the host to keep (a codec's or an allocator's, one per
+/// library), with what the host read from its `info`: id, description, parameters, and where it
+/// came from. Dropping it destroys the instance (only when loading fails halfway: loaded plugins
+/// live for good).
+pub(crate) struct Instance {
+    label: String,
     id: String,
     description: String,
     params: Vec<ParamSpec>,
+    ptr: NonNull<c_void>,
+    destroy: unsafe extern "C" fn(*mut c_void),
+    release: unsafe extern "C" fn(*mut c_void),
+    source: String,
+}
+
+/// A vtable's `create` entry.
+type CreateFn = unsafe extern "C" fn(*mut *mut c_void, *mut TextOut) -> i32;
+/// A vtable's `info` entry, filling `I`.
+type InfoFn<I> = unsafe extern "C" fn(*const c_void, *mut I, *mut TextOut) -> i32;
+
+impl Instance {
+    /// Make the instance (`create`), read its metadata (`info`, into `empty`), check that the id
+    /// it reports is `id`, and read its description and parameter table (`fields` picks them out
+    /// of the metadata). Returns the metadata too, for what is particular to the kind.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn create<I>(
+        kind: &str,
+        id: String,
+        source: String,
+        (create, info, destroy, release): (CreateFn, InfoFn<I>, unsafe extern "C" fn(*mut c_void), unsafe extern "C" fn(*mut c_void)),
+        empty: I,
+        fields: impl Fn(&I) -> InfoFields,
+    ) -> Result<(Self, I)> {
+        let mut ptr = std::ptr::null_mut();
+        let mut err = TextOut::NONE;
+        // SAFETY: ABI contract: `create` writes an instance pointer or an error.
+        let code = unsafe { create(&mut ptr, &mut err) };
+        if code != status::OK {
+            // SAFETY: on failure the plugin filled `err`.
+            bail!("{kind} `{id}`: create failed: {}", unsafe { abi::take_text(release, err) });
+        }
+        let ptr = NonNull::new(ptr).ok_or_else(|| anyhow!("{kind} `{id}`: create returned a null instance"))?;
+        // From here on, dropping `instance` destroys it.
+        let label = format!("{kind} `{id}`");
+        let mut instance =
+            Instance { label, id, description: String::new(), params: Vec::new(), ptr, destroy, release, source };
+        let mut raw = empty;
+        let mut err = TextOut::NONE;
+        // SAFETY: a live instance of this vtable; `raw` is writable.
+        let code = unsafe { info(ptr.as_ptr(), &mut raw, &mut err) };
+        if code != status::OK {
+            return Err(instance.call_error("info", code, err).into());
+        }
+        let f = fields(&raw);
+        // SAFETY (the strings and table below): borrowed from the live instance (ABI contract).
+        let reported = unsafe { f.id.to_str(&format!("{kind} id")) }?;
+        if reported != instance.id {
+            bail!("{kind} exported as `{}` reports its id as `{reported}`", instance.id);
+        }
+        instance.description = unsafe { f.description.to_str("description") }?.to_owned();
+        instance.params = unsafe { read_param_specs(&instance.label, f.params, f.param_count) }?;
+        Ok((instance, raw))
+    }
+
+    /// The instance pointer every vtable call takes.
+    fn ptr(&self) -> *mut c_void {
+        self.ptr.as_ptr()
+    }
+
+    /// Give a handle the library handed out back to it.
+    fn release(&self, handle: *mut c_void) {
+        // SAFETY: `handle` was handed out by this vtable's functions and is released once.
+        unsafe { (self.release)(handle) };
+    }
+
+    /// The error a failed call reports.
+    fn call_error(&self, function: &str, code: i32, err: TextOut) -> Error {
+        call_error(&self.label, &self.source, self.release, function, code, err)
+    }
+
+    fn malformed(&self, function: &str, what: impl std::fmt::Display) -> Error {
+        malformed(&self.label, &self.source, function, what)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: the instance came from this vtable's `create` and is destroyed once.
+        unsafe { (self.destroy)(self.ptr.as_ptr()) };
+    }
+}
+
+/// A codec living in a plugin library, behind the ordinary [`Codec`] trait.
+pub struct ForeignCodec {
+    instance: Instance,
     needs: StatsNeeds,
     vtable: Functions,
-    instance: NonNull<c_void>,
-    source: String,
 }
 
 // SAFETY: the instance is a `T: Codec` of the plugin, and `Codec: Send + Sync`; the vtable holds
@@ -307,7 +404,6 @@ unsafe impl Sync for ForeignCodec {}
 /// A vtable whose entries were all checked non-null.
 #[derive(Clone, Copy)]
 struct Functions {
-    destroy: unsafe extern "C" fn(*mut c_void),
     validate: unsafe extern "C" fn(*const c_void, StrRef, *mut TextOut) -> i32,
     encode: unsafe extern "C" fn(
         *const c_void,
@@ -319,7 +415,6 @@ struct Functions {
     ) -> i32,
     decode: unsafe extern "C" fn(*const c_void, *const abi::EncodedRef, *mut FloatsOut, *mut TextOut) -> i32,
     size_bits: unsafe extern "C" fn(*const c_void, *const abi::EncodedRef, *mut u64, *mut TextOut) -> i32,
-    release: unsafe extern "C" fn(*mut c_void),
 }
 
 fn leak(s: &str) -> &'static str {
@@ -331,91 +426,45 @@ fn leak(s: &str) -> &'static str {
 impl ForeignCodec {
     fn create(id: String, vt: CodecVTable, source: String) -> Result<Self> {
         let missing = |entry: &str| anyhow!("codec `{id}`: vtable entry `{entry}` is null");
-        let (create, info) = (vt.create.ok_or_else(|| missing("create"))?, vt.info.ok_or_else(|| missing("info"))?);
-        let functions = Functions {
-            destroy: vt.destroy.ok_or_else(|| missing("destroy"))?,
+        let entries = (
+            vt.create.ok_or_else(|| missing("create"))?,
+            vt.info.ok_or_else(|| missing("info"))?,
+            vt.destroy.ok_or_else(|| missing("destroy"))?,
+            vt.release.ok_or_else(|| missing("release"))?,
+        );
+        let vtable = Functions {
             validate: vt.validate.ok_or_else(|| missing("validate"))?,
             encode: vt.encode.ok_or_else(|| missing("encode"))?,
             decode: vt.decode.ok_or_else(|| missing("decode"))?,
             size_bits: vt.size_bits.ok_or_else(|| missing("size_bits"))?,
-            release: vt.release.ok_or_else(|| missing("release"))?,
         };
-        let mut instance = std::ptr::null_mut();
-        let mut err = TextOut::NONE;
-        // SAFETY: ABI contract: `create` writes an instance pointer or an error.
-        let code = unsafe { create(&mut instance, &mut err) };
-        if code != status::OK {
-            // SAFETY: on failure the plugin filled `err`.
-            bail!("codec `{id}`: create failed: {}", unsafe { abi::take_text(functions.release, err) });
-        }
-        let instance = NonNull::new(instance).ok_or_else(|| anyhow!("codec `{id}`: create returned a null instance"))?;
-        // From here on, dropping `codec` destroys the instance.
-        let mut codec = ForeignCodec {
-            id,
-            description: String::new(),
-            params: Vec::new(),
-            needs: StatsNeeds::NONE,
-            vtable: functions,
-            instance,
-            source,
-        };
-        let mut raw = CodecInfo::EMPTY;
-        let mut err = TextOut::NONE;
-        // SAFETY: a live instance of this vtable; `raw` is writable.
-        let code = unsafe { info(instance.as_ptr(), &mut raw, &mut err) };
-        if code != status::OK {
-            return Err(codec.call_error("info", code, err).into());
-        }
-        // SAFETY (the strings and table below): borrowed from the live instance (ABI contract).
-        let reported = unsafe { raw.id.to_str("codec id") }?;
-        if reported != codec.id {
-            bail!("codec exported as `{}` reports its id as `{reported}`", codec.id);
-        }
-        codec.description = unsafe { raw.description.to_str("description") }?.to_owned();
-        codec.params = unsafe { read_param_specs(&format!("codec `{}`", codec.id), raw.params, raw.param_count) }?;
-        codec.needs = abi::needs_from_bits(raw.needs).map_err(|e| e.context(format!("codec `{}`", codec.id)))?;
-        Ok(codec)
+        let (instance, raw) = Instance::create("codec", id, source, entries, CodecInfo::EMPTY, |raw: &CodecInfo| InfoFields {
+            id: raw.id,
+            description: raw.description,
+            params: raw.params,
+            param_count: raw.param_count,
+        })?;
+        let needs = abi::needs_from_bits(raw.needs).map_err(|e| e.context(instance.label.clone()))?;
+        Ok(ForeignCodec { instance, needs, vtable })
     }
 
     /// Where it came from: the library path and the crate that built it.
     pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    fn release(&self, handle: *mut c_void) {
-        // SAFETY: `handle` was handed out by this vtable's functions and is released once.
-        unsafe { (self.vtable.release)(handle) };
-    }
-
-    /// The error a failed call reports.
-    fn call_error(&self, function: &str, code: i32, err: TextOut) -> Error {
-        call_error(&format!("codec `{}`", self.id), &self.source, self.vtable.release, function, code, err)
-    }
-
-    fn malformed(&self, function: &str, what: impl std::fmt::Display) -> Error {
-        malformed(&format!("codec `{}`", self.id), &self.source, function, what)
-    }
-}
-
-impl Drop for ForeignCodec {
-    fn drop(&mut self) {
-        // Only reached when loading fails halfway: loaded plugins live in `LOADED` for good.
-        // SAFETY: the instance came from this vtable's `create` and is destroyed once.
-        unsafe { (self.vtable.destroy)(self.instance.as_ptr()) };
+        &self.instance.source
     }
 }
 
 impl Codec for ForeignCodec {
     fn id(&self) -> &str {
-        &self.id
+        &self.instance.id
     }
 
     fn description(&self) -> &str {
-        &self.description
+        &self.instance.description
     }
 
     fn params(&self) -> &[ParamSpec] {
-        &self.params
+        &self.instance.params
     }
 
     fn needs(&self) -> StatsNeeds {
@@ -426,9 +475,9 @@ impl Codec for ForeignCodec {
         let json = abi::params_to_json(params)?;
         let mut err = TextOut::NONE;
         // SAFETY: live instance; `json` outlives the call.
-        let code = unsafe { (self.vtable.validate)(self.instance.as_ptr(), StrRef::new(&json), &mut err) };
+        let code = unsafe { (self.vtable.validate)(self.instance.ptr(), StrRef::new(&json), &mut err) };
         if code != status::OK {
-            return Err(self.call_error("validate", code, err));
+            return Err(self.instance.call_error("validate", code, err));
         }
         Ok(())
     }
@@ -443,7 +492,7 @@ impl Codec for ForeignCodec {
         // their lengths match what the refs say.
         let code = unsafe {
             (self.vtable.encode)(
-                self.instance.as_ptr(),
+                self.instance.ptr(),
                 &weight_ref,
                 &stats_ref,
                 StrRef::new(&json),
@@ -452,17 +501,17 @@ impl Codec for ForeignCodec {
             )
         };
         if code != status::OK {
-            return Err(self.call_error("encode", code, err));
+            return Err(self.instance.call_error("encode", code, err));
         }
         // SAFETY: on OK the plugin filled `out` with data borrowed from `out.handle`.
         let copied = unsafe { abi::encoded_from_raw(&out.encoded) };
-        self.release(out.handle);
-        let encoded = copied.map_err(|e| self.malformed("encode", e))?;
-        if encoded.codec != self.id {
-            return Err(self.malformed("encode", format!("the encoding says it is from codec `{}`", encoded.codec)));
+        self.instance.release(out.handle);
+        let encoded = copied.map_err(|e| self.instance.malformed("encode", e))?;
+        if encoded.codec != self.instance.id {
+            return Err(self.instance.malformed("encode", format!("the encoding says it is from codec `{}`", encoded.codec)));
         }
         if encoded.shape != [weight.rows(), weight.cols()] {
-            return Err(self.malformed(
+            return Err(self.instance.malformed(
                 "encode",
                 format!("shape {:?} for a [{}, {}] weight", encoded.shape, weight.rows(), weight.cols()),
             ));
@@ -476,17 +525,17 @@ impl Codec for ForeignCodec {
         let mut out = FloatsOut::NONE;
         let mut err = TextOut::NONE;
         // SAFETY: live instance; `lease` (and `encoded`) outlive the call.
-        let code = unsafe { (self.vtable.decode)(self.instance.as_ptr(), &raw, &mut out, &mut err) };
+        let code = unsafe { (self.vtable.decode)(self.instance.ptr(), &raw, &mut out, &mut err) };
         if code != status::OK {
-            return Err(self.call_error("decode", code, err));
+            return Err(self.instance.call_error("decode", code, err));
         }
         // SAFETY: on OK the plugin filled `out` with values borrowed from `out.handle`.
         let copied = unsafe { abi::slice_from_raw(out.values.ptr, out.values.len, "decoded values") }.map(<[f32]>::to_vec);
-        self.release(out.handle);
-        let values = copied.map_err(|e| self.malformed("decode", e))?;
+        self.instance.release(out.handle);
+        let values = copied.map_err(|e| self.instance.malformed("decode", e))?;
         let [rows, cols] = encoded.shape;
         if Some(values.len()) != rows.checked_mul(cols) {
-            return Err(self.malformed("decode", format!("{} values for a [{rows}, {cols}] matrix", values.len())));
+            return Err(self.instance.malformed("decode", format!("{} values for a [{rows}, {cols}] matrix", values.len())));
         }
         Ok(values)
     }
@@ -501,9 +550,9 @@ impl Codec for ForeignCodec {
             let mut bits = 0u64;
             let mut err = TextOut::NONE;
             // SAFETY: live instance; `lease` outlives the call.
-            let code = unsafe { (self.vtable.size_bits)(self.instance.as_ptr(), &raw, &mut bits, &mut err) };
+            let code = unsafe { (self.vtable.size_bits)(self.instance.ptr(), &raw, &mut bits, &mut err) };
             if code != status::OK {
-                return Err(self.call_error("size_bits", code, err));
+                return Err(self.instance.call_error("size_bits", code, err));
             }
             Ok(bits)
         };

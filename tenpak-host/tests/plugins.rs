@@ -588,36 +588,17 @@ fn plugin_allocator_matches_the_static_build() {
 
 #[test]
 fn pack_with_calibrator_and_allocator_plugins_equals_the_static_build() {
+    // 3 bits lands at 0.0036-0.0096 on these layers, the closest within 1.2 % of this cap on
+    // either side.
+    const CAP: f64 = 0.00905;
     let (absmax_lib, error_cap_lib) = (library(ABSMAX_PLUGIN), library(ERROR_CAP_PLUGIN));
     let t = util::tiny(71);
     let cache = tempfile::tempdir().unwrap();
     // Only this test in this binary measures, and the CLI below gets the variable explicitly.
     unsafe { std::env::set_var("TENPAK_CACHE_DIR", cache.path()) };
-    let preset = r#"
-name = "tiny-error-cap"
-[calibration]
-calibrators = ["act_absmax"]
-windows = 6
-ctx = 32
-[allocator]
-id = "error_cap"
-# Random weights give every layer about the same error: 3 bits lands at 0.0098-0.0128 here, so
-# this cap splits the layers between 3 and 4 bits.
-max_error = 0.0117
-[[allocator.candidates]]
-bits = 2
-[[allocator.candidates]]
-bits = 3
-[[allocator.candidates]]
-bits = 4
-[[allocator.candidates]]
-bits = 8
-[codec]
-codec = "int4_awq"
-group_size = 16
-[roles.embedding]
-codec = "int8"
-"#;
+    // Random weights give every layer about the same error; this cap splits the layers between
+    // two widths (checked below).
+    let preset = util::measuring_preset("act_absmax", &format!("id = \"error_cap\"\nmax_error = {CAP}"));
     let preset_path = t._tmp.path().join("error-cap.toml");
     std::fs::write(&preset_path, preset).unwrap();
 
@@ -656,7 +637,7 @@ codec = "int8"
         for chosen in &allocation.layers {
             let record = m.tensors.iter().find(|r| r.name == chosen.name).unwrap();
             let most_accurate = record.params.int_or("bits", 0).unwrap() == 8;
-            assert!(chosen.result.output_error.unwrap() <= 0.0117 || most_accurate, "{}: {:?}", chosen.name, chosen.result);
+            assert!(chosen.result.output_error.unwrap() <= CAP || most_accurate, "{}: {:?}", chosen.name, chosen.result);
         }
     }
     let bits_of = |m: &tenpak_host::artifact::Manifest| -> Vec<i64> {

@@ -563,25 +563,28 @@ pub fn tiny(seed: u64) -> Tiny {
     Tiny { _tmp: tmp, model, calib, eval, out }
 }
 
-/// A bit_budget preset for the tiny model: int4_awq with error feedback at 2, 3, 4, 6 and 8
-/// bits in groups of 16 with f16 headers: 4.6 to 10.6 bits per weight with the
-/// column scales (the tiny model's widths, 72
-/// and 160, leave a short last group).
+/// A bit_budget preset for the tiny model ([`measuring_preset`]).
 pub fn budget_preset(target: &str, sensitivity: &str) -> String {
+    measuring_preset("act_scale", &format!("id = \"bit_budget\"\n{target}\nsensitivity = \"{sensitivity}\""))
+}
+
+/// A preset for the tiny model whose allocator table is `allocator` (its lines, without the
+/// header), calibrating with `calibrator`, choosing among int4_awq with error feedback at 2, 3,
+/// 4, 6 and 8 bits in groups of 16 with f16 headers: 4.6 to 10.6 bits per weight with the column
+/// scales (the tiny model's widths, 72 and 160, leave a short last group).
+pub fn measuring_preset(calibrator: &str, allocator: &str) -> String {
     format!(
         r#"
-name = "tiny-budget"
+name = "tiny-measuring"
 [calibration]
-calibrators = ["act_scale"]
+calibrators = ["{calibrator}"]
 windows = 6
 ctx = 32
 [evaluation]
 windows = 3
 ctx = 32
 [allocator]
-id = "bit_budget"
-{target}
-sensitivity = "{sensitivity}"
+{allocator}
 [[allocator.candidates]]
 bits = 2
 [[allocator.candidates]]
