@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing TenPak needs on Debian: a C toolchain, pkg-config, python3
-# with pip and npm (for scripts/fetch-assets.sh), DejaVu Sans (the text of `tenpak sweep`'s PNG),
+# with pip and npm (for scripts/fetch-assets.sh), OpenBLAS (the runtime's matrix products), DejaVu
+# Sans (the text of `tenpak sweep`'s PNG),
 # and Rust through rustup if cargo is missing.
 # Sourced by quickstart.sh and test.sh; safe to run again.
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
+# OpenBLAS, which the runtime opens at run time for its matrix products (candle's otherwise).
+[[ -e /usr/lib/x86_64-linux-gnu/libopenblas.so.0 || -e /usr/lib/aarch64-linux-gnu/libopenblas.so.0 ]] || need+=(libopenblas-dev)
 # The font `tenpak sweep` draws its PNG's text with (TENPAK_FONT overrides the path).
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need+=(fonts-dejavu-core)
 if ((${#need[@]})); then

@@ -18,7 +18,8 @@
 # Steps whose output exists are skipped (FORCE=1 redoes 2-4). Heavy steps run under `nice -n 19`.
 # Environment: GGUF, CALIB, EVAL_TEXT, WORK (default: ../llamacpp beside this repository), VENV,
 # LLAMA_CPP_DIR, LLAMA_CPP_PY_VERSION, TYPES, THREADS (default 1), JOBS (build, default 1),
-# CHUNKS (128), CTX (512), TENPAK_BIN, SAMPLES (64), FORCE.
+# CHUNKS (128), CTX (512), TENPAK_BIN, SAMPLES (64), FORCE, STOP_AFTER (`f32`: stop once the
+# binaries and the f32 GGUF exist, as scripts/speed-bench.sh wants).
 # Needs python3 with pip and venv; to build: cmake (3.14+) and a C++17 compiler.
 set -euo pipefail
 
@@ -123,6 +124,11 @@ bad = [(t.name, t.tensor_type.name) for t in gguf.GGUFReader(sys.argv[1]).tensor
 if bad:
     sys.exit(f"not f32: {bad[:5]}")
 EOF
+
+if [[ "${STOP_AFTER:-}" == f32 ]]; then
+    log "binaries in $BIN, f32 model $F32 (STOP_AFTER=f32)"
+    exit 0
+fi
 
 # --- 3. importance matrix -----------------------------------------------------------------------
 IMATRIX="$WORK/imatrix.gguf"

@@ -190,16 +190,16 @@ pub fn perplexity_streamed(
     let rope = RopeTables::new(config, options.ctx)?;
     for index in 0..config.num_hidden_layers {
         let block = Block::load(config, index, weights).with_context(|| format!("loading block {index}"))?;
-        for h in &mut hidden {
-            *h = block.forward(h, &rope, None)?;
-        }
+        hidden = runtime::llama::forward_windows(&block, &hidden, &rope)?;
         step(index + 1, total)?;
     }
     let head = Head::load(config, weights, embed_tokens.as_ref())?;
     drop(embed_tokens);
+    let ids: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
+    let nlls = runtime::llama::token_nll_windows(&head, &hidden, &ids)?;
     let mut nll_sum = 0.0f64;
-    for (h, (first_window, window_ids)) in hidden.iter().zip(&scoring.batches) {
-        nll_sum += scoring.scored(&head.token_nll(h, window_ids, None)?, *first_window)?;
+    for (nll, (first_window, _)) in nlls.iter().zip(&scoring.batches) {
+        nll_sum += scoring.scored(nll, *first_window)?;
     }
     step(total, total)?;
     Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))

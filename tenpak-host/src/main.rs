@@ -248,6 +248,8 @@ fn run_inner(cli: Cli) -> Result<()> {
                 println!();
             }
             print!("{}", report::summary(&manifest));
+            println!("stages        {}", bar.stage_times());
+            println!("matmul        {}", tenpak_host::runtime::blas::kernel()?.describe());
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
         Command::Eval { model, text, samples, ctx, batch, protocol } => {
@@ -261,6 +263,7 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("ppl           {:.4}", report.ppl);
             println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
             println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);
+            println!("matmul        {}", tenpak_host::runtime::blas::kernel()?.describe());
             println!("protocol      {}", report.protocol);
         }
         Command::Info { artifact, tensors, json } => {

@@ -211,7 +211,7 @@ impl CalibratedProbe<'_> {
         let float = self.float.as_mut().expect("set above");
         while float.next < index {
             let block = Block::load(config, float.next, model).with_context(|| format!("loading block {}", float.next))?;
-            float.hidden = float.hidden.iter().map(|h| block.forward(h, &float.rope, None)).collect::<Result<_>>()?;
+            float.hidden = runtime::llama::forward_windows(&block, &float.hidden, &float.rope)?;
             float.next += 1;
         }
         self.tracker.begin(Stage::Measure, Some((index, n)), format!("block {}/{n}: measuring", index + 1))?;

@@ -70,9 +70,9 @@ fn embed_windows(embed_tokens: &Tensor, ids: &[u32], windows: usize, ctx: usize)
     (0..windows).map(|w| embed(embed_tokens, &ids[w * ctx..(w + 1) * ctx], 1)).collect()
 }
 
-/// Run `block` over every window.
+/// Run `block` over every window (several at once).
 fn forward_all(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> Result<Vec<Tensor>> {
-    hidden.iter().map(|h| block.forward(h, rope, None)).collect()
+    crate::runtime::llama::forward_windows(block, hidden, rope)
 }
 
 /// The pipeline's state between stages.
@@ -400,10 +400,11 @@ impl<'a> Pipeline<'a> {
 /// Perplexity of hidden states after the last block through `head`.
 fn score(head: &Head, hidden: &[Tensor], e: &crate::plan::Evaluation) -> Result<eval::PplReport> {
     let ctx = e.options.ctx;
+    let ids: Vec<&[u32]> = (0..hidden.len()).map(|w| &e.ids[w * ctx..(w + 1) * ctx]).collect();
+    let nlls = crate::runtime::llama::token_nll_windows(head, hidden, &ids)?;
     let mut sum = 0f64;
-    for (w, h) in hidden.iter().enumerate() {
-        let ids = &e.ids[w * ctx..(w + 1) * ctx];
-        sum += eval::sum_nll(&head.token_nll(h, ids, None)?, w, ctx, &e.text.name)?;
+    for (w, nll) in nlls.iter().enumerate() {
+        sum += eval::sum_nll(nll, w, ctx, &e.text.name)?;
     }
     Ok(eval::report(sum, e.windows, e.ids.len(), ctx, &e.text.name, 0.0))
 }

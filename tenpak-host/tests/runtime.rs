@@ -202,13 +202,52 @@ fn windows_in_a_batch_are_independent() {
     let mut rng = StdRng::seed_from_u64(6);
     let ids = random_ids(&mut rng, 3 * 16, config.vocab_size);
     let together = tensor_rows(&model.forward_logits(&ids, 3, None).unwrap());
+    // A window alone and in a batch of three are multiplied as matrices of 16 and 48 rows, which
+    // OpenBLAS sums with different kernels: rounding apart (measured: 2.3e-5 at most), where a
+    // window seeing another's tokens would move its logits by whole units.
+    let mut worst = 0.0f32;
     for b in 0..3 {
         let alone = tensor_rows(&model.forward_logits(&ids[b * 16..(b + 1) * 16], 1, None).unwrap());
         for t in 0..16 {
             for (x, y) in together[b * 16 + t].iter().zip(&alone[t]) {
-                assert!((x - y).abs() <= 1e-5, "window {b} position {t}: {x} batched vs {y} alone");
+                worst = worst.max((x - y).abs());
+                assert!((x - y).abs() <= 5e-5, "window {b} position {t}: {x} batched vs {y} alone");
             }
         }
+    }
+    eprintln!("largest difference batched vs alone: {worst:e}");
+}
+
+/// Windows through a block several at once (OpenBLAS single-threaded in each) give the same bits
+/// as one at a time, in order, at 1 and 2 rayon threads; and so do their NLLs.
+#[test]
+fn windows_in_parallel_equal_windows_one_at_a_time() {
+    let config = tiny_config(true, false);
+    let weights = tiny_weights(&config, 9);
+    let model = LlamaModel::load(&config, &weights).unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    let windows: Vec<Vec<u32>> = (0..5).map(|_| random_ids(&mut rng, 24, config.vocab_size)).collect();
+    let rope = model.rope(24).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut hidden: Vec<Tensor> = windows.iter().map(|ids| model.embed(ids, 1).unwrap()).collect();
+            for block in model.blocks() {
+                hidden = tenpak_host::runtime::llama::forward_windows(block, &hidden, &rope).unwrap();
+            }
+            let ids: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+            let nll = tenpak_host::runtime::llama::token_nll_windows(model.head(), &hidden, &ids).unwrap();
+            (hidden.iter().map(tensor_rows).collect::<Vec<_>>(), nll)
+        })
+    };
+    let (one, one_nll) = run(1);
+    let (two, two_nll) = run(2);
+    let bits = |rows: &Vec<Vec<Vec<f32>>>| rows.iter().flatten().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&one), bits(&two), "hidden states differ between 1 and 2 threads");
+    assert_eq!(one_nll.concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), two_nll.concat().iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    for (w, ids) in windows.iter().enumerate() {
+        let alone = model.token_nll(ids, 1, None).unwrap();
+        assert_eq!(alone, one_nll[w], "window {w}: parallel NLL differs from the model's own forward");
     }
 }
 

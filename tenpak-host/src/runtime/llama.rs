@@ -12,7 +12,9 @@
 
 use anyhow::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
+use super::blas::{self, Kernel};
 use super::kernels::{self, CausalBlock, HeadLayout, NllState};
 use super::ops;
 use super::rope::RopeTables;
@@ -127,7 +129,7 @@ impl Linear {
         if let Some(hook) = hook {
             hook.observe(&self.name, input).with_context(|| format!("hook at {}", self.name))?;
         }
-        let output = input.matmul(&self.weight.t()?)?;
+        let output = ops::linear(input, &self.weight)?;
         Ok(match &self.bias {
             Some(bias) => ops::add_bias(&output, bias)?,
             None => output,
@@ -262,18 +264,13 @@ impl Block {
         let q = ops::rope_to_heads(&q, HeadLayout { batch, seq, heads, head_dim, group }, rope, scale)?;
         let k = ops::rope_to_heads(&k, HeadLayout { batch, seq, heads: kv_heads, head_dim, group: 1 }, rope, 1.0)?;
         let v = v.reshape((batch, seq, kv_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
-        let mut blocks = Vec::with_capacity(seq.div_ceil(ATTENTION_BLOCK));
-        for first in (0..seq).step_by(ATTENTION_BLOCK) {
-            let end = (first + ATTENTION_BLOCK).min(seq);
-            let queries = q.narrow(2, first * group, (end - first) * group)?;
-            let scores = queries.matmul(&k.narrow(2, 0, end)?.t()?)?;
-            let probs = ops::causal_softmax(&scores, CausalBlock { keys: end, group, first_position: first })?;
-            let attended = probs.matmul(&v.narrow(2, 0, end)?)?;
-            // [batch, kv, (position, head), d] → [batch, position, (kv, head, d)] = rows for o_proj.
-            let attended = attended.reshape((batch, kv_heads, end - first, group * head_dim))?.transpose(1, 2)?;
-            blocks.push(attended.contiguous()?);
-        }
-        let attended = Tensor::cat(&blocks, 1)?.reshape((batch * seq, heads * head_dim))?;
+        let attended = match blas::kernel()? {
+            Kernel::OpenBlas(blas) => {
+                let shape = ops::AttentionShape { batch, seq, kv_heads, group, head_dim, block: ATTENTION_BLOCK };
+                ops::attention(blas, &q, &k, &v, shape)?
+            }
+            Kernel::Candle => attention_candle(&q, &k, &v, (batch, seq, kv_heads, group, head_dim))?,
+        };
         let residual = ops::add(&residual, &self.o_proj.forward(&attended, hook.as_deref_mut())?)?;
 
         // SwiGLU MLP.
@@ -284,6 +281,47 @@ impl Block {
         let residual = ops::add(&residual, &self.down_proj.forward(&activated, hook.as_deref_mut())?)?;
         Ok(residual.reshape((batch, seq, width))?)
     }
+}
+
+/// Run `block` over each of `hidden`'s tensors (independent windows or batches), several at once
+/// on rayon's threads with OpenBLAS single-threaded in each ([`blas::single_threaded`]): a
+/// window per core keeps both cores busy through the element-wise kernels too, where one window
+/// at a time leaves them waking each other between every step. The outputs are the same bit for
+/// bit as one at a time (every kernel's result is independent of its thread count), in order.
+pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> anyhow::Result<Vec<Tensor>> {
+    if hidden.len() < 2 || rayon::current_num_threads() < 2 {
+        return hidden.iter().map(|h| block.forward(h, rope, None)).collect();
+    }
+    blas::single_threaded(|| hidden.par_iter().map(|h| block.forward(h, rope, None)).collect())
+}
+
+/// [`Head::token_nll`] of each of `hidden`'s tensors with its token ids, several at once as in
+/// [`forward_windows`], in order.
+pub fn token_nll_windows(head: &Head, hidden: &[Tensor], ids: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+    anyhow::ensure!(hidden.len() == ids.len(), "{} hidden states for {} token sequences", hidden.len(), ids.len());
+    if hidden.len() < 2 || rayon::current_num_threads() < 2 {
+        return hidden.iter().zip(ids).map(|(h, ids)| head.token_nll(h, ids, None)).collect();
+    }
+    blas::single_threaded(|| hidden.par_iter().zip(ids).map(|(h, ids)| head.token_nll(h, ids, None)).collect())
+}
+
+/// Causal grouped-query attention in candle's products (the kernel used without OpenBLAS), the
+/// same computation as [`ops::attention`]: queries `[batch, kv, seq·group, d]` (rows are
+/// (position, head of the group)), keys and values `[batch, kv, seq, d]`; returns the rows
+/// `[batch·seq, kv·group·d]` that `o_proj` reads.
+fn attention_candle(q: &Tensor, k: &Tensor, v: &Tensor, (batch, seq, kv_heads, group, head_dim): (usize, usize, usize, usize, usize)) -> anyhow::Result<Tensor> {
+    let mut blocks = Vec::with_capacity(seq.div_ceil(ATTENTION_BLOCK));
+    for first in (0..seq).step_by(ATTENTION_BLOCK) {
+        let end = (first + ATTENTION_BLOCK).min(seq);
+        let queries = q.narrow(2, first * group, (end - first) * group)?;
+        let scores = queries.matmul(&k.narrow(2, 0, end)?.t()?)?;
+        let probs = ops::causal_softmax(&scores, CausalBlock { keys: end, group, first_position: first })?;
+        let attended = probs.matmul(&v.narrow(2, 0, end)?)?;
+        // [batch, kv, (position, head), d] → [batch, position, (kv, head, d)] = rows for o_proj.
+        let attended = attended.reshape((batch, kv_heads, end - first, group * head_dim))?.transpose(1, 2)?;
+        blocks.push(attended.contiguous()?);
+    }
+    Ok(Tensor::cat(&blocks, 1)?.reshape((batch * seq, kv_heads * group * head_dim))?)
 }
 
 /// The final RMSNorm and the output projection.
@@ -378,7 +416,7 @@ impl Head {
             for first in (0..vocab).step_by(VOCAB_BLOCK) {
                 let width = VOCAB_BLOCK.min(vocab - first);
                 let weight = lm_head.weight.narrow(0, first, width)?;
-                let mut logits = rows.matmul(&weight.t()?)?;
+                let mut logits = ops::linear(&rows, &weight)?;
                 if let Some(bias) = &lm_head.bias {
                     logits = ops::add_bias(&logits, &bias.narrow(0, first, width)?)?;
                 }
@@ -505,4 +543,55 @@ pub fn embed(embed_tokens: &Tensor, ids: &[u32], batch: usize) -> anyhow::Result
     let index = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
     let rows = embed_tokens.index_select(&index, 0)?;
     Ok(rows.reshape((batch, ids.len() / batch, hidden))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::blas::OpenBlas;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The OpenBLAS attention and the candle one agree on shapes around the causal blocking:
+    /// one position, a block and one, several blocks with a short last one, two sequences.
+    #[test]
+    fn openblas_attention_equals_candle_attention() {
+        let blas = OpenBlas::open().expect("the tests need OpenBLAS (scripts/install-deps.sh installs libopenblas-dev)");
+        for (case, &(batch, seq, kv_heads, group, d)) in
+            [(1, 1, 1, 1, 8), (1, ATTENTION_BLOCK + 1, 3, 3, 64), (2, 300, 2, 2, 16), (1, 512, 3, 3, 64)].iter().enumerate()
+        {
+            let q = random(&[batch, kv_heads, seq * group, d], 3 * case as u64 + 1);
+            let k = random(&[batch, kv_heads, seq, d], 3 * case as u64 + 2);
+            let v = random(&[batch, kv_heads, seq, d], 3 * case as u64 + 3);
+            let shape = ops::AttentionShape { batch, seq, kv_heads, group, head_dim: d, block: ATTENTION_BLOCK };
+            let fast = ops::attention(&blas, &q, &k, &v, shape).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let slow = attention_candle(&q, &k, &v, (batch, seq, kv_heads, group, d)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(fast.len(), slow.len());
+            let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            // Scores of 64 products of magnitude ≤ 4 in f32, a softmax, then a convex mix of values ≤ 2.
+            assert!(worst < 1e-4, "case {case}: largest difference {worst}");
+        }
+    }
+
+    #[test]
+    fn attention_rejects_mismatched_shapes() {
+        let blas = OpenBlas::open().expect("the tests need OpenBLAS");
+        let q = random(&[1, 2, 8, 4], 1);
+        let k = random(&[1, 2, 4, 4], 2);
+        let shape = ops::AttentionShape { batch: 1, seq: 4, kv_heads: 2, group: 2, head_dim: 4, block: 2 };
+        assert!(ops::attention(&blas, &q, &k, &k, shape).is_ok());
+        let error = ops::attention(&blas, &q, &random(&[1, 2, 5, 4], 3), &k, shape).unwrap_err().to_string();
+        assert!(error.contains("keys"), "{error}");
+    }
 }

@@ -11,6 +11,7 @@
 //! artifact reader that decodes through the codecs. Matrix products run in candle (`gemm`, on all
 //! cores); the rest runs in this module's [`kernels`].
 
+pub mod blas;
 pub mod grad;
 pub mod kernels;
 pub mod llama;

@@ -7,6 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::blas::{self, Kernel, OpenBlas, Operand};
 use super::kernels::{self, CausalBlock, HeadLayout};
 use super::rope::RopeTables;
 
@@ -218,6 +219,100 @@ pub fn add_bias(rows: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     let rows = prepared(rows, "add_bias")?;
     let bias = prepared(bias, "add_bias")?;
     rows.apply_op2_no_bwd(&bias, &AddBias)
+}
+
+struct BlasLinear(&'static OpenBlas);
+
+impl CustomOp2 for BlasLinear {
+    fn name(&self) -> &'static str {
+        "tenpak-openblas-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, k) = x_layout.shape().dims2()?;
+        let (n, w_k) = w_layout.shape().dims2()?;
+        if k != w_k {
+            candle_core::bail!("linear: input {rows}×{k} and weight {n}×{w_k} differ in width");
+        }
+        let x = contiguous_f32(x, x_layout, self.name())?;
+        let w = contiguous_f32(w, w_layout, self.name())?;
+        let mut out = vec![0.0f32; rows * n];
+        self.0.linear(x, rows, k, w, n, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+}
+
+/// `x · wᵀ` for rows `x` (`[rows, k]`) and a linear weight `w` (`[n, k]`, as stored), by the
+/// kernel [`blas::kernel`] chose: OpenBLAS, or candle's `matmul`.
+pub fn linear(x: &Tensor, w: &Tensor) -> anyhow::Result<Tensor> {
+    Ok(match blas::kernel()? {
+        Kernel::OpenBlas(blas) => prepared(x, "linear")?.apply_op2_no_bwd(&prepared(w, "linear")?, &BlasLinear(blas))?,
+        Kernel::Candle => x.matmul(&w.t()?)?,
+    })
+}
+
+/// Queries, keys and values of one attention layer, as the forward pass lays them out.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Positions per sequence.
+    pub seq: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Query heads per key/value head.
+    pub group: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Query positions per block (the causal blocking of the forward pass).
+    pub block: usize,
+}
+
+/// Causal grouped-query attention through OpenBLAS, the same computation as the candle products
+/// of [`super::Block::forward`]: `q` is `[batch, kv_heads, seq·group, head_dim]` (rows are
+/// (position, head of the group), from [`rope_to_heads`], already scaled), `k` and `v` are
+/// `[batch, kv_heads, seq, head_dim]`; the result is `[batch·seq, kv_heads·group·head_dim]`,
+/// the rows `o_proj` reads. Per plane and block of query positions: scores = Q Kᵀ over the keys
+/// up to the block's last position, causal softmax, then P V, written into each position's row.
+pub fn attention(blas: &OpenBlas, q: &Tensor, k: &Tensor, v: &Tensor, shape: AttentionShape) -> anyhow::Result<Tensor> {
+    let AttentionShape { batch, seq, kv_heads, group, head_dim: d, block } = shape;
+    anyhow::ensure!(block > 0 && group > 0, "attention: empty block or group in {shape:?}");
+    anyhow::ensure!(q.dims() == [batch, kv_heads, seq * group, d], "attention: queries {:?} do not fit {shape:?}", q.dims());
+    anyhow::ensure!(k.dims() == [batch, kv_heads, seq, d], "attention: keys {:?} do not fit {shape:?}", k.dims());
+    anyhow::ensure!(v.dims() == [batch, kv_heads, seq, d], "attention: values {:?} do not fit {shape:?}", v.dims());
+    let row_width = kv_heads * group * d;
+    let mut out = vec![0.0f32; batch * seq * row_width];
+    let mut scores = vec![0.0f32; block * group * seq];
+    let mut attended = vec![0.0f32; block * group * d];
+    with_f32_slice(q, |q| {
+        with_f32_slice(k, |k| {
+            with_f32_slice(v, |v| {
+                for plane in 0..batch * kv_heads {
+                    let (b, h) = (plane / kv_heads, plane % kv_heads);
+                    let q = &q[plane * seq * group * d..(plane + 1) * seq * group * d];
+                    let k = &k[plane * seq * d..(plane + 1) * seq * d];
+                    let v = &v[plane * seq * d..(plane + 1) * seq * d];
+                    for first in (0..seq).step_by(block) {
+                        let end = (first + block).min(seq);
+                        let rows = (end - first) * group;
+                        let scores = &mut scores[..rows * end];
+                        let queries = Operand { data: &q[first * group * d..], stride: d };
+                        blas.gemm(queries, Operand { data: k, stride: d }, true, (rows, end, d), scores, end);
+                        kernels::causal_softmax(scores, CausalBlock { keys: end, group, first_position: first });
+                        let attended = &mut attended[..rows * d];
+                        blas.gemm(Operand { data: scores, stride: end }, Operand { data: v, stride: d }, false, (rows, d, end), attended, d);
+                        // Rows (position, head of the group) → row `position` of the output, at
+                        // the columns of kv head h.
+                        for (p, heads) in (first..end).zip(attended.chunks_exact(group * d)) {
+                            let at = (b * seq + p) * row_width + h * group * d;
+                            out[at..at + group * d].copy_from_slice(heads);
+                        }
+                    }
+                }
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, (batch * seq, row_width), q.device())?)
 }
 
 /// Run `f` on the contiguous f32 data of a CPU tensor, without copying.
