@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use tenpak_api::registry::Registry;
-use tenpak_api::{LayerPlan, LayerStats, Params, WeightView};
+use tenpak_api::{Encoded, LayerPlan, LayerStats, Params, WeightView};
 
 use crate::artifact::{ArtifactWriter, TensorRecord};
 use crate::model::TensorInfo;
@@ -70,10 +70,29 @@ pub(crate) fn write_tensor(
     plan: Option<&LayerPlan>,
     stats: &LayerStats,
 ) -> Result<Vec<f32>> {
+    write_prepared(writer, prepare_tensor(registry, info, values, plan, stats)?)
+}
+
+/// A tensor ready to be written: its record, and its values raw or encoded with their decode.
+pub(crate) enum Prepared {
+    /// Stored as it is.
+    Raw(TensorRecord, Vec<f32>),
+    /// Encoded; the decode is what a reader will see.
+    Encoded(TensorRecord, Encoded, Vec<f32>),
+}
+
+/// The part of [`write_tensor`] that needs no writer: encode (or not) and measure. Independent
+/// tensors can be prepared in parallel and written in order.
+pub(crate) fn prepare_tensor(
+    registry: &Registry,
+    info: &TensorInfo,
+    values: Vec<f32>,
+    plan: Option<&LayerPlan>,
+    stats: &LayerStats,
+) -> Result<Prepared> {
     let mut record = raw_record(info);
     let Some(lp) = plan else {
-        writer.add_raw(record, &values)?;
-        return Ok(values);
+        return Ok(Prepared::Raw(record, values));
     };
     let codec = registry.codec(&lp.codec)?;
     let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
@@ -97,6 +116,19 @@ pub(crate) fn write_tensor(
     record.bits_per_weight = record.bits as f64 / numel.max(1) as f64;
     record.rel_mse = rel_mse;
     record.snr_db = snr_db;
-    writer.add_encoded(record, &encoded)?;
-    Ok(decoded)
+    Ok(Prepared::Encoded(record, encoded, decoded))
+}
+
+/// Write a prepared tensor; returns what a reader of the artifact will decode.
+pub(crate) fn write_prepared(writer: &mut ArtifactWriter, prepared: Prepared) -> Result<Vec<f32>> {
+    match prepared {
+        Prepared::Raw(record, values) => {
+            writer.add_raw(record, &values)?;
+            Ok(values)
+        }
+        Prepared::Encoded(record, encoded, decoded) => {
+            writer.add_encoded(record, &encoded)?;
+            Ok(decoded)
+        }
+    }
 }

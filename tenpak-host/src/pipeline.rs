@@ -23,11 +23,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use tenpak_api::registry::Registry;
 use tenpak_api::{Calibrator, LayerInfo, LayerPlan, LayerRole, LayerStats, StatsNeeds, WeightView};
 
 use crate::artifact::{ArtifactWriter, CalibrationRecord, EvaluationRecord};
-use crate::encode::write_tensor;
+use crate::encode::{Prepared, prepare_tensor, write_prepared, write_tensor};
 use crate::eval;
 use crate::observe::{Stage, Tracker};
 use crate::pack::{Baseline, evaluation_record};
@@ -281,9 +282,7 @@ impl<'a> Pipeline<'a> {
                     Ok(())
                 })?
             };
-            for h in &self.hidden {
-                block.forward(h, &self.cal_rope, Some(&mut hook))?;
-            }
+            crate::runtime::llama::observe_windows(block, &self.hidden, &self.cal_rope, &mut hook)?;
         }
         self.tracker.end(Stage::Calibrate, Some((i, n)), format!("block {}/{n}: calibrated", i + 1));
         Ok(())
@@ -304,13 +303,23 @@ impl<'a> Pipeline<'a> {
     fn encode(&mut self, block: &mut Block, layers: &[BlockLayer<'_>], (i, n): (usize, usize)) -> Result<()> {
         self.tracker.begin(Stage::Encode, Some((i, n)), format!("block {}/{n}: encoding", i + 1))?;
         let model = self.plan.model.as_ref();
+        // The block's layers are independent once their statistics are out: encode them in
+        // parallel (OpenBLAS single-threaded in each), then write them in order, so the artifact
+        // is the same whatever the thread count.
+        let mut work = Vec::with_capacity(layers.len());
         for layer in layers {
             let stats = self.stats(&layer.info, &layer.calibrators)?;
             let info = model.tensor(&layer.info.name).with_context(|| format!("no tensor `{}` in the source", layer.info.name))?;
             let linear = block.linear_mut(&layer.info.name).expect("the layer came from this block");
-            let values = linear.weight().flatten_all()?.to_vec1::<f32>()?;
-            let decoded = write_tensor(self.writer, self.registry, info, values, layer.plan, &stats)?;
-            linear.set_weight(decoded)?;
+            work.push((layer, info, linear.weight().flatten_all()?.to_vec1::<f32>()?, stats));
+        }
+        let registry = self.registry;
+        let prepared: Vec<Prepared> = crate::runtime::blas::single_threaded(|| {
+            work.into_par_iter().map(|(layer, info, values, stats)| prepare_tensor(registry, info, values, layer.plan, &stats)).collect::<Result<Vec<_>>>()
+        })?;
+        for (layer, prepared) in layers.iter().zip(prepared) {
+            let decoded = write_prepared(self.writer, prepared)?;
+            block.linear_mut(&layer.info.name).expect("the layer came from this block").set_weight(decoded)?;
         }
         self.tracker.end(Stage::Encode, Some((i, n)), format!("block {}/{n}: encoded", i + 1));
         Ok(())

@@ -251,6 +251,44 @@ fn windows_in_parallel_equal_windows_one_at_a_time() {
     }
 }
 
+/// What `observe_windows` hands over (windows several at once, down_proj's product skipped) is
+/// exactly what a hook on a one-at-a-time forward sees: the same names in the same order and the
+/// same bits, at 1 and 2 threads.
+#[test]
+fn observed_windows_equal_a_hooked_forward() {
+    let config = tiny_config(false, true);
+    let weights = tiny_weights(&config, 12);
+    let model = LlamaModel::load(&config, &weights).unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let hidden: Vec<Tensor> = (0..5).map(|_| model.embed(&random_ids(&mut rng, 20, config.vocab_size), 1).unwrap()).collect();
+    let rope = model.rope(20).unwrap();
+    let block = &model.blocks()[1];
+    let record = |seen: &mut Vec<(String, Vec<u32>)>, name: &str, input: &Tensor| {
+        seen.push((name.to_owned(), tensor_rows(input).concat().iter().map(|v| v.to_bits()).collect()));
+    };
+    let mut want = Vec::new();
+    for h in &hidden {
+        let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+            record(&mut want, name, input);
+            Ok(())
+        };
+        block.forward(h, &rope, Some(&mut hook)).unwrap();
+    }
+    assert_eq!(want.len(), 5 * 7);
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut got = Vec::new();
+        pool.install(|| {
+            tenpak_host::runtime::llama::observe_windows(block, &hidden, &rope, &mut |name, input| {
+                record(&mut got, name, input);
+                Ok(())
+            })
+        })
+        .unwrap();
+        assert!(got == want, "{threads} thread(s): the observed inputs differ from a hooked forward's");
+    }
+}
+
 #[test]
 fn hook_sees_every_linear_input_with_the_right_shape_and_values() {
     let config = tiny_config(false, true);

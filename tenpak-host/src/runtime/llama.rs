@@ -244,7 +244,20 @@ impl Block {
 
     /// Run the block on `hidden` (`[batch, seq, hidden]`); `rope` must cover `seq` positions.
     /// The hook sees each linear layer's input as `[batch·seq, in_features]`.
-    pub fn forward(&self, hidden: &Tensor, rope: &RopeTables, mut hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn forward(&self, hidden: &Tensor, rope: &RopeTables, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+        Ok(self.run(hidden, rope, hook, true)?.expect("the output was asked for"))
+    }
+
+    /// Show `hook` every linear layer's input, as [`Block::forward`] would, without computing the
+    /// block's output: the last product (`down_proj`, a quarter of the block's work) is skipped.
+    pub fn observe(&self, hidden: &Tensor, rope: &RopeTables, hook: &mut (dyn LinearHook + '_)) -> anyhow::Result<()> {
+        self.run(hidden, rope, Some(hook), false)?;
+        Ok(())
+    }
+
+    /// The block on `hidden`; its output only when `output` is asked for (after the hook has
+    /// seen `down_proj`'s input either way).
+    fn run(&self, hidden: &Tensor, rope: &RopeTables, mut hook: Option<&mut (dyn LinearHook + '_)>, output: bool) -> anyhow::Result<Option<Tensor>> {
         let Dims { hidden: width, heads, kv_heads, head_dim, eps } = self.dims;
         let (batch, seq, found_width) = hidden.dims3().context("block input must be [batch, seq, hidden]")?;
         ensure!(found_width == width, "block {}: hidden width {found_width}, expected {width}", self.index);
@@ -278,8 +291,14 @@ impl Block {
         let gate = self.gate_proj.forward(&normed, hook.as_deref_mut())?;
         let up = self.up_proj.forward(&normed, hook.as_deref_mut())?;
         let activated = ops::silu_mul(&gate, &up)?;
+        if !output {
+            if let Some(hook) = hook {
+                hook.observe(self.down_proj.name(), &activated).with_context(|| format!("hook at {}", self.down_proj.name()))?;
+            }
+            return Ok(None);
+        }
         let residual = ops::add(&residual, &self.down_proj.forward(&activated, hook.as_deref_mut())?)?;
-        Ok(residual.reshape((batch, seq, width))?)
+        Ok(Some(residual.reshape((batch, seq, width))?))
     }
 }
 
@@ -293,6 +312,39 @@ pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> a
         return hidden.iter().map(|h| block.forward(h, rope, None)).collect();
     }
     blas::single_threaded(|| hidden.par_iter().map(|h| block.forward(h, rope, None)).collect())
+}
+
+/// Run `block` over each of `hidden`'s tensors for what its linear layers see: as many windows at
+/// once as rayon has threads (as in [`forward_windows`]), each window's linear inputs recorded,
+/// then handed to `observe` window by window in order, layers in execution order. So `observe`
+/// sees exactly the sequence a one-at-a-time loop with a [`LinearHook`] would, whatever the
+/// thread count, and needs no locking. The block's outputs are not computed ([`Block::observe`]).
+pub fn observe_windows(
+    block: &Block,
+    hidden: &[Tensor],
+    rope: &RopeTables,
+    observe: &mut dyn FnMut(&str, &Tensor) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let record = |h: &Tensor| -> anyhow::Result<Vec<(String, Tensor)>> {
+        let mut seen = Vec::with_capacity(7);
+        let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+            seen.push((name.to_string(), input.clone()));
+            Ok(())
+        };
+        block.observe(h, rope, &mut hook)?;
+        Ok(seen)
+    };
+    for chunk in hidden.chunks(rayon::current_num_threads().max(1)) {
+        let recorded: Vec<Vec<(String, Tensor)>> = if chunk.len() < 2 {
+            chunk.iter().map(record).collect::<anyhow::Result<_>>()?
+        } else {
+            blas::single_threaded(|| chunk.par_iter().map(record).collect::<anyhow::Result<_>>())?
+        };
+        for (name, input) in recorded.iter().flatten() {
+            observe(name, input).with_context(|| format!("hook at {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// [`Head::token_nll`] of each of `hidden`'s tensors with its token ids, several at once as in
