@@ -316,14 +316,14 @@ pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> a
 
 /// Run `block` over each of `hidden`'s tensors for what its linear layers see: as many windows at
 /// once as rayon has threads (as in [`forward_windows`]), each window's linear inputs recorded,
-/// then handed to `observe` window by window in order, layers in execution order. So `observe`
-/// sees exactly the sequence a one-at-a-time loop with a [`LinearHook`] would, whatever the
-/// thread count, and needs no locking. The block's outputs are not computed ([`Block::observe`]).
+/// then handed to `observe` window by window in order, layers in execution order, while the next
+/// windows run. So `observe` sees exactly the sequence a one-at-a-time loop with a [`LinearHook`]
+/// would, whatever the thread count, and needs no locking. The block's outputs are not computed ([`Block::observe`]).
 pub fn observe_windows(
     block: &Block,
     hidden: &[Tensor],
     rope: &RopeTables,
-    observe: &mut dyn FnMut(&str, &Tensor) -> anyhow::Result<()>,
+    observe: &mut (dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + Send),
 ) -> anyhow::Result<()> {
     let record = |h: &Tensor| -> anyhow::Result<Vec<(String, Tensor)>> {
         let mut seen = Vec::with_capacity(7);
@@ -334,17 +334,33 @@ pub fn observe_windows(
         block.observe(h, rope, &mut hook)?;
         Ok(seen)
     };
-    for chunk in hidden.chunks(rayon::current_num_threads().max(1)) {
-        let recorded: Vec<Vec<(String, Tensor)>> = if chunk.len() < 2 {
-            chunk.iter().map(record).collect::<anyhow::Result<_>>()?
-        } else {
-            blas::single_threaded(|| chunk.par_iter().map(record).collect::<anyhow::Result<_>>())?
-        };
+    let observe_all = |recorded: Vec<Vec<(String, Tensor)>>, observe: &mut (dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + Send)| {
         for (name, input) in recorded.iter().flatten() {
             observe(name, input).with_context(|| format!("hook at {name}"))?;
         }
+        anyhow::Ok(())
+    };
+    let threads = rayon::current_num_threads().max(1);
+    if threads < 2 {
+        for h in hidden {
+            observe_all(vec![record(h)?], observe)?;
+        }
+        return Ok(());
     }
-    Ok(())
+    // The next windows run through the block while `observe` takes the last ones' inputs, so the
+    // statistics (single-threaded but for their matrix products) do not leave a core idle.
+    let mut chunks = hidden.chunks(threads);
+    let forward = |chunk: &[Tensor]| chunk.par_iter().map(record).collect::<anyhow::Result<Vec<_>>>();
+    blas::single_threaded(|| {
+        let Some(first) = chunks.next() else { return Ok(()) };
+        let mut pending = forward(first)?;
+        for chunk in chunks {
+            let (next, observed) = rayon::join(|| forward(chunk), || observe_all(pending, &mut *observe));
+            observed?;
+            pending = next?;
+        }
+        observe_all(pending, observe)
+    })
 }
 
 /// [`Head::token_nll`] of each of `hidden`'s tensors with its token ids, several at once as in
