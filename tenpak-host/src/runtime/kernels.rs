@@ -1,7 +1,7 @@
 //! CPU kernels for the parts of the forward pass that are not matrix products: RMSNorm, RoPE,
 //! causal softmax, SiLU-gated product, and the per-token negative log-likelihood.
 //!
-//! Matrix products go through candle (the `gemm` crate, multi-threaded). Everything else here
+//! Matrix products go through OpenBLAS or candle ([`super::blas`]). Everything else here
 //! works on plain row-major slices, in parallel over rows with rayon, because candle's generic
 //! element-wise ops run on one thread and would materialize a mask and several temporaries per
 //! attention layer. About 85 million exponentials go into one 512-token window of SmolLM2

@@ -652,6 +652,33 @@ mod tests {
         }
     }
 
+    /// `ops::linear` through OpenBLAS equals candle's product on a non-contiguous input (a
+    /// transposed view, made contiguous first), one row, and the model's 576 × 1536 shape.
+    #[test]
+    fn openblas_linear_equals_candle_on_views_and_edge_shapes() {
+        let blas = OpenBlas::open().expect("the tests need OpenBLAS");
+        let cases = [
+            (random(&[576, 7], 1).t().unwrap(), random(&[1536, 576], 2)),
+            (random(&[1, 576], 3), random(&[1536, 576], 4)),
+            (random(&[33, 5], 5), random(&[3, 5], 6)),
+        ];
+        for (case, (x, w)) in cases.iter().enumerate() {
+            let want = x.matmul(&w.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (rows, k) = x.dims2().unwrap();
+            let xs = x.contiguous().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let n = w.dims()[0];
+            let mut got = vec![f32::NAN; rows * n];
+            blas.linear(&xs, rows, k, &ws, n, &mut got);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            // Sums of up to 576 products of magnitude ≤ 4 in f32, by two summation orders.
+            assert!(worst < 1e-3, "case {case}: largest difference {worst}");
+            let through_ops = ops::linear(x, w).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = through_ops.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "case {case} through ops::linear: largest difference {worst}");
+        }
+    }
+
     #[test]
     fn attention_rejects_mismatched_shapes() {
         let blas = OpenBlas::open().expect("the tests need OpenBLAS");

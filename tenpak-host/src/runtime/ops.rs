@@ -1,5 +1,6 @@
 //! The [`kernels`](super::kernels) as candle tensor operations (custom ops on CPU storage), so
-//! the forward pass reads as tensor code and the matrix products stay in candle.
+//! the forward pass reads as tensor code; and the matrix products of the linear layers
+//! ([`linear`]) and of attention ([`attention`]) in the kernel [`blas::kernel`] chose.
 //!
 //! The ops take contiguous f32 CPU tensors; they make the input contiguous first when it is not.
 //! They are registered without a backward pass for now: the forward pass is what perplexity and
