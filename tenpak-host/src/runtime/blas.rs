@@ -2,9 +2,11 @@
 //!
 //! candle's CPU matrix product (the `gemm` crate) uses AVX2 and FMA on the stable toolchain;
 //! OpenBLAS picks its kernel for the CPU it runs on (AVX-512 on a Skylake-X or later core) and is
-//! faster on the shapes of a forward pass (BENCHMARKS.md, "Speed"). It is not linked: the library
-//! is opened with `dlopen` the first time a product is asked for, so a machine without it runs
-//! candle's kernel and nothing else changes. `TENPAK_MATMUL` chooses:
+//! faster on the shapes of a forward pass (BENCHMARKS.md, "Speed against llama.cpp"). The forward
+//! pass finds it by name (`dlopen`, the first time a product is asked for) rather than through a
+//! link, so that the kernel stays a run-time choice; the codecs' and calibrators' products link
+//! the same library (their build.rs), which makes `libopenblas-dev` a build requirement and the
+//! lookup here succeed on any machine that built TenPak. `TENPAK_MATMUL` chooses:
 //!
 //! - `auto` (the default): OpenBLAS when `libopenblas.so.0` opens, candle's otherwise;
 //! - `candle`: candle's kernel, without looking for OpenBLAS;
