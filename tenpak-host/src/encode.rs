@@ -96,14 +96,17 @@ pub(crate) fn prepare_tensor(
     };
     let codec = registry.codec(&lp.codec)?;
     let view = WeightView::new(&values, info.shape[0], info.shape[1])?;
-    let encoded =
-        codec.encode(view, stats, &lp.params).with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
+    // OpenBLAS on one thread inside a codec: the same bits at any thread count (see
+    // `blas::single_threaded`).
+    let encoded = crate::runtime::blas::single_threaded(|| codec.encode(view, stats, &lp.params))
+        .with_context(|| format!("encoding `{}` with {}", info.name, lp.codec))?;
     let numel = values.len();
     // The original, the codes and the decode are alive together; a bf16 source's values hold
     // exactly in bf16, so keep them at half the size meanwhile (the largest tensor, a 150k-token
     // embedding, is most of a pack's peak memory).
     let original = Compact::of(values);
-    let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
+    let decoded = crate::runtime::blas::single_threaded(|| codec.decode(&encoded))
+        .with_context(|| format!("decoding `{}` with {}", info.name, lp.codec))?;
     let (rel_mse, snr_db) = match &original {
         Compact::F32(v) => error_of(v.iter().copied(), &decoded),
         Compact::Bf16(v) => error_of(v.iter().map(|x| x.to_f32()), &decoded),

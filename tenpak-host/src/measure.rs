@@ -282,11 +282,14 @@ impl CalibratedProbe<'_> {
         }
         let stats = self.stats_for(&all_stats, codec.needs());
         let view = WeightView::new(&values, layer.rows, layer.cols)?;
-        let encoded = codec.encode(view, &stats, params).with_context(|| format!("measuring `{}` with {codec_id}", layer.name))?;
-        let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {codec_id}", layer.name))?;
         let fisher = self.fisher_rows.as_ref().and_then(|f| f.get(&layer.name)).map(Vec::as_slice);
-        let result = probe_result(&values, &decoded, layer.cols, codec.size_bits(&encoded), all_stats.gram.as_ref(), fisher);
-        Ok(Measured { result, recorded: encoded.params })
+        // OpenBLAS on one thread, as in every encode: the same measurement at any thread count.
+        crate::runtime::blas::single_threaded(|| {
+            let encoded = codec.encode(view, &stats, params).with_context(|| format!("measuring `{}` with {codec_id}", layer.name))?;
+            let decoded = codec.decode(&encoded).with_context(|| format!("decoding `{}` with {codec_id}", layer.name))?;
+            let result = probe_result(&values, &decoded, layer.cols, codec.size_bits(&encoded), all_stats.gram.as_ref(), fisher);
+            Ok(Measured { result, recorded: encoded.params })
+        })
     }
 }
 

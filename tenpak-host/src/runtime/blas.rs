@@ -20,7 +20,8 @@
 //! any thread count (tested bit for bit at 1, 2 and 3 threads).
 
 use std::ffi::{CStr, c_char, c_int};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, bail};
 /// `cblas_sgemm`'s enumerations (cblas.h).
@@ -218,26 +219,37 @@ fn candle_features() -> &'static str {
 }
 
 /// Run `f` with OpenBLAS on one thread (when OpenBLAS is the kernel), for work that is already
-/// spread over rayon's threads one independent piece per task (windows through a block); the
-/// thread count goes back to rayon's afterwards, also on a panic. The count is process-wide:
-/// two such calls overlapping (two jobs in one server) only cost speed, never change a result,
-/// because OpenBLAS's results do not depend on it.
+/// spread over rayon's threads one independent piece per task (windows through a block, a
+/// block's layers), and for every encode: a codec's products then give the same bits whatever
+/// the thread count and whichever kernel OpenBLAS picked for the CPU. Regions nest and may run
+/// on several threads at once: the count goes back to rayon's when the last one ends (also on a
+/// panic).
 pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(&'static OpenBlas);
-    impl Drop for Restore {
+    struct Leave(&'static OpenBlas);
+    impl Drop for Leave {
         fn drop(&mut self) {
-            self.0.set_threads(rayon::current_num_threads());
+            let _guard = SINGLE.lock().unwrap_or_else(|e| e.into_inner());
+            if SINGLE_DEPTH.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.0.set_threads(rayon::current_num_threads());
+            }
         }
     }
-    let _restore = match kernel() {
+    let _leave = match kernel() {
         Ok(Kernel::OpenBlas(blas)) => {
-            blas.set_threads(1);
-            Some(Restore(blas))
+            let _guard = SINGLE.lock().unwrap_or_else(|e| e.into_inner());
+            if SINGLE_DEPTH.fetch_add(1, Ordering::SeqCst) == 0 {
+                blas.set_threads(1);
+            }
+            Some(Leave(blas))
         }
         _ => None,
     };
     f()
 }
+
+/// Open [`single_threaded`] regions, and the lock that keeps entering and leaving in order.
+static SINGLE_DEPTH: AtomicUsize = AtomicUsize::new(0);
+static SINGLE: Mutex<()> = Mutex::new(());
 
 static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
 
