@@ -124,11 +124,17 @@ impl Linear {
         Ok(())
     }
 
-    /// `input` is `[rows, in_features]`; the hook, if any, sees it first.
-    pub fn forward(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    /// Show `input` to the hook, if any, as this layer's input.
+    fn show(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<()> {
         if let Some(hook) = hook {
             hook.observe(&self.name, input).with_context(|| format!("hook at {}", self.name))?;
         }
+        Ok(())
+    }
+
+    /// `input` is `[rows, in_features]`; the hook, if any, sees it first.
+    pub fn forward(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+        self.show(input, hook)?;
         let output = ops::linear(input, &self.weight)?;
         Ok(match &self.bias {
             Some(bias) => ops::add_bias(&output, bias)?,
@@ -292,9 +298,7 @@ impl Block {
         let up = self.up_proj.forward(&normed, hook.as_deref_mut())?;
         let activated = ops::silu_mul(&gate, &up)?;
         if !output {
-            if let Some(hook) = hook {
-                hook.observe(self.down_proj.name(), &activated).with_context(|| format!("hook at {}", self.down_proj.name()))?;
-            }
+            self.down_proj.show(&activated, hook)?;
             return Ok(None);
         }
         let residual = ops::add(&residual, &self.down_proj.forward(&activated, hook.as_deref_mut())?)?;
@@ -308,10 +312,16 @@ impl Block {
 /// at a time leaves them waking each other between every step. The outputs are the same bit for
 /// bit as one at a time (every kernel's result is independent of its thread count), in order.
 pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> anyhow::Result<Vec<Tensor>> {
-    if hidden.len() < 2 || rayon::current_num_threads() < 2 {
-        return hidden.iter().map(|h| block.forward(h, rope, None)).collect();
+    per_window(hidden, |h| block.forward(h, rope, None))
+}
+
+/// `f` on each item, several at once on rayon's threads with OpenBLAS single-threaded in each
+/// (one at a time for one item or one thread); the results in order.
+fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> anyhow::Result<R> + Sync) -> anyhow::Result<Vec<R>> {
+    if items.len() < 2 || rayon::current_num_threads() < 2 {
+        return items.iter().map(f).collect();
     }
-    blas::single_threaded(|| hidden.par_iter().map(|h| block.forward(h, rope, None)).collect())
+    blas::single_threaded(|| items.par_iter().map(&f).collect())
 }
 
 /// Run `block` over each of `hidden`'s tensors for what its linear layers see: as many windows at
@@ -340,17 +350,10 @@ pub fn observe_windows(
         }
         anyhow::Ok(())
     };
-    let threads = rayon::current_num_threads().max(1);
-    if threads < 2 {
-        for h in hidden {
-            observe_all(vec![record(h)?], observe)?;
-        }
-        return Ok(());
-    }
     // The next windows run through the block while `observe` takes the last ones' inputs, so the
     // statistics (single-threaded but for their matrix products) do not leave a core idle.
-    let mut chunks = hidden.chunks(threads);
-    let forward = |chunk: &[Tensor]| chunk.par_iter().map(record).collect::<anyhow::Result<Vec<_>>>();
+    let mut chunks = hidden.chunks(rayon::current_num_threads().max(1));
+    let forward = |chunk: &[Tensor]| per_window(chunk, record);
     blas::single_threaded(|| {
         let Some(first) = chunks.next() else { return Ok(()) };
         let mut pending = forward(first)?;
@@ -367,10 +370,8 @@ pub fn observe_windows(
 /// [`forward_windows`], in order.
 pub fn token_nll_windows(head: &Head, hidden: &[Tensor], ids: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
     anyhow::ensure!(hidden.len() == ids.len(), "{} hidden states for {} token sequences", hidden.len(), ids.len());
-    if hidden.len() < 2 || rayon::current_num_threads() < 2 {
-        return hidden.iter().zip(ids).map(|(h, ids)| head.token_nll(h, ids, None)).collect();
-    }
-    blas::single_threaded(|| hidden.par_iter().zip(ids).map(|(h, ids)| head.token_nll(h, ids, None)).collect())
+    let windows: Vec<(&Tensor, &[u32])> = hidden.iter().zip(ids.iter().copied()).collect();
+    per_window(&windows, |&(h, ids)| head.token_nll(h, ids, None))
 }
 
 /// Causal grouped-query attention in candle's products (the kernel used without OpenBLAS), the
