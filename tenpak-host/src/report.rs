@@ -175,7 +175,12 @@ pub fn ct_summary(report: &crate::export::CtReport, per_tensor: bool) -> String 
     if per_tensor {
         let _ = writeln!(out, "{:<48} {:<8} {:>11}", "tensor", "stored", "rel err");
         for t in &report.tensors {
-            let _ = writeln!(out, "{:<48} {:<8} {:>11.3e}", t.name, if t.quantized { "int4" } else { "f16" }, t.rel_err);
+            let stored = match (t.quantized, t.exact) {
+                (true, true) => "int4 =",
+                (true, false) => "int4",
+                _ => "f16",
+            };
+            let _ = writeln!(out, "{:<48} {:<8} {:>11.3e}", t.name, stored, t.rel_err);
         }
         let _ = writeln!(out);
     }
@@ -191,8 +196,13 @@ pub fn ct_summary(report: &crate::export::CtReport, per_tensor: bool) -> String 
         report.group_size,
         dense_linears
     );
+    let exact = packed.iter().filter(|t| t.exact).count();
+    if exact > 0 {
+        let _ = writeln!(out, "exact         {exact} of {} packed linears carry the artifact's own codes, scales and zero points (\"int4 =\")", packed.len());
+    }
     if let Some(worst) = worst {
-        let _ = writeln!(out, "re-fitted     mean rel err {mean:.3e} against the artifact's decode, worst {:.3e} ({})", worst.rel_err, worst.name);
+        let what = if exact == packed.len() { "f16 rounding" } else { "re-fitted" };
+        let _ = writeln!(out, "{what:<13} mean rel err {mean:.3e} against the artifact's decode, worst {:.3e} ({})", worst.rel_err, worst.name);
     }
     let _ = writeln!(out, "bits/weight   {:.3} on the block linears", bits as f64 / n.max(1) as f64);
     let _ = writeln!(out, "file          {:.1} MiB (model.safetensors)", report.file_bytes as f64 / (1 << 20) as f64);

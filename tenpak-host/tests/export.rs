@@ -454,3 +454,119 @@ fn compressed_tensors_export_decodes_independently_at_the_reported_cost() {
         assert!(t.rel_err < bound, "{}: rel err {}", t.name, t.rel_err);
     }
 }
+
+/// A calibrated `int4_awq` preset whose linears compressed-tensors holds exactly: 4-bit codes on
+/// integer zero points in groups of 32, no column scales, no outliers.
+fn ct_exact_preset(calibration_windows: usize, ctx: usize) -> String {
+    format!(
+        "name = \"ct32\"\ndescription = \"int4_awq g32, integer zero points\"\n[calibration]\nwindows = {calibration_windows}\nctx = {ctx}\n\
+         [allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_awq\"\ngroup_size = 32\nzero_point = \"integer\"\n\
+         alpha = 0.0\noutlier_fraction = 0.0\nerror_feedback = true\n[roles.embedding]\ncodec = \"int8\"\n[roles.lm_head]\ncodec = \"int8\"\n"
+    )
+}
+
+/// int4_awq on integer zero points: every block linear's codes, scales and zero points are
+/// carried into compressed-tensors as they are, and the independent numpy decoder
+/// (scripts/ct_decode.py) returns the artifact's weights rounded to f16 (the format's own
+/// `(q − zp)·s` in f16), bit for bit.
+#[test]
+fn integer_zero_point_int4_awq_exports_exactly_to_compressed_tensors() {
+    use tenpak_host::export::{CtOptions, export_compressed_tensors};
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_qwen2_config(64, 256, 2, 320);
+    let tensors = tiny_model_tensors(&config, 43);
+    let source = dir.path().join("source.gguf");
+    write_tiny_gguf(&source, "qwen2", &config, &tensors, "qwen2", None);
+    let words = ["the", "people", "of", "12", "union", "they'll", "345", "night\n", "café"];
+    let text = (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect::<Vec<_>>().join(" ");
+    let artifact_dir = dir.path().join("ct32.tenpak");
+    let request = tenpak_host::plan::PackRequest {
+        model: source.into(),
+        preset: inline_preset(&ct_exact_preset(4, 64), "ct32"),
+        output: artifact_dir.clone(),
+        force: false,
+        calib: Some(TextSpec::Inline { name: "calib".into(), text }),
+        eval: None,
+        target_bpw: None,
+    };
+    pack(&request, &registry).unwrap();
+    let artifact = Artifact::open(&artifact_dir).unwrap();
+    let out = dir.path().join("ct");
+    let report = export_compressed_tensors(&artifact, &registry, &out, &CtOptions::default(), &Silent).unwrap();
+    let linears: Vec<_> = report.tensors.iter().filter(|t| t.quantized).collect();
+    assert_eq!(linears.len(), 14);
+    assert!(linears.iter().all(|t| t.exact), "every block linear carried over");
+    // Its own scales and zero points: 4 + (16 + 4)/32 bits per weight, as the artifact stores.
+    for t in &linears {
+        assert_eq!(t.bits, t.numel as u64 * 4 + (t.numel as u64 / 32) * 16 + (t.numel as u64 / 32) * 4 + 128, "{}", t.name);
+    }
+    let dense = dir.path().join("dense");
+    let output = Command::new(python_gguf())
+        .arg(util::repo_root().join("scripts/ct_decode.py"))
+        .args([&out, &dense])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ct_decode.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let decoded = model::open(&dense).unwrap();
+    for t in &linears {
+        let want: Vec<u32> = artifact.load_f32(&t.name, &registry).unwrap().iter().map(|&v| half::f16::from_f32(v).to_f32().to_bits()).collect();
+        let got: Vec<u32> = decoded.load_f32(&t.name).unwrap().iter().map(|v| v.to_bits()).collect();
+        assert!(got == want, "{}: the export does not decode to the artifact's weights in f16", t.name);
+        assert!(t.rel_err < 1e-6, "{}: f16 rounding only, got {}", t.name, t.rel_err);
+    }
+}
+
+/// The real model, packed on integer zero points and exported to compressed-tensors, loaded by
+/// transformers + compressed-tensors (PyPI, the venv of scripts/python-hf.sh) on the CPU: its
+/// perplexity on 4 windows of 512 tokens is the artifact's by `tenpak eval` within 0.5 %.
+#[test]
+fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers() {
+    use tenpak_host::export::{CtOptions, export_compressed_tensors};
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact_dir = dir.path().join("ct32.tenpak");
+    let request = tenpak_host::plan::PackRequest {
+        model: util::real_gguf().into(),
+        preset: inline_preset(&ct_exact_preset(8, 512), "ct32"),
+        output: artifact_dir.clone(),
+        force: false,
+        calib: Some(TextSpec::File(util::asset("calib.txt"))),
+        eval: None,
+        target_bpw: None,
+    };
+    pack(&request, &registry).unwrap();
+    let artifact = Artifact::open(&artifact_dir).unwrap();
+    let out = dir.path().join("ct");
+    let report = export_compressed_tensors(&artifact, &registry, &out, &CtOptions::default(), &Silent).unwrap();
+    assert_eq!(report.tensors.iter().filter(|t| t.quantized && t.exact).count(), 210, "every block linear exact");
+    let ours = eval::run(
+        &EvalRequest {
+            model: artifact_dir.clone(),
+            text: TextSpec::File(util::asset("eval.txt")),
+            options: PplOptions { ctx: 512, samples: Some(4), batch: 1 },
+            protocol: Default::default(),
+        },
+        &registry,
+        &Silent,
+    )
+    .unwrap()
+    .ppl;
+    let script = util::repo_root().join("scripts/python-hf.sh");
+    let venv = Command::new("bash").arg(&script).output().unwrap();
+    assert!(venv.status.success(), "{} failed (it needs PyPI): {}", script.display(), String::from_utf8_lossy(&venv.stderr));
+    let python = String::from_utf8(venv.stdout).unwrap().lines().last().unwrap().to_owned();
+    let output = Command::new(python)
+        .arg(util::repo_root().join("scripts/ct_transformers_check.py"))
+        .arg(&out)
+        .arg(util::asset("eval.txt"))
+        .args(["--windows", "4", "--ctx", "512"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ct_transformers_check.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(output.stdout.trim_ascii()).unwrap();
+    let theirs = result["ppl"].as_f64().unwrap();
+    let diff = (theirs - ours).abs() / ours;
+    eprintln!("artifact {ours:.4}, transformers {theirs:.4} ({:+.3} %): {result}", 100.0 * (theirs - ours) / ours);
+    assert!(diff <= 5e-3, "transformers scores the export {theirs}, TenPak the artifact {ours}");
+}

@@ -8,6 +8,8 @@ use tenpak_codec_int4_gptq::hessian::Hessian;
 use tenpak_quant::quadratic::{difference, quadratic_form_rows};
 use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor};
 use tenpak_quant::dq::{DqHeaders, DqLayout, code_on_grids, dequantize_on_grids};
+use tenpak_quant::grid::GridF32;
+use tenpak_quant::zp::ZpHeaders;
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 
 use crate::calibration::Calibration;
@@ -23,11 +25,11 @@ pub struct Stored {
     pub alpha: f64,
     /// The column scales (`None` when α = 0: all ones, not stored).
     pub col_scale: Option<Vec<f16>>,
-    /// The INT4 codes and group headers of `W·diag(s)` (with double-quantized headers, the f16
-    /// headers they were quantized from; the codes follow the double-quantized grids).
+    /// The INT4 codes and group headers of `W·diag(s)` (with double-quantized headers or integer
+    /// zero points, the f16 headers they were fitted from; the codes follow the stored grids).
     pub quantized: AsymQuantized,
-    /// The double-quantized headers, when `header_bits > 0`.
-    pub dq: Option<DqHeaders>,
+    /// How the group headers are stored.
+    pub headers: Headers,
     /// Flat indices of the outliers, increasing.
     pub outlier_index: Vec<u32>,
     /// Their f16 residuals.
@@ -72,12 +74,43 @@ fn with_codes(quantized: &AsymQuantized, codes: Vec<u8>) -> Result<AsymQuantized
     AsymQuantized::from_parts(format, &codes, &headers)
 }
 
-/// `deq(W')`: the codes on the f16 headers, or on the double-quantized grids. The decoder goes
-/// through the same two functions.
-pub fn dense(quantized: &AsymQuantized, dq: Option<&DqHeaders>) -> Vec<f32> {
-    match dq {
+/// How an encoding's group headers are stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Headers {
+    /// f16 `(scale, min)` per group, in the [`AsymQuantized`] itself.
+    F16,
+    /// Double-quantized (`header_bits > 0`).
+    Dq(DqHeaders),
+    /// f16 scale and integer zero point (`zero_point = "integer"`).
+    Zp(ZpHeaders),
+}
+
+impl Headers {
+    /// The decoded grid of every group, unless the f16 headers are the grids.
+    pub fn grids(&self) -> Option<Vec<GridF32>> {
+        match self {
+            Headers::F16 => None,
+            Headers::Dq(dq) => Some(dq.grids()),
+            Headers::Zp(zp) => Some(zp.grids()),
+        }
+    }
+}
+
+/// How the headers are to be stored: f16, double-quantized `(header_bits, super_group)`, or with
+/// integer zero points.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum HeaderForm {
+    F16,
+    Dq(u32, usize),
+    IntegerZero,
+}
+
+/// `deq(W')`: the codes on the f16 headers, or on the stored grids. The decoder goes through the
+/// same two functions.
+pub fn dense(quantized: &AsymQuantized, headers: &Headers) -> Vec<f32> {
+    match headers.grids() {
         None => quantized.dequantize(),
-        Some(dq) => dequantize_on_grids(quantized.codes(), &dq.grids(), quantized.format()),
+        Some(grids) => dequantize_on_grids(quantized.codes(), &grids, quantized.format()),
     }
 }
 
@@ -93,8 +126,8 @@ pub struct Encoder<'a> {
     evaluator: OutputError<'a>,
     /// Error feedback: the dampening asked for, and the factor once computed.
     feedback: Option<(f64, Option<InverseFactor>)>,
-    /// Double-quantized headers: `(header_bits, super_group)`.
-    header_dq: Option<(u32, usize)>,
+    /// How the headers are stored.
+    header_form: HeaderForm,
 }
 
 impl<'a> Encoder<'a> {
@@ -118,7 +151,9 @@ impl<'a> Encoder<'a> {
             encoder.feedback = Some((settings.percdamp, None));
         }
         if settings.header_bits > 0 {
-            encoder.header_dq = Some((settings.header_bits, settings.super_group));
+            encoder.header_form = HeaderForm::Dq(settings.header_bits, settings.super_group);
+        } else if settings.integer_zero {
+            encoder.header_form = HeaderForm::IntegerZero;
         }
         Ok(encoder)
     }
@@ -140,7 +175,7 @@ impl<'a> Encoder<'a> {
             outlier_index,
             evaluator: OutputError::new(calibration.gram, layout.rows(), layout.cols()),
             feedback: None,
-            header_dq: None,
+            header_form: HeaderForm::F16,
         }
     }
 
@@ -184,7 +219,7 @@ impl<'a> Encoder<'a> {
             self.weighted_fit,
             outlier_index,
         );
-        sample.header_dq = self.header_dq;
+        sample.header_form = self.header_form;
         Ok(Some(sample))
     }
 
@@ -240,10 +275,11 @@ impl<'a> Encoder<'a> {
             Some(s) => Cow::Owned(scale_columns(&self.weight, s)),
             None => Cow::Borrowed(&*self.weight),
         };
-        let quantized = match self.importance(scales.as_deref()) {
+        let importance = self.importance(scales.as_deref());
+        let quantized = match &importance {
             None => AsymQuantized::quantize(&scaled, self.format, fit),
             Some(importance) => {
-                AsymQuantized::quantize_weighted(&scaled, &importance, self.format, fit)
+                AsymQuantized::quantize_weighted(&scaled, importance, self.format, fit)
             }
         }
         .map_err(|e| {
@@ -253,18 +289,22 @@ impl<'a> Encoder<'a> {
                 e.context("int4_awq")
             }
         })?;
-        let (quantized, dq) = match self.header_dq {
-            None => (quantized, None),
-            Some((header_bits, super_group)) => {
-                let dq = DqHeaders::quantize(
-                    quantized.headers(),
-                    DqLayout::new(self.format.layout(), header_bits, super_group)?,
-                );
-                let codes = code_on_grids(&scaled, &dq.grids(), self.format)?;
-                (with_codes(&quantized, codes)?, Some(dq))
-            }
+        let headers = match self.header_form {
+            HeaderForm::F16 => Headers::F16,
+            HeaderForm::Dq(header_bits, super_group) => Headers::Dq(DqHeaders::quantize(
+                quantized.headers(),
+                DqLayout::new(self.format.layout(), header_bits, super_group)?,
+            )),
+            HeaderForm::IntegerZero => Headers::Zp(
+                ZpHeaders::fit(&scaled, importance.as_deref(), quantized.headers(), self.format)
+                    .map_err(|e| e.context("int4_awq (integer zero points)"))?,
+            ),
         };
-        let mut reconstruction = unscale(dense(&quantized, dq.as_ref()), col_scale.as_deref());
+        let quantized = match headers.grids() {
+            None => quantized,
+            Some(grids) => with_codes(&quantized, code_on_grids(&scaled, &grids, self.format)?)?,
+        };
+        let mut reconstruction = unscale(dense(&quantized, &headers), col_scale.as_deref());
         let outlier_value = outliers::residuals(
             &self.weight,
             &reconstruction,
@@ -276,7 +316,7 @@ impl<'a> Encoder<'a> {
             alpha,
             col_scale,
             quantized,
-            dq,
+            headers,
             outlier_index: self.outlier_index.clone(),
             outlier_value,
             reconstruction,
@@ -313,7 +353,7 @@ impl<'a> Encoder<'a> {
         let (rows, cols) = (layout.rows(), layout.cols());
         let weight = self.weight.clone();
         let factor = self.feedback_factor()?;
-        let grids = plain.dq.as_ref().map(DqHeaders::grids);
+        let grids = plain.headers.grids();
         let groups = match &grids {
             Some(grids) => Groups::Grids(grids),
             None => Groups::Static(plain.quantized.headers()),
@@ -321,7 +361,7 @@ impl<'a> Encoder<'a> {
         let [swept_codes, _] = sweep::quantize_scaled(&weight, format, factor, groups, scales, FEEDBACK_BLOCK)?
             .to_parts(format);
         let swept = with_codes(&plain.quantized, swept_codes.data)?;
-        let mut fed = unscale(dense(&swept, plain.dq.as_ref()), plain.col_scale.as_deref());
+        let mut fed = unscale(dense(&swept, &plain.headers), plain.col_scale.as_deref());
         let fed_outliers = outliers::residuals(&weight, &fed, &self.outlier_index, cols)?;
         outliers::apply(&mut fed, &self.outlier_index, &fed_outliers);
         let gram = self.calibration.gram;
@@ -352,7 +392,7 @@ impl<'a> Encoder<'a> {
             alpha: plain.alpha,
             col_scale: plain.col_scale,
             quantized,
-            dq: plain.dq,
+            headers: plain.headers,
             outlier_index: plain.outlier_index,
             outlier_value,
             reconstruction,

@@ -126,6 +126,16 @@
 //! | `outlier_index` | u32 | `[k]`, flat row-major, increasing | `outlier_fraction` > 0 |
 //! | `outlier_value` | f16 | `[k]` | `outlier_fraction` > 0 |
 //!
+//! With `header_bits > 0` the headers are double-quantized ([`tenpak_quant::dq`]): `header_q`
+//! and `header_super` replace `scale_min`. With `zero_point = "integer"` each group stores an f16
+//! scale `s` and an integer zero point `z` ([`tenpak_quant::zp`]): `scale` (f16
+//! `[rows, groups_per_row]`) and `zero` (u8 `[rows, ceil(groups_per_row·bits/8)]`, packed)
+//! replace `scale_min`, the grid is `s·(q − z)` (16 + bits header bits per group instead of 32),
+//! fitted from the weighted fit's header on the same objective, and error feedback runs on it.
+//! That is the form GPTQ checkpoints and compressed-tensors store: with `alpha = 0`, no outliers
+//! and no incoherence, `tenpak export --format compressed-tensors` copies the codes, scales and
+//! zero points as they are.
+//!
 //! with `k = round(outlier_fraction · rows · cols)`. Size ([`stored_bits`]):
 //! `rows · (8·ceil(cols/2) + 32·ceil(cols/group_size)) + 16·cols·[α ≠ 0] + 48·k` bits.
 //! With α = 0, `outlier_fraction = 0` and `weighted_fit = false` the parts are exactly
@@ -156,11 +166,12 @@ use tenpak_api::{
     Codec, Encoded, Error, LayerStats, ParamSpec, Params, Result, StatsNeeds, WeightView,
 };
 use tenpak_quant::dq::{DqHeaders, DqLayout, dequantize_on_grids};
+use tenpak_quant::zp::ZpHeaders;
 use tenpak_quant::rotation::Rotation;
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
 
 use calibration::Calibration;
-use encoder::{Encoder, unscale};
+use encoder::{Encoder, Headers, unscale};
 pub use outliers::outlier_count;
 pub use settings::{AlphaSearchFit, Settings};
 
@@ -184,6 +195,12 @@ pub mod parts {
     pub const HEADER_Q: &str = "header_q";
     /// Double-quantized headers: per super-group `(d, m)`, f16 `[rows, supers_per_row, 2]`.
     pub const HEADER_SUPER: &str = "header_super";
+    /// Integer zero points (`zero_point = "integer"`, instead of `scale_min`): the group scales,
+    /// f16 `[rows, groups_per_row]`.
+    pub const SCALE: &str = "scale";
+    /// Integer zero points: per group `z` in `0..2^bits`, u8 `[rows, ceil(groups_per_row·bits/8)]`,
+    /// packed.
+    pub const ZERO: &str = "zero";
 }
 
 /// Exact stored bits of an `int4_awq` tensor with 4-bit codes: the codes and headers,
@@ -227,6 +244,8 @@ fn part_names(alpha: f64, settings: &Settings) -> Vec<&'static str> {
     let outlier_fraction = settings.outlier_fraction;
     let mut names = if settings.header_bits > 0 {
         vec![parts::CODES, parts::HEADER_Q, parts::HEADER_SUPER]
+    } else if settings.integer_zero {
+        vec![parts::CODES, parts::SCALE, parts::ZERO]
     } else {
         vec![parts::CODES, parts::SCALE_MIN]
     };
@@ -258,7 +277,7 @@ impl Int4Awq {
             let rotation = Rotation::new(cols, settings.rotation_seed);
             let mut data = weight.data().to_vec();
             rotation.rotate_rows(&mut data);
-            let stats = rotated_stats(&rotation, stats);
+            let stats = rotation.rotate_stats(stats);
             (rotation, data, stats)
         });
         let (data, stats) = match &rotated {
@@ -288,9 +307,10 @@ impl Int4Awq {
         }
         let [codes, scale_min] = stored.quantized.to_parts(parts::CODES, parts::SCALE_MIN);
         let mut out = vec![codes];
-        match &stored.dq {
-            Some(dq) => out.extend(dq.to_parts(parts::HEADER_Q, parts::HEADER_SUPER)),
-            None => out.push(scale_min),
+        match &stored.headers {
+            Headers::Dq(dq) => out.extend(dq.to_parts(parts::HEADER_Q, parts::HEADER_SUPER)),
+            Headers::Zp(zp) => out.extend(zp.to_parts(parts::SCALE, parts::ZERO)),
+            Headers::F16 => out.push(scale_min),
         }
         if let Some(col_scale) = &stored.col_scale {
             out.push(tenpak_api::Part::from_f16(
@@ -319,24 +339,6 @@ impl Int4Awq {
             parts: out,
         };
         Ok((encoded, stored))
-    }
-}
-
-/// The statistics of the rotated inputs `x' = T x`: `G' = T G Tᵀ`, `hessian_diag' = diag G'`,
-/// and for `act_scale'` (mean |x'|, which the Gram matrix does not determine) the RMS
-/// `sqrt(diag G')`: after the rotation every channel is a mix of all, near Gaussian, and mean |x|
-/// is then a fixed fraction of the RMS, which the column scales' normalization cancels.
-fn rotated_stats(rotation: &Rotation, stats: &LayerStats) -> LayerStats {
-    let gram = stats.gram.as_ref().expect("checked by Calibration::new");
-    let n = gram.dim;
-    let data = rotation.rotate_gram(&gram.data);
-    let diag: Vec<f32> = (0..n).map(|j| data[j * n + j].max(0.0)).collect();
-    LayerStats {
-        act_scale: Some(diag.iter().map(|v| v.sqrt()).collect()),
-        hessian_diag: Some(diag),
-        gram: Some(tenpak_api::Gram { dim: n, data }),
-        fisher_diag: None,
-        samples: stats.samples,
     }
 }
 
@@ -389,7 +391,7 @@ impl Codec for Int4Awq {
         let [rows, cols] = encoded.shape;
         let format = format(rows, cols, &settings).map_err(|e| corrupt(encoded, e))?;
         encoded::expect_parts(encoded, &part_names(alpha, &settings))?;
-        let dense = if settings.header_bits > 0 {
+        let grids = if settings.header_bits > 0 {
             let dq = DqLayout::new(format.layout(), settings.header_bits, settings.super_group)
                 .map_err(|e| corrupt(encoded, e))?;
             let headers = DqHeaders::from_parts(
@@ -397,6 +399,15 @@ impl Codec for Int4Awq {
                 encoded.part(parts::HEADER_Q)?,
                 encoded.part(parts::HEADER_SUPER)?,
             )?;
+            Some(headers.grids())
+        } else if settings.integer_zero {
+            let headers =
+                ZpHeaders::from_parts(format, encoded.part(parts::SCALE)?, encoded.part(parts::ZERO)?)?;
+            Some(headers.grids())
+        } else {
+            None
+        };
+        let dense = if let Some(grids) = grids {
             let codes = encoded.part(parts::CODES)?;
             let want = [rows, format.row_code_bytes()];
             if codes.dtype != tenpak_api::DType::U8 || codes.shape != want {
@@ -405,7 +416,7 @@ impl Codec for Int4Awq {
                     format!("`codes` must be u8 {want:?}, got {:?} {:?}", codes.dtype, codes.shape),
                 ));
             }
-            dequantize_on_grids(&codes.data, &headers.grids(), format)
+            dequantize_on_grids(&codes.data, &grids, format)
         } else {
             AsymQuantized::from_parts(
                 format,

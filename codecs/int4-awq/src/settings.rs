@@ -32,6 +32,8 @@ pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none
 pub const DEFAULT_ALPHA_SEARCH_ROWS: usize = 128;
 /// Hessian dampening of the error feedback when `percdamp` is absent (GPTQ's 1 %).
 pub const DEFAULT_PERCDAMP: f64 = 0.01;
+/// The accepted `zero_point` values.
+pub const ZERO_POINTS: &[&str] = &["float", "integer"];
 /// The accepted `alpha_search_fit` values.
 pub const ALPHA_SEARCH_FITS: &[&str] = &["rtn", "full"];
 
@@ -99,6 +101,12 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
         ty: ParamType::Int,
         default: "0",
         doc: "0: f16 (scale, min) per group; 3..=8: double-quantized, each group's scale and min as header_bits-bit integers against an f16 pair per super-group (k-quants; 6 with groups of 32 and super_group 8 is 4.5 bits per weight)",
+    },
+    ParamSpec {
+        name: "zero_point",
+        ty: ParamType::Str,
+        default: "\"float\"",
+        doc: "float: f16 (scale, min) per group; integer: an f16 scale and an integer zero point (bits wide) per group, grid s·(q − z), 16 + bits bits per group: the form GPTQ checkpoints and compressed-tensors store, so `tenpak export --format compressed-tensors` carries the codes over exactly (with alpha = 0, outlier_fraction = 0, no incoherence); not with header_bits",
     },
     ParamSpec {
         name: "super_group",
@@ -207,6 +215,8 @@ pub struct Settings {
     pub header_bits: u32,
     /// Groups per super-group of double-quantized headers.
     pub super_group: usize,
+    /// Integer zero points (`zero_point = "integer"`) instead of f16 minima.
+    pub integer_zero: bool,
     /// Incoherence processing of the input dimension.
     pub incoherence: bool,
     /// Seed of the rotation.
@@ -286,6 +296,12 @@ impl Settings {
         let header_bits = header_bits as u32;
         let super_group = params.usize_or("super_group", 8)?;
         in_range("super_group", super_group, 1, 1 << 20)?;
+        let integer_zero = one_of("zero_point", params.str_or("zero_point", "float")?, ZERO_POINTS)? == "integer";
+        if integer_zero && header_bits != 0 {
+            return Err(Error::invalid_param(format!(
+                "{ID}: `zero_point = \"integer\"` stores its own headers (f16 scale, integer zero point); it does not combine with `header_bits = {header_bits}`"
+            )));
+        }
         let incoherence = params.bool_or("incoherence", false)?;
         let rotation_seed = params.usize_or("rotation_seed", 0)? as u64;
         let percdamp = params.float_or("percdamp", DEFAULT_PERCDAMP)?;
@@ -312,6 +328,7 @@ impl Settings {
             percdamp,
             header_bits,
             super_group,
+            integer_zero,
             incoherence,
             rotation_seed,
             refine,
@@ -336,6 +353,7 @@ impl Settings {
             .with("percdamp", self.percdamp)
             .with("header_bits", self.header_bits as usize)
             .with("super_group", self.super_group)
+            .with("zero_point", if self.integer_zero { "integer" } else { "float" })
             .with("incoherence", self.incoherence)
             .with("rotation_seed", self.rotation_seed as usize)
             .with("refine", self.refine)

@@ -65,6 +65,7 @@ pub mod rng;
 pub mod rotation;
 pub mod sym;
 pub mod testing;
+pub mod zp;
 
 pub use asym::{AsymFormat, AsymQuantized};
 pub use fit::{FitOptions, Refine, SearchGrid, fit_group};

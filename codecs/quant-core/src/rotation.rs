@@ -249,6 +249,25 @@ impl Rotation {
         }
         out
     }
+
+    /// The statistics of the rotated inputs `x' = T x`: `G' = T G Tᵀ`, `hessian_diag' = diag G'`,
+    /// and for `act_scale'` (mean |x'|, which the Gram matrix does not determine) the RMS
+    /// `sqrt(diag G')`: after the rotation every channel is a mix of all, near Gaussian, and mean
+    /// |x| is then a fixed fraction of the RMS, which column scales' normalization cancels.
+    /// Panics without a Gram matrix of this dimension (codecs check their statistics first).
+    pub fn rotate_stats(&self, stats: &tenpak_api::LayerStats) -> tenpak_api::LayerStats {
+        let gram = stats.gram.as_ref().expect("a Gram matrix to rotate");
+        let n = gram.dim;
+        let data = self.rotate_gram(&gram.data);
+        let diag: Vec<f32> = (0..n).map(|j| data[j * n + j].max(0.0)).collect();
+        tenpak_api::LayerStats {
+            act_scale: Some(diag.iter().map(|v| v.sqrt()).collect()),
+            hessian_diag: Some(diag),
+            gram: Some(tenpak_api::Gram { dim: n, data }),
+            fisher_diag: None,
+            samples: stats.samples,
+        }
+    }
 }
 
 #[cfg(test)]

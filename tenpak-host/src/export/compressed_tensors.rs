@@ -16,11 +16,15 @@
 //! of `g`, or `out` not a multiple of 8) is stored dense in f16, the linears among them listed in
 //! `ignore`.
 //!
-//! The format's zero point is an integer and its scale f16, so TenPak's grids (a float minimum
-//! per group, column scales, double-quantized headers, other codecs) never map exactly: each group
-//! is re-fitted to the artifact's decoded values (scale searched around the group's range, the
-//! zero point and codes chosen for it, the error measured in the format's own f16 arithmetic) and
-//! the cost ‖Ŵ_ct − Ŵ‖² / ‖Ŵ‖² is reported per tensor.
+//! The format's zero point is an integer and its scale f16. A tensor stored that way,
+//! `int4_awq` with `zero_point = "integer"` (4-bit codes, `alpha = 0`, no outliers, no
+//! incoherence, the export's group size), is carried over exactly: its codes, scales and zero
+//! points are copied, not re-fitted (the format then rounds each `(q − zp)·s` to f16, which the
+//! reported error includes). Every other grid (a float minimum per group, column scales,
+//! double-quantized headers, other codecs) is re-fitted group by group to the artifact's decoded
+//! values (scale searched around the group's range, the zero point and codes chosen for it, the
+//! error measured in the format's own f16 arithmetic). The cost ‖Ŵ_ct − Ŵ‖² / ‖Ŵ‖² is reported
+//! per tensor either way.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,6 +60,8 @@ pub struct CtTensor {
     pub name: String,
     /// True if packed as int4; false if stored dense (f16).
     pub quantized: bool,
+    /// True if the artifact's own codes, scales and zero points were copied (no re-fit).
+    pub exact: bool,
     /// ‖Ŵ_ct − Ŵ‖² / ‖Ŵ‖² against the artifact's decode.
     pub rel_err: f64,
     /// Elements.
@@ -124,7 +130,12 @@ pub fn export_compressed_tensors(
                 && record.shape[0].is_multiple_of(8);
             let entry = if packable {
                 let (rows, cols) = (record.shape[0], record.shape[1]);
-                let packed = pack_groups(&values, rows, cols, group_size);
+                let exact = exact_form(artifact, record, &values, group_size)?;
+                let is_exact = exact.is_some();
+                let packed = match exact {
+                    Some(packed) => packed,
+                    None => pack_groups(&values, rows, cols, group_size),
+                };
                 let prefix = record.name.strip_suffix(".weight").context("a linear weight's name ends in .weight")?;
                 let le = |words: &[i32]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
                 shard.add(&format!("{prefix}.weight_packed"), DType::I32, &[rows, cols / 8], &le(&packed.weight))?;
@@ -134,7 +145,7 @@ pub fn export_compressed_tensors(
                 let shape: Vec<u8> = [rows as i64, cols as i64].iter().flat_map(|v| v.to_le_bytes()).collect();
                 shard.add_as(&format!("{prefix}.weight_shape"), "I64", 8, &[2], &shape)?;
                 let bits = 8 * (4 * packed.weight.len() + 2 * packed.scales.len() + 4 * packed.zero_points.len() + 16) as u64;
-                CtTensor { name: record.name.clone(), quantized: true, rel_err: packed.rel_err, numel: values.len(), linear, bits }
+                CtTensor { name: record.name.clone(), quantized: true, exact: is_exact, rel_err: packed.rel_err, numel: values.len(), linear, bits }
             } else {
                 let dense: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
                 let bytes: Vec<u8> = dense.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -144,7 +155,7 @@ pub fn export_compressed_tensors(
                 }
                 let rounded: Vec<f32> = dense.iter().map(|v| v.to_f32()).collect();
                 let (rel_err, _) = crate::encode::reconstruction_error(&values, &rounded);
-                CtTensor { name: record.name.clone(), quantized: false, rel_err, numel: values.len(), linear, bits: 16 * values.len() as u64 }
+                CtTensor { name: record.name.clone(), quantized: false, exact: false, rel_err, numel: values.len(), linear, bits: 16 * values.len() as u64 }
             };
             tensors.push(entry);
             tracker.end(Stage::Export, None, &record.name);
@@ -234,6 +245,54 @@ struct GroupFit {
     zp: i32,
     codes: Vec<i32>,
     sq_err: f64,
+}
+
+/// The artifact's own codes in the format, when the tensor is `int4_awq` with 4-bit codes on
+/// integer zero points in groups of `group`, and nothing else stored (no column scales, no
+/// outliers, no rotation). `values` is the artifact's decode, against which the format's f16
+/// arithmetic is measured. The caller has checked the shape (`cols` a multiple of `group` and 8,
+/// `rows` of 8).
+fn exact_form(artifact: &Artifact, record: &crate::artifact::TensorRecord, values: &[f32], group: usize) -> Result<Option<Packed>> {
+    let names: Vec<&str> = record.parts.iter().map(|p| p.name.as_str()).collect();
+    let params = &record.params;
+    if record.codec.as_deref() != Some("int4_awq")
+        || names != ["codes", "scale", "zero"]
+        || params.str_or("zero_point", "float").ok() != Some("integer")
+        || params.int_or("bits", 4).ok() != Some(4)
+        || params.int_or("group_size", 0).ok() != Some(group as i64)
+        || params.bool_or("incoherence", false).ok() != Some(false)
+    {
+        return Ok(None);
+    }
+    let encoded = artifact.encoded(&record.name)?;
+    let (rows, cols) = (record.shape[0], record.shape[1]);
+    let groups = cols / group;
+    let codes = &encoded.part("codes")?.data;
+    let scales = encoded.part("scale")?.to_f16()?;
+    let zeros = &encoded.part("zero")?.data;
+    // 4-bit codes two to a byte, even column low: the format's words, read little-endian.
+    if codes.len() != rows * cols / 2 || scales.len() != rows * groups || zeros.len() != rows * groups.div_ceil(2) {
+        bail!("{}: int4_awq parts have unexpected sizes for [{rows}, {cols}] in groups of {group}", record.name);
+    }
+    let weight: Vec<i32> = codes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let zero_of = |r: usize, g: usize| -> i32 { i32::from((zeros[r * groups.div_ceil(2) + g / 2] >> (4 * (g % 2))) & 0xF) };
+    let mut zero_points = vec![0i32; rows / 8 * groups];
+    for r in 0..rows {
+        for g in 0..groups {
+            // zp + 8 with zp = z − 8: the stored z itself.
+            zero_points[(r / 8) * groups + g] |= ((zero_of(r, g) as u32 & 0xF) << (4 * (r % 8))) as i32;
+        }
+    }
+    let (mut sq_err, mut norm) = (0f64, 0f64);
+    for (i, &v) in values.iter().enumerate() {
+        let (r, c) = (i / cols, i % cols);
+        let q = i32::from((codes[i / 2] >> (4 * (i % 2))) & 0xF);
+        let z = zero_of(r, c / group);
+        sq_err += (f64::from(decode_value(q - 8, z - 8, scales[r * groups + c / group])) - f64::from(v)).powi(2);
+        norm += f64::from(v).powi(2);
+    }
+    let rel_err = if sq_err == 0.0 { 0.0 } else { sq_err / norm.max(f64::MIN_POSITIVE) };
+    Ok(Some(Packed { weight, scales, zero_points, rel_err }))
 }
 
 /// What the format decodes `(q, zp, s)` to: `(q − zp) · s` in f16.
