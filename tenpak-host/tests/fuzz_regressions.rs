@@ -229,6 +229,21 @@ bits = 2
 group_size = 16
 error_feedback = true
 [[overrides]]
+pattern = "model.layers.0.mlp.gate_proj.*"
+codec = "int4_awq"
+group_size = 16
+zero_point = "integer"
+error_feedback = true
+[[overrides]]
+pattern = "model.layers.0.mlp.up_proj.*"
+codec = "vq"
+dim = 1
+bits = 3
+group_size = 16
+incoherence = true
+rotation_seed = 5
+iterations = 3
+[[overrides]]
 pattern = "model.layers.1.self_attn.q_proj.*"
 codec = "vq"
 dim = 4

@@ -61,6 +61,7 @@ use tenpak_api::{
     WeightView,
 };
 use tenpak_quant::encoded;
+use tenpak_quant::rotation::Rotation;
 use tenpak_quant::quadratic::{difference, quadratic_form, quadratic_form_rows};
 
 /// The registry id.
@@ -230,9 +231,22 @@ impl Vq {
         let settings = Settings::from_recorded(params)?;
         weight.check_finite()?;
         let (rows, cols) = (weight.rows(), weight.cols());
+        check_stats(stats, cols)?;
+        // Incoherence processing: everything below runs on W·Tᵀ with the rotated statistics
+        // (the output error is the same in both bases); only the reconstruction is rotated back.
+        let rotated = settings.incoherence.then(|| {
+            let rotation = Rotation::new(cols, settings.rotation_seed);
+            let mut data = weight.data().to_vec();
+            rotation.rotate_rows(&mut data);
+            let stats = rotation.rotate_stats(stats);
+            (rotation, data, stats)
+        });
+        let (w, stats) = match &rotated {
+            Some((_, data, stats)) => (&data[..], stats),
+            None => (weight.data(), stats),
+        };
         let (hdiag, gram) = check_stats(stats, cols)?;
         let shape = Shape { rows, cols, group_size: settings.group_size, dim: settings.dim };
-        let w = weight.data();
         let scales = group_scales(w, shape)?;
         let codebook = kmeans::learn(w, &scales, hdiag, shape, &settings);
         let nearest = sweep::assign_nearest(w, &scales, &codebook, hdiag, shape);
@@ -280,6 +294,10 @@ impl Vq {
                 Part::from_f16(parts::SCALE, vec![rows, shape.groups_per_row()], &scales),
             ],
         };
+        let mut decoded = decoded;
+        if let Some((rotation, _, _)) = &rotated {
+            rotation.unrotate_rows(&mut decoded);
+        }
         Ok(Report {
             encoded,
             decoded,
@@ -353,7 +371,11 @@ impl Codec for Vq {
         for r in 0..rows {
             bitpack::unpack(&codes.data[r * row_bytes..(r + 1) * row_bytes], index_bits, &mut indices[r * nsub..(r + 1) * nsub]);
         }
-        Ok(reconstruct(&indices, &codebook, &scales, shape))
+        let mut out = reconstruct(&indices, &codebook, &scales, shape);
+        if settings.incoherence {
+            Rotation::new(cols, settings.rotation_seed).unrotate_rows(&mut out);
+        }
+        Ok(out)
     }
 }
 

@@ -9,7 +9,7 @@ pub const MAX_INDEX_BITS: u32 = 12;
 
 /// What a preset may set.
 pub(crate) const PARAMS: &[ParamSpec] = &[
-    ParamSpec { name: "dim", ty: ParamType::Int, default: "2", doc: "sub-vector length, 2..=8" },
+    ParamSpec { name: "dim", ty: ParamType::Int, default: "2", doc: "sub-vector length, 1..=8 (1: a learned non-uniform scalar grid of 2^bits levels per layer)" },
     ParamSpec {
         name: "bits",
         ty: ParamType::Float,
@@ -21,6 +21,13 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "seed", ty: ParamType::Int, default: "0", doc: "seed of the codebook's initialization and training sample" },
     ParamSpec { name: "error_feedback", ty: ParamType::Bool, default: "true", doc: "GPTQ-style error feedback across columns (per row the better of with and without)" },
     ParamSpec { name: "percdamp", ty: ParamType::Float, default: "0.01", doc: "error feedback: add percdamp * mean(diag G) to G's diagonal; in (0, 1]" },
+    ParamSpec {
+        name: "incoherence",
+        ty: ParamType::Bool,
+        default: "false",
+        doc: "incoherence processing: quantize W·Tᵀ for int4_awq's seeded random orthogonal T on the input dimension (Gram matrix rotated with it; near-Gaussian weights, where a learned grid is close to Lloyd-Max's); decode multiplies by T",
+    },
+    ParamSpec { name: "rotation_seed", ty: ParamType::Int, default: "0", doc: "incoherence: the seed of T (recorded)" },
 ];
 
 /// Written by the encoder beside the settings.
@@ -46,6 +53,10 @@ pub struct Settings {
     pub error_feedback: bool,
     /// Dampening.
     pub percdamp: f64,
+    /// Incoherence processing of the input dimension.
+    pub incoherence: bool,
+    /// Seed of the rotation.
+    pub rotation_seed: u64,
 }
 
 impl Settings {
@@ -63,7 +74,7 @@ impl Settings {
 
     fn read(params: &Params) -> Result<Self> {
         let dim = params.usize_or("dim", 2)?;
-        tenpak_api::param_in_range(ID, "dim", dim, 2, 8)?;
+        tenpak_api::param_in_range(ID, "dim", dim, 1, 8)?;
         let bits = params.float_or("bits", 4.0)?;
         let index = bits * dim as f64;
         if !(index.fract() == 0.0 && (1.0..=f64::from(MAX_INDEX_BITS)).contains(&index)) {
@@ -85,7 +96,9 @@ impl Settings {
         if !(percdamp > 0.0 && percdamp <= 1.0) {
             return Err(Error::invalid_param(format!("{ID}: parameter `percdamp` must be in (0, 1], got {percdamp}")));
         }
-        Ok(Self { dim, bits, group_size, iterations, seed, error_feedback, percdamp })
+        let incoherence = params.bool_or("incoherence", false)?;
+        let rotation_seed = params.usize_or("rotation_seed", 0)? as u64;
+        Ok(Self { dim, bits, group_size, iterations, seed, error_feedback, percdamp, incoherence, rotation_seed })
     }
 
     /// Bits per codeword index, `bits · dim`.
@@ -103,5 +116,7 @@ impl Settings {
             .with("seed", self.seed as usize)
             .with("error_feedback", self.error_feedback)
             .with("percdamp", self.percdamp)
+            .with("incoherence", self.incoherence)
+            .with("rotation_seed", self.rotation_seed as usize)
     }
 }

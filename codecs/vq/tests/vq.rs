@@ -52,10 +52,11 @@ fn bitpack_matches_the_bit_by_bit_reference() {
 /// the formula; shapes whose columns do not divide the group or the sub-vector length work.
 #[test]
 fn decode_is_exact_and_bits_are_counted() {
-    for (rows, cols, dim, bits, group) in [(24, 64, 2, 4.0, 32), (9, 101, 4, 2.0, 8), (5, 33, 3, 2.0, 12), (16, 96, 8, 1.0, 32), (7, 50, 2, 3.0, 128)] {
+    for (rows, cols, dim, bits, group) in [(24, 64, 2, 4.0, 32), (9, 101, 4, 2.0, 8), (5, 33, 3, 2.0, 12), (16, 96, 8, 1.0, 32), (7, 50, 2, 3.0, 128), (12, 96, 1, 4.0, 32), (6, 37, 1, 3.0, 16)] {
         let (m, stats) = calibrated(rows, cols, rows as u64);
-        for feedback in [false, true] {
+        for (feedback, incoherence) in [(false, false), (true, false), (true, true)] {
             let p = Params::new().with("dim", dim).with("bits", bits).with("group_size", group).with("error_feedback", feedback);
+            let p = if incoherence { p.with("incoherence", true).with("rotation_seed", 3usize) } else { p };
             let r = report(&m, &stats, &p);
             let ctx = format!("[{rows}, {cols}] {p:?}");
             let decoded = Vq.decode(&through_bytes(&r.encoded)).unwrap();
@@ -129,7 +130,8 @@ fn missing_statistics_and_bad_parameters_are_named() {
     let bad_gram = LayerStats { hessian_diag: Some(vec![1.0; 16]), gram: Some(Gram { dim: 8, data: vec![0.0; 64] }), ..LayerStats::default() };
     assert!(Vq.encode(view, &bad_gram, &Params::new()).unwrap_err().to_string().contains("gram"));
     for (key, p) in [
-        ("dim", Params::new().with("dim", 1usize)),
+        ("dim", Params::new().with("dim", 0usize)),
+        ("dim", Params::new().with("dim", 9usize)),
         ("bits", Params::new().with("bits", 2.5).with("dim", 3usize)),
         ("bits", Params::new().with("bits", 4.0).with("dim", 4usize)),
         ("group_size", Params::new().with("group_size", 33usize)),
