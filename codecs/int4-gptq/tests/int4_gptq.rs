@@ -36,7 +36,7 @@ fn max_abs(a: &[f64]) -> f64 {
 // Linear algebra
 
 #[test]
-fn blocked_cholesky_and_inverse_match_the_references() {
+fn lapack_cholesky_and_inverse_match_the_references() {
     for (seed, n) in [1usize, 2, 5, 31, 32, 33, 63, 64, 65, 127, 130, 200]
         .into_iter()
         .enumerate()
@@ -63,7 +63,7 @@ fn blocked_cholesky_and_inverse_match_the_references() {
 
         let inv_fast = invert_lower(&fast, n);
         let inv_reference = invert_lower_reference(&fast, n);
-        // The in-place inversion (what the error feedback runs) is the blocked one, bit for bit.
+        // The in-place inversion (what the error feedback runs) is the copying one, bit for bit.
         let mut in_place = fast.clone();
         invert_lower_in_place(&mut in_place, n);
         assert!(

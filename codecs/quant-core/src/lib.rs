@@ -12,8 +12,8 @@
 //!
 //! Modules, one purpose each:
 //! - [`layout`]: which columns form which group (any group size, short last group allowed);
-//! - [`linalg`]: dense f64 Cholesky factorization and triangular inversion (blocked, with
-//!   references), for codecs with error feedback through a Hessian;
+//! - [`linalg`]: dense f64 Cholesky factorization and triangular inversion (LAPACK from the
+//!   system OpenBLAS, with plain references), for codecs with error feedback through a Hessian;
 //! - [`pack`]: b-bit codes packed per row;
 //! - [`grid`]: one group's header and the per-weight arithmetic;
 //! - [`fit`]: choosing a header (min/max, the prototype's min/max iteration, alternating least
