@@ -128,7 +128,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Write an artifact in another runtime's format: GGUF (llama.cpp) or compressed-tensors (vLLM, transformers)
+    /// Write an artifact in another runtime's format: GGUF (llama.cpp) or compressed-tensors (vLLM, transformers).
+    ///
+    /// Tensors whose stored codes the format holds are carried over exactly (GGUF: int4 groups of
+    /// 32 with f16 scale and min → Q4_1, int8 → Q8_0, ...; compressed-tensors: int4_awq with
+    /// zero_point = "integer", alpha = 0, no outliers); the rest are re-quantized and the cost
+    /// reported.
     Export {
         /// The artifact directory.
         artifact: PathBuf,
