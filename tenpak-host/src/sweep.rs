@@ -310,15 +310,18 @@ pub fn gguf_linear_bits(path: &Path) -> Result<LinearBits> {
         if !is_gguf_block_linear(name) {
             continue;
         }
-        let (numel, block) = (info.shape.elem_count() as u64, info.ggml_dtype.block_size() as u64);
+        let numel = info.shape.dims().iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let numel = numel.with_context(|| format!("{}: tensor `{name}` has shape {:?}, more weights than can exist", path.display(), info.shape.dims()))?;
+        let block = info.ggml_dtype.block_size() as u64;
         ensure!(
             numel % block == 0,
             "{}: tensor `{name}` has {numel} weights, not whole blocks of {block} ({:?})",
             path.display(),
             info.ggml_dtype
         );
-        out.weights += numel;
-        out.bits += numel / block * info.ggml_dtype.type_size() as u64 * 8;
+        let bits = (numel / block).checked_mul(info.ggml_dtype.type_size() as u64 * 8);
+        out.weights = out.weights.saturating_add(numel);
+        out.bits = out.bits.saturating_add(bits.with_context(|| format!("{}: tensor `{name}`: more bytes than can exist", path.display()))?);
         *out.types.entry(model::ggml::name_of(info.ggml_dtype).to_owned()).or_default() += numel;
     }
     ensure!(out.weights > 0, "{}: no block linears (blk.N.attn_q.weight, …, blk.N.ffn_down.weight) in this GGUF", path.display());

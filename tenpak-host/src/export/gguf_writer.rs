@@ -32,7 +32,9 @@ pub fn data_bytes(dtype: GgmlDType, numel: usize) -> Result<usize> {
         "{numel} elements are not a whole number of {} blocks of {block}",
         ggml::name_of(dtype)
     );
-    Ok(numel / block * dtype.type_size())
+    (numel / block)
+        .checked_mul(dtype.type_size())
+        .with_context(|| format!("{numel} elements of {} are more bytes than can exist", ggml::name_of(dtype)))
 }
 
 /// One tensor's entry: name and shape, outermost first (a linear weight is `[out, in]`).

@@ -151,7 +151,9 @@ impl GgufModel {
                     info.ggml_dtype
                 );
             }
-            let len = numel / block * info.ggml_dtype.type_size();
+            let len = (numel / block).checked_mul(info.ggml_dtype.type_size()).with_context(|| {
+                format!("{file_name}: tensor '{gguf_name}' has shape {shape:?}, more bytes than can exist")
+            })?;
             let start = content
                 .tensor_data_offset
                 .checked_add(info.offset)
