@@ -167,7 +167,7 @@ use tenpak_api::{
 };
 use tenpak_quant::dq::{DqHeaders, DqLayout, dequantize_on_grids};
 use tenpak_quant::zp::ZpHeaders;
-use tenpak_quant::rotation::Rotation;
+use tenpak_quant::rotation::{Rotated, Rotation};
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
 
 use calibration::Calibration;
@@ -273,17 +273,8 @@ impl Int4Awq {
         Calibration::new(stats, cols)?;
         // Incoherence processing: everything below runs on W·Tᵀ with the rotated statistics;
         // only the reconstruction is rotated back.
-        let rotated = settings.incoherence.then(|| {
-            let rotation = Rotation::new(cols, settings.rotation_seed);
-            let mut data = weight.data().to_vec();
-            rotation.rotate_rows(&mut data);
-            let stats = rotation.rotate_stats(stats);
-            (rotation, data, stats)
-        });
-        let (data, stats) = match &rotated {
-            Some((_, data, stats)) => (&data[..], stats),
-            None => (weight.data(), stats),
-        };
+        let rotated = settings.incoherence.then(|| Rotated::new(weight.data(), cols, stats, settings.rotation_seed));
+        let (data, stats) = rotated.as_ref().map_or((weight.data(), stats), |r| (&r.data[..], &r.stats));
         let calibration = Calibration::new(stats, cols)?;
         let format = format(rows, cols, &settings)?;
         let mut encoder = Encoder::new(data, format, &calibration, &settings)?;
@@ -293,8 +284,8 @@ impl Int4Awq {
         } else {
             encoder.encode(&settings)?
         };
-        if let Some((rotation, _, _)) = &rotated {
-            rotation.unrotate_rows(&mut stored.reconstruction);
+        if let Some(r) = &rotated {
+            r.rotation.unrotate_rows(&mut stored.reconstruction);
         }
         let mut params = settings.to_params(stored.alpha);
         if settings.error_feedback {

@@ -270,6 +270,31 @@ impl Rotation {
     }
 }
 
+/// A layer prepared for incoherence processing: `W·Tᵀ` and the statistics of `T x`, with the
+/// rotation kept to turn the reconstruction back. Codecs encode [`Rotated::data`] with
+/// [`Rotated::stats`] (the output error is the same in both bases) and call
+/// [`Rotation::unrotate_rows`] on what they decode.
+pub struct Rotated {
+    /// The seeded rotation `T` of the input dimension.
+    pub rotation: Rotation,
+    /// `W·Tᵀ`, row-major.
+    pub data: Vec<f32>,
+    /// [`Rotation::rotate_stats`] of the layer's statistics.
+    pub stats: tenpak_api::LayerStats,
+}
+
+impl Rotated {
+    /// Rotate `weight` (row-major, `cols` wide) and `stats` (which must hold a Gram matrix) by
+    /// the rotation of `cols` seeded with `seed`.
+    pub fn new(weight: &[f32], cols: usize, stats: &tenpak_api::LayerStats, seed: u64) -> Self {
+        let rotation = Rotation::new(cols, seed);
+        let mut data = weight.to_vec();
+        rotation.rotate_rows(&mut data);
+        let stats = rotation.rotate_stats(stats);
+        Self { rotation, data, stats }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,7 @@ use tenpak_api::{
     WeightView,
 };
 use tenpak_quant::encoded;
-use tenpak_quant::rotation::Rotation;
+use tenpak_quant::rotation::{Rotated, Rotation};
 use tenpak_quant::quadratic::{difference, quadratic_form, quadratic_form_rows};
 
 /// The registry id.
@@ -234,17 +234,8 @@ impl Vq {
         check_stats(stats, cols)?;
         // Incoherence processing: everything below runs on W·Tᵀ with the rotated statistics
         // (the output error is the same in both bases); only the reconstruction is rotated back.
-        let rotated = settings.incoherence.then(|| {
-            let rotation = Rotation::new(cols, settings.rotation_seed);
-            let mut data = weight.data().to_vec();
-            rotation.rotate_rows(&mut data);
-            let stats = rotation.rotate_stats(stats);
-            (rotation, data, stats)
-        });
-        let (w, stats) = match &rotated {
-            Some((_, data, stats)) => (&data[..], stats),
-            None => (weight.data(), stats),
-        };
+        let rotated = settings.incoherence.then(|| Rotated::new(weight.data(), cols, stats, settings.rotation_seed));
+        let (w, stats) = rotated.as_ref().map_or((weight.data(), stats), |r| (&r.data[..], &r.stats));
         let (hdiag, gram) = check_stats(stats, cols)?;
         let shape = Shape { rows, cols, group_size: settings.group_size, dim: settings.dim };
         let scales = group_scales(w, shape)?;
@@ -295,8 +286,8 @@ impl Vq {
             ],
         };
         let mut decoded = decoded;
-        if let Some((rotation, _, _)) = &rotated {
-            rotation.unrotate_rows(&mut decoded);
+        if let Some(r) = &rotated {
+            r.rotation.unrotate_rows(&mut decoded);
         }
         Ok(Report {
             encoded,
