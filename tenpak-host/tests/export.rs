@@ -248,8 +248,7 @@ fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
                   [evaluation]\nwindows = 4\nctx = 64\n[allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_awq\"\n\
                   group_size = 32\nheader_bits = 6\nsuper_group = 8\nalpha = 0.0\noutlier_fraction = 0.0\nerror_feedback = true\n\
                   [roles.embedding]\ncodec = \"int8\"\n[roles.lm_head]\ncodec = \"int8\"\n";
-    let words = ["the", "people", "of", "12", "union", "they'll", "345", "night\n", "café"];
-    let text = (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect::<Vec<_>>().join(" ");
+    let text = word_text();
     let artifact_dir = dir.path().join("q4k.tenpak");
     let request = tenpak_host::plan::PackRequest {
         model: source.into(),
@@ -280,6 +279,25 @@ fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
     let recorded = manifest.evaluation.unwrap().compressed_ppl;
     assert_eq!(score(&gguf_path), score(&artifact_dir));
     assert!((score(&gguf_path) - recorded).abs() <= 1e-9 * recorded);
+}
+
+/// A calibration and evaluation text for the tiny models: 3,000 words, digits, an apostrophe,
+/// newlines and a non-ASCII letter.
+fn word_text() -> String {
+    let words = ["the", "people", "of", "12", "union", "they'll", "345", "night\n", "café"];
+    (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// The compressed-tensors directory `out` decoded to a dense model in `dense` by the independent
+/// numpy decoder (scripts/ct_decode.py), and opened.
+fn ct_decode(out: &Path, dense: &Path) -> Box<dyn model::ModelSource> {
+    let output = Command::new(python_gguf())
+        .arg(util::repo_root().join("scripts/ct_decode.py"))
+        .args([out, dense])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ct_decode.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    model::open(dense).unwrap()
 }
 
 /// The interpreter with PyPI `gguf`, from the project's script (installs it on first use).
@@ -432,14 +450,7 @@ fn compressed_tensors_export_decodes_independently_at_the_reported_cost() {
     assert_eq!(qc["config_groups"]["group_0"]["weights"]["symmetric"], false);
     assert_eq!(written["model_type"], "qwen2");
 
-    let dense = dir.path().join("dense");
-    let output = Command::new(python_gguf())
-        .arg(util::repo_root().join("scripts/ct_decode.py"))
-        .args([&out, &dense])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "ct_decode.py failed: {}", String::from_utf8_lossy(&output.stderr));
-    let decoded = model::open(&dense).unwrap();
+    let decoded = ct_decode(&out, &dir.path().join("dense"));
     assert_eq!(decoded.config(), &artifact.manifest().model_config);
     for t in &report.tensors {
         let want = artifact.load_f32(&t.name, &registry).unwrap();
@@ -478,17 +489,11 @@ fn integer_zero_point_int4_awq_exports_exactly_to_compressed_tensors() {
     let tensors = tiny_model_tensors(&config, 43);
     let source = dir.path().join("source.gguf");
     write_tiny_gguf(&source, "qwen2", &config, &tensors, "qwen2", None);
-    let words = ["the", "people", "of", "12", "union", "they'll", "345", "night\n", "café"];
-    let text = (0..3000).map(|i| words[(i * 7 + i / 5) % words.len()]).collect::<Vec<_>>().join(" ");
+    let text = word_text();
     let artifact_dir = dir.path().join("ct32.tenpak");
     let request = tenpak_host::plan::PackRequest {
-        model: source.into(),
-        preset: inline_preset(&ct_exact_preset(4, 64), "ct32"),
-        output: artifact_dir.clone(),
-        force: false,
         calib: Some(TextSpec::Inline { name: "calib".into(), text }),
-        eval: None,
-        target_bpw: None,
+        ..request(source, inline_preset(&ct_exact_preset(4, 64), "ct32"), &artifact_dir)
     };
     pack(&request, &registry).unwrap();
     let artifact = Artifact::open(&artifact_dir).unwrap();
@@ -501,14 +506,7 @@ fn integer_zero_point_int4_awq_exports_exactly_to_compressed_tensors() {
     for t in &linears {
         assert_eq!(t.bits, t.numel as u64 * 4 + (t.numel as u64 / 32) * 16 + (t.numel as u64 / 32) * 4 + 128, "{}", t.name);
     }
-    let dense = dir.path().join("dense");
-    let output = Command::new(python_gguf())
-        .arg(util::repo_root().join("scripts/ct_decode.py"))
-        .args([&out, &dense])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "ct_decode.py failed: {}", String::from_utf8_lossy(&output.stderr));
-    let decoded = model::open(&dense).unwrap();
+    let decoded = ct_decode(&out, &dir.path().join("dense"));
     for t in &linears {
         let want: Vec<u32> = artifact.load_f32(&t.name, &registry).unwrap().iter().map(|&v| half::f16::from_f32(v).to_f32().to_bits()).collect();
         let got: Vec<u32> = decoded.load_f32(&t.name).unwrap().iter().map(|v| v.to_bits()).collect();
@@ -527,13 +525,8 @@ fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers
     let dir = tempfile::tempdir().unwrap();
     let artifact_dir = dir.path().join("ct32.tenpak");
     let request = tenpak_host::plan::PackRequest {
-        model: util::real_gguf().into(),
-        preset: inline_preset(&ct_exact_preset(8, 512), "ct32"),
-        output: artifact_dir.clone(),
-        force: false,
         calib: Some(TextSpec::File(util::asset("calib.txt"))),
-        eval: None,
-        target_bpw: None,
+        ..request(util::real_gguf(), inline_preset(&ct_exact_preset(8, 512), "ct32"), &artifact_dir)
     };
     pack(&request, &registry).unwrap();
     let artifact = Artifact::open(&artifact_dir).unwrap();
