@@ -80,7 +80,7 @@ pub fn gguf(data: &[u8]) -> usize {
 pub fn gguf_tokenizer(data: &[u8]) -> usize {
     let Ok(content) = crate::model::gguf::read_content(data) else { return 0 };
     let Ok(json) = crate::model::gguf_tokenizer::tokenizer_json_from_gguf(&content.metadata) else { return 0 };
-    let Ok(tokenizer) = json.parse::<tokenizers::Tokenizer>() else { return 0 };
+    let Ok(tokenizer) = crate::tokenize::load(&crate::model::TokenizerSource::Json(json), "fuzz") else { return 0 };
     usize::from(tokenizer.encode("Hello, world! 123 déjà vu", false).is_ok())
 }
 

@@ -14,15 +14,32 @@ use crate::model::{ModelSource, TokenizerSource};
 
 /// Load the tokenizer `source` describes. `model` names the model in errors.
 pub fn load(source: &TokenizerSource, model: &str) -> anyhow::Result<Tokenizer> {
-    match source {
+    let tokenizer = match source {
         TokenizerSource::File(path) => Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display())),
+            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?,
         TokenizerSource::Json(json) => Tokenizer::from_str(json)
-            .map_err(|e| anyhow::anyhow!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}")),
+            .map_err(|e| anyhow::anyhow!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}"))?,
         TokenizerSource::Missing => {
             bail!("{model}: no tokenizer found (expected tokenizer.json beside the weights, or a GGUF vocabulary)")
         }
+    };
+    Ok(without_bpe_cache(tokenizer))
+}
+
+/// `tokenizer` with its BPE word cache turned off.
+///
+/// tokenizers 0.23 keeps that cache in a thread-local map keyed by a per-instance id and never
+/// removes an instance's entry, not even when the tokenizer is dropped: every tokenizer built
+/// leaks up to 10,000 cached words on each thread that used it (found by the `gguf_tokenizer`
+/// fuzz target, whose memory grew by 2.4 KB per input; `tenpak serve` builds one per job).
+/// TenPak tokenizes each text once, so the cache buys little here.
+fn without_bpe_cache(mut tokenizer: Tokenizer) -> Tokenizer {
+    if let tokenizers::ModelWrapper::BPE(bpe) = tokenizer.get_model() {
+        let mut bpe = bpe.clone();
+        bpe.resize_cache(0);
+        tokenizer.with_model(bpe);
     }
+    tokenizer
 }
 
 /// The tokenizer of `model`, with the source's explanation when it has none.
