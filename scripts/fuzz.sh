@@ -50,7 +50,8 @@ if [[ ! -d fuzz/seeds ]]; then
         fuzz_seeds_reach_the_code_they_are_for >&2
 fi
 # Optimised, with overflow checks and debug assertions on (a size computed from a file that
-# wraps around is the usual first step to an out-of-bounds access), under AddressSanitizer.
+# wraps around is the usual first step to an out-of-bounds access), under AddressSanitizer unless
+# --no-asan.
 BUILD=(--release --debug-assertions --sanitizer address)
 if ((ASAN == 0)); then BUILD=(--release --debug-assertions --sanitizer none --target-dir fuzz/target-plain); fi
 echo "fuzz.sh: building the fuzz targets (${BUILD[*]})" >&2

@@ -179,7 +179,7 @@ impl GgufModel {
                 Role::Other => None,
             };
             if let Some(heads) = unpermute_heads
-                && (rows == 0 || heads.checked_mul(2).is_none_or(|pairs| pairs == 0 || !rows.is_multiple_of(pairs)))
+                && (rows == 0 || heads.checked_mul(2).is_none_or(|pairs| !rows.is_multiple_of(pairs)))
             {
                 bail!(
                     "{file_name}: tensor '{gguf_name}' has {rows} rows, not a positive multiple of 2 x {heads} heads; \
