@@ -25,12 +25,11 @@ use crate::artifact::{
 };
 use crate::encode::write_tensor;
 use crate::error::{HostError, Kind};
-use crate::eval::{self, PplReport};
+use crate::eval::{self, PplReport, Protocol};
 use crate::model::{ModelSource, TokenizerSource};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::{measure, pipeline};
 use crate::plan::{Evaluation, PackPlan, Text};
-use crate::runtime::LlamaModel;
 
 fn source_record(model: &dyn ModelSource) -> anyhow::Result<SourceRecord> {
     let mut dtypes = BTreeMap::new();
@@ -95,7 +94,8 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
         observer.warning(warning);
     }
     let calibrated = !plan.calibrators.is_empty();
-    let eval_steps = plan.evaluation.as_ref().map_or(0, |e| 2 * e.windows as u64);
+    // The calibration-free path scores the source and the artifact block by block (and the head).
+    let eval_steps = plan.evaluation.as_ref().map_or(0, |_| 2 * (model.config().num_hidden_layers as u64 + 1));
     let measure_steps = if plan.measuring { measure::steps(plan) } else { 0 };
     let total = measure_steps + if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
     let tracker = Tracker::new(observer, total);
@@ -174,15 +174,16 @@ fn evaluate_artifact(
     tracker: &Tracker<'_>,
 ) -> anyhow::Result<EvaluationRecord> {
     let name = &evaluation.text.name;
+    // Block by block, windows in parallel, as `tenpak eval` scores (the same figure it prints).
     let score = |source: &dyn ModelSource, what: &str| -> anyhow::Result<PplReport> {
-        let model = LlamaModel::load(source.config(), source)
-            .with_context(|| format!("loading {} into the runtime", source.path().display()))?;
         tracker.begin(Stage::Evaluate, None, format!("{what}: scoring {} windows", evaluation.windows))?;
         let mut step = |done: usize, total: usize| -> anyhow::Result<()> {
-            tracker.end(Stage::Evaluate, None, format!("{what}: window {done}/{total}"));
+            let detail = if done < total { format!("{what}: block {done}/{}", total - 1) } else { format!("{what}: head") };
+            tracker.end(Stage::Evaluate, None, detail);
             tracker.check()
         };
-        eval::perplexity_with(&model, &evaluation.ids, name, &evaluation.options, &mut step)
+        eval::perplexity_streamed(source.config(), source, &evaluation.ids, name, &evaluation.options, Protocol::Tenpak, None, &mut step)
+            .with_context(|| format!("scoring {}", source.path().display()))
     };
     let baseline = match evaluation.known_baseline {
         Some(ppl) => Baseline::Reused(ppl),

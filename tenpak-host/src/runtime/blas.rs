@@ -12,16 +12,19 @@
 //! - `candle`: candle's kernel, without looking for OpenBLAS;
 //! - `openblas`: OpenBLAS or an error that says why it could not be opened.
 //!
-//! OpenBLAS runs its own threads, as many as rayon's pool has (`RAYON_NUM_THREADS` sets both),
-//! and is called from one thread at a time: measured on the model's shapes it is 9-17 % faster
-//! than splitting the rows of a product over rayon with single-threaded OpenBLAS calls, which
-//! packs the weight once per run of rows. OpenBLAS divides a product's rows and columns among
-//! its threads, never the inner dimension, so every output is the same sum in the same order at
-//! any thread count (tested bit for bit at 1, 2 and 3 threads).
+//! OpenBLAS runs on one thread in every call, in this process's whole life; TenPak spreads its
+//! work over rayon's threads itself, one independent piece per task (windows through a block, a
+//! block's layers, the rows of a codec's search). That is what keeps every figure the same bit
+//! for bit at any thread count: how OpenBLAS sums a product depends on how it divides the product
+//! among its threads on some CPUs. On a Skylake-X core (OpenBLAS 0.3.21's `SkylakeX` kernel) it
+//! divides rows and columns and every output is the same sum at 1, 2 or 3 threads; on an AMD EPYC
+//! (`Zen` kernel) a 511 × 576 · 2048ᵀ product differs in 45,925 of its 1,046,528 outputs between 1
+//! and 2 threads, and even in 29,580 between one call and the same rows in four calls. So a
+//! product must be one call on one thread to be reproducible; windows and layers in parallel
+//! give the cores something to do instead.
 
 use std::ffi::{CStr, c_char, c_int};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 /// `cblas_sgemm`'s enumerations (cblas.h).
@@ -68,7 +71,7 @@ impl std::fmt::Debug for OpenBlas {
 }
 
 impl OpenBlas {
-    /// Open OpenBLAS from the system's library path, with as many threads as rayon's pool.
+    /// Open OpenBLAS from the system's library path, set to one thread (module documentation).
     pub fn open() -> anyhow::Result<OpenBlas> {
         let mut failures = Vec::new();
         for name in LIBRARY_NAMES {
@@ -92,7 +95,7 @@ impl OpenBlas {
             let describe = *library.get::<Describe>(b"openblas_get_config\0")?;
             let config = CStr::from_ptr(describe()).to_string_lossy().trim().to_string();
             let blas = OpenBlas { sgemm, set_threads, config, _library: library };
-            blas.set_threads(rayon::current_num_threads());
+            blas.set_threads(1);
             Ok(blas)
         }
     }
@@ -104,6 +107,7 @@ impl OpenBlas {
     }
 
     /// Set the number of OpenBLAS threads (at least 1) for every later product in the process.
+    /// Only tests set more than one (see the module documentation).
     pub fn set_threads(&self, threads: usize) {
         let threads = c_int::try_from(threads.max(1)).unwrap_or(c_int::MAX);
         // SAFETY: openblas_set_num_threads takes any positive count (capped at its MAX_THREADS).
@@ -218,38 +222,22 @@ fn candle_features() -> &'static str {
     "portable"
 }
 
-/// Run `f` with OpenBLAS on one thread (when OpenBLAS is the kernel), for work that is already
-/// spread over rayon's threads one independent piece per task (windows through a block, a
-/// block's layers), and for every encode: a codec's products then give the same bits whatever
-/// the thread count and whichever kernel OpenBLAS picked for the CPU. Regions nest and may run
-/// on several threads at once: the count goes back to rayon's when the last one ends (also on a
-/// panic).
+/// Run `f` with OpenBLAS on one thread, for work spread over rayon's threads (windows through a
+/// block, a block's layers) and for every encode, so that a codec's products give the same bits
+/// whatever the thread count. OpenBLAS is set to one thread when it is opened ([`kernel`]); this
+/// also sets it where the kernel is candle's (`TENPAK_MATMUL=candle`), since the codecs and
+/// calibrators link OpenBLAS for their own products either way.
 pub fn single_threaded<R>(f: impl FnOnce() -> R) -> R {
-    struct Leave(&'static OpenBlas);
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            let _guard = SINGLE.lock().unwrap_or_else(|e| e.into_inner());
-            if SINGLE_DEPTH.fetch_sub(1, Ordering::SeqCst) == 1 {
-                self.0.set_threads(rayon::current_num_threads());
-            }
+    static PINNED: OnceLock<()> = OnceLock::new();
+    PINNED.get_or_init(|| {
+        if !matches!(kernel(), Ok(Kernel::OpenBlas(_))) {
+            // Opening it again sets the linked library to one thread; where there is none to
+            // open, the codecs were built without it and nothing needs pinning.
+            let _ = OpenBlas::open();
         }
-    }
-    let _leave = match kernel() {
-        Ok(Kernel::OpenBlas(blas)) => {
-            let _guard = SINGLE.lock().unwrap_or_else(|e| e.into_inner());
-            if SINGLE_DEPTH.fetch_add(1, Ordering::SeqCst) == 0 {
-                blas.set_threads(1);
-            }
-            Some(Leave(blas))
-        }
-        _ => None,
-    };
+    });
     f()
 }
-
-/// Open [`single_threaded`] regions, and the lock that keeps entering and leaving in order.
-static SINGLE_DEPTH: AtomicUsize = AtomicUsize::new(0);
-static SINGLE: Mutex<()> = Mutex::new(());
 
 static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
 
@@ -324,25 +312,27 @@ mod tests {
         }
     }
 
+    /// What the module documentation promises: after opening, and in and after a
+    /// [`single_threaded`] region, a product is the same call on one thread, so it gives the same
+    /// bits as the same call made on one thread explicitly, on a shape that some CPUs' kernels
+    /// (AMD Zen) sum differently at two threads.
     #[test]
-    fn linear_is_the_same_at_any_thread_count() {
+    fn products_run_on_one_thread() {
+        let (rows, k, n) = (511, 576, 2048);
+        let x = random(rows * k, 7);
+        let w = random(n * k, 8);
+        let product = |blas: &OpenBlas| {
+            let mut out = vec![0.0f32; rows * n];
+            blas.linear(&x, rows, k, &w, n, &mut out);
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
         let blas = openblas();
-        for (case, &(rows, k, n)) in [(511, 576, 2048), (512, 1536, 576), (512, 576, 192), (129, 65, 33), (1, 576, 1536)].iter().enumerate() {
-            let x = random(rows * k, 2 * case as u64 + 7);
-            let w = random(n * k, 2 * case as u64 + 8);
-            let run = |threads: usize| {
-                blas.set_threads(threads);
-                let mut out = vec![0.0f32; rows * n];
-                blas.linear(&x, rows, k, &w, n, &mut out);
-                out
-            };
-            let one = run(1);
-            for threads in [2, 3] {
-                let same = one.iter().zip(run(threads)).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{rows}×{k}·{n}ᵀ differs at {threads} threads");
-            }
-        }
-        blas.set_threads(rayon::current_num_threads());
+        let opened = product(&blas);
+        let inside = single_threaded(|| product(&blas));
+        let after = product(&blas);
+        blas.set_threads(1);
+        let explicit = product(&blas);
+        assert!(opened == explicit && inside == explicit && after == explicit);
     }
 
     #[test]

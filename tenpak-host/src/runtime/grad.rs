@@ -109,7 +109,7 @@ pub fn weight_gradients_as(
     let mut block_inputs = Vec::with_capacity(config.num_hidden_layers);
     for index in 0..config.num_hidden_layers {
         let block = GradBlock::load(&setup, index, weights)?;
-        let outputs = hidden.iter().map(|h| block.forward_fast(h, &setup)).collect::<anyhow::Result<_>>()?;
+        let outputs = block.forward_fast(&hidden, &setup)?;
         block_inputs.push(std::mem::replace(&mut hidden, outputs));
     }
     let head = GradHead::load(&setup, weights)?;
@@ -303,16 +303,17 @@ impl GradBlock {
         })
     }
 
-    /// The block's output on one window's hidden states `[ctx, hidden]`, where no gradient is
+    /// The block's output on each window's hidden states `[ctx, hidden]`, where no gradient is
     /// wanted: in f32 the runtime's kernels compute it (several times faster than candle's
-    /// element-wise operations, and only the causal half of the attention scores), in f64 the
-    /// differentiable forward.
-    fn forward_fast(&self, hidden: &Tensor, setup: &Setup<'_>) -> anyhow::Result<Tensor> {
+    /// element-wise operations, and only the causal half of the attention scores), windows in
+    /// parallel as everywhere in the runtime; in f64 the differentiable forward.
+    fn forward_fast(&self, hidden: &[Tensor], setup: &Setup<'_>) -> anyhow::Result<Vec<Tensor>> {
         if setup.dtype != DType::F32 {
-            return self.forward(hidden, &self.weights, setup);
+            return hidden.iter().map(|h| self.forward(h, &self.weights, setup)).collect();
         }
-        let (ctx, width) = hidden.dims2()?;
-        Ok(self.runtime.forward(&hidden.reshape((1, ctx, width))?, &setup.rope, None)?.reshape((ctx, width))?)
+        let batched = hidden.iter().map(|h| Ok(h.unsqueeze(0)?)).collect::<anyhow::Result<Vec<_>>>()?;
+        let outputs = crate::runtime::llama::forward_windows(&self.runtime, &batched, &setup.rope)?;
+        outputs.into_iter().map(|o| Ok(o.squeeze(0)?)).collect()
     }
 
     /// The block on one window's hidden states `[ctx, hidden]`, with `weights` standing for the

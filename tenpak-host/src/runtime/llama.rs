@@ -307,10 +307,10 @@ impl Block {
 }
 
 /// Run `block` over each of `hidden`'s tensors (independent windows or batches), several at once
-/// on rayon's threads with OpenBLAS single-threaded in each ([`blas::single_threaded`]): a
-/// window per core keeps both cores busy through the element-wise kernels too, where one window
-/// at a time leaves them waking each other between every step. The outputs are the same bit for
-/// bit as one at a time (every kernel's result is independent of its thread count), in order.
+/// on rayon's threads (OpenBLAS runs on one thread in each, as everywhere: [`blas`]): a window
+/// per core keeps both cores busy through the element-wise kernels too, where one window at a
+/// time leaves them waking each other between every step. The outputs are the same bit for bit
+/// as one at a time (every kernel's result is independent of its thread count), in order.
 pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> anyhow::Result<Vec<Tensor>> {
     per_window(hidden, |h| block.forward(h, rope, None))
 }
