@@ -1,4 +1,7 @@
-use crate::{Encoded, Error, LayerStats, ParamValue, Params, Result, StatsNeeds, WeightView};
+use crate::{
+    Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamValue, Params, Result, StatsNeeds,
+    WeightView,
+};
 
 /// The type a parameter must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,5 +140,13 @@ pub trait Codec: Send + Sync {
     /// whenever every stored byte lives in a part, as it should.
     fn size_bits(&self, encoded: &Encoded) -> u64 {
         encoded.stored_bits()
+    }
+
+    /// `encoded` in `target`'s own layout, if this codec's stored grid is one the target holds
+    /// exactly. Default: `Ok(None)`. It is never wrong to return `None`: the exporter then
+    /// re-quantizes from the decode and reports the cost.
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        let _ = (encoded, target);
+        Ok(None)
     }
 }

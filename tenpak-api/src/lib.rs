@@ -26,6 +26,7 @@ mod allocator;
 mod calibrator;
 mod codec;
 mod error;
+mod native;
 mod params;
 pub mod registry;
 mod tensor;
@@ -34,6 +35,7 @@ pub use allocator::{Allocator, AllocatorConfig, CodecChoice, LayerPlan, Override
 pub use calibrator::{Calibrator, StatKind, StatsNeeds};
 pub use codec::{Codec, ParamSpec, ParamType, param_in_range, param_one_of, validate_params, validate_recorded};
 pub use error::{Error, ErrorKind, Result};
+pub use native::{NativeForm, NativeTarget};
 pub use params::{ParamValue, Params};
 pub use tensor::{DType, Encoded, Gram, LayerInfo, LayerRole, LayerStats, Part, WeightView};
 

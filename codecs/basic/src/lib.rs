@@ -11,16 +11,20 @@
 //! `|w − ŵ| ≤ scale / 2`). Parts `codes` (i8 `[rows, cols]`) and `scales`
 //! (f16 `[rows, ceil(cols/group_size)]`); `8 · rows · cols + 16 · rows · ceil(cols/group_size)`
 //! bits, i.e. 8 + 16/cols per weight per row.
+//!
+//! Native forms ([`Codec::native`]), for GGUF: `keep` as F32 / F16 / BF16 per its `dtype`;
+//! `int8` as Q8_0 (`d·q`, the same scale in each block of 32) when rows are whole blocks and
+//! groups a multiple of 32 or the whole row.
 #![deny(missing_docs)]
 
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use tenpak_api::{
-    Codec, DType, Encoded, Error, LayerStats, ParamSpec, ParamType, Params, Part, Result,
-    WeightView, validate_params,
+    Codec, DType, Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamSpec, ParamType,
+    Params, Part, Result, WeightView, validate_params,
 };
-use tenpak_quant::{GroupLayout, SymFormat, SymQuantized, encoded};
+use tenpak_quant::{GroupLayout, SymFormat, SymQuantized, encoded, ggml};
 
 /// Id of the keep codec.
 pub const KEEP_ID: &str = "keep";
@@ -188,6 +192,19 @@ impl Codec for Keep {
             });
         Ok(out)
     }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        if target != NativeTarget::Gguf {
+            return Ok(None);
+        }
+        let values = self.decode(encoded)?;
+        let (ggml_type, data) = match encoded::read_params(encoded, keep_dtype)? {
+            DType::F32 => (ggml::TYPE_F32, ggml::f32_data(&values)),
+            DType::BF16 => (ggml::TYPE_BF16, ggml::bf16_data(&values)),
+            _ => (ggml::TYPE_F16, ggml::f16_data(&values)),
+        };
+        Ok(Some(NativeForm::Ggml { ggml_type, data }))
+    }
 }
 
 /// Values per parallel work item of `keep`'s conversions.
@@ -288,16 +305,28 @@ impl Codec for Int8 {
     }
 
     fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
-        encoded::expect_codec(encoded, INT8_ID)?;
-        let group_size = encoded::read_params(encoded, int8_group_size)?;
-        encoded::expect_parts(encoded, &["codes", "scales"])?;
-        let [rows, cols] = encoded.shape;
-        let format = int8_format(rows, cols, group_size)
-            .map_err(|e| Error::corrupt(format!("{INT8_ID} tensor: {e}")))?;
-        let quantized =
-            SymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scales")?)?;
-        Ok(quantized.dequantize())
+        Ok(int8_stored(encoded)?.dequantize())
     }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        Ok(match target {
+            NativeTarget::Gguf => {
+                ggml::q8_0_blocks(&int8_stored(encoded)?).map(|b| ggml::native_form(&b))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What an `int8` tensor stores, checked.
+fn int8_stored(encoded: &Encoded) -> Result<SymQuantized> {
+    encoded::expect_codec(encoded, INT8_ID)?;
+    let group_size = encoded::read_params(encoded, int8_group_size)?;
+    encoded::expect_parts(encoded, &["codes", "scales"])?;
+    let [rows, cols] = encoded.shape;
+    let format = int8_format(rows, cols, group_size)
+        .map_err(|e| Error::corrupt(format!("{INT8_ID} tensor: {e}")))?;
+    SymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scales")?)
 }
 
 tenpak_api::register_codec!("keep", Keep);

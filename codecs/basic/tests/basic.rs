@@ -1,10 +1,12 @@
-//! `keep` and `int8`: error bounds from each format, exact sizes, errors for bad inputs and
-//! damaged data.
+//! `keep` and `int8`: error bounds from each format, exact sizes, the GGUF native forms, errors
+//! for bad inputs and damaged data.
 
 mod util;
 
-use tenpak_api::{Codec, DType, ErrorKind, LayerStats, Params, WeightView};
+use tenpak_api::{Codec, DType, ErrorKind, LayerStats, NativeTarget, Params, WeightView};
 use tenpak_codec_basic::{Int8, Keep, int8_stored_bits, keep_stored_bits};
+use tenpak_quant::ggml::{TYPE_BF16, TYPE_F16, TYPE_F32, TYPE_Q8_0};
+use tenpak_quant::testing::{assert_ggml_decodes_to, native_matrices};
 use util::{encode, matrices, stored_bytes};
 
 fn dtype(name: &str) -> Params {
@@ -309,6 +311,69 @@ fn encoding_is_deterministic_across_thread_counts() {
         };
         assert_eq!(run(1), run(2), "{}", codec.id());
     }
+}
+
+/// GGUF holds `keep`'s element types as they are: F32, F16 (the default) and BF16, which llama.cpp
+/// reads back to the decode bit for bit; compressed-tensors has no native form for it.
+#[test]
+fn keep_native_forms_are_its_element_types() {
+    for m in native_matrices().into_iter().chain(matrices()) {
+        for (name, ggml_type) in [("f32", TYPE_F32), ("f16", TYPE_F16), ("bf16", TYPE_BF16)] {
+            let view = WeightView::new(&m.data, m.rows, m.cols).unwrap();
+            let Ok(encoded) = Keep.encode(view, &LayerStats::none(), &dtype(name)) else {
+                continue; // beyond f16's range
+            };
+            let what = format!("{} {name}", m.name);
+            let form = Keep
+                .native(&encoded, NativeTarget::Gguf)
+                .unwrap()
+                .expect("keep has a GGUF form");
+            assert_ggml_decodes_to(&form, ggml_type, &Keep.decode(&encoded).unwrap(), &what);
+            let ct = NativeTarget::CompressedTensors { group_size: 32 };
+            assert_eq!(Keep.native(&encoded, ct), Ok(None), "{what}");
+        }
+    }
+    let m = &native_matrices()[0];
+    let encoded = encode(&Keep, m, &Params::new());
+    let form = Keep.native(&encoded, NativeTarget::Gguf).unwrap().unwrap();
+    assert_ggml_decodes_to(
+        &form,
+        TYPE_F16,
+        &Keep.decode(&encoded).unwrap(),
+        "default dtype",
+    );
+}
+
+/// `int8` is GGUF's Q8_0 (`d·q`, the group's scale in each of its blocks) where rows are whole
+/// blocks of 32 and groups a multiple of 32 or the whole row, decoding as llama.cpp does to the
+/// codec's decode bit for bit; elsewhere, and for compressed-tensors, there is none.
+#[test]
+fn int8_native_form_is_q8_0_where_the_blocks_fit() {
+    let mut forms = 0;
+    for m in native_matrices().into_iter().chain(matrices()) {
+        for group_size in [0usize, 8, 32, 64, 96, 100, m.cols] {
+            let view = WeightView::new(&m.data, m.rows, m.cols).unwrap();
+            let p = Params::new().with("group_size", group_size);
+            let Ok(encoded) = Int8.encode(view, &LayerStats::none(), &p) else {
+                continue; // beyond f16's range
+            };
+            let what = format!("{} [{}, {}] g{group_size}", m.name, m.rows, m.cols);
+            let decoded = Int8.decode(&encoded).unwrap();
+            let fits = m.cols.is_multiple_of(32)
+                && (group_size == 0 || group_size >= m.cols || group_size.is_multiple_of(32));
+            match Int8.native(&encoded, NativeTarget::Gguf).unwrap() {
+                Some(form) => {
+                    assert!(fits, "{what}: a Q8_0 form where the blocks do not fit");
+                    assert_ggml_decodes_to(&form, TYPE_Q8_0, &decoded, &what);
+                    forms += 1;
+                }
+                None => assert!(!fits, "{what}: no Q8_0 form"),
+            }
+            let ct = NativeTarget::CompressedTensors { group_size: 32 };
+            assert_eq!(Int8.native(&encoded, ct), Ok(None), "{what}");
+        }
+    }
+    assert!(forms > 30, "{forms} forms");
 }
 
 #[test]

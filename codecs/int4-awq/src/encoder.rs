@@ -4,14 +4,15 @@ use std::borrow::Cow;
 
 use half::f16;
 use tenpak_api::{DType, ErrorKind, Part, Result};
-use tenpak_codec_int4_gptq::hessian::Hessian;
-use tenpak_quant::quadratic::{difference, quadratic_form_rows};
-use tenpak_codec_int4_gptq::sweep::{self, Groups, InverseFactor};
 use tenpak_quant::dq::{DqHeaders, DqLayout, code_on_grids, dequantize_on_grids};
+use tenpak_quant::gptq::hessian::Hessian;
+use tenpak_quant::gptq::sweep::{self, Groups, InverseFactor};
 use tenpak_quant::grid::GridF32;
+use tenpak_quant::quadratic::{difference, quadratic_form_rows};
 use tenpak_quant::zp::ZpHeaders;
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 
+use crate::ID;
 use crate::calibration::Calibration;
 use crate::outliers;
 use crate::output_error::OutputError;
@@ -335,16 +336,17 @@ impl<'a> Encoder<'a> {
     fn feedback_factor(&mut self) -> Result<&InverseFactor> {
         let (percdamp, factor) = self.feedback.as_mut().expect("error feedback is on");
         if factor.is_none() {
-            let hessian = Hessian::from_gram(self.calibration.gram, self.cols)?;
-            *factor = Some(InverseFactor::new(&hessian, *percdamp)?);
+            let hessian =
+                Hessian::from_gram(self.calibration.gram, self.cols).map_err(|e| e.context(ID))?;
+            *factor = Some(InverseFactor::new(&hessian, *percdamp).map_err(|e| e.context(ID))?);
         }
         Ok(factor.as_ref().expect("just computed"))
     }
 
     /// Error feedback on top of the plain candidate `plain`: with the same headers (the weighted
     /// fit's), column scales and outliers, the GPTQ sweep re-chooses every code so that each
-    /// column's output error is compensated by the columns after it (`int4_gptq`'s sweep on the
-    /// column-scaled grid). Per row, the encoding with the lower `e_r G e_rᵀ` is kept: rows are
+    /// column's output error is compensated by the columns after it (quant-core's
+    /// [`sweep::quantize_scaled`], the sweep `int4_gptq` runs, on the column-scaled grid). Per row, the encoding with the lower `e_r G e_rᵀ` is kept: rows are
     /// independent in storage and in `tr(E G Eᵀ) = Σ_r e_r G e_rᵀ`, so the result is never worse
     /// than the plain fit on the calibration objective. The stored format is unchanged.
     fn with_feedback(&mut self, plain: Stored, scales: Option<&[f32]>) -> Result<Stored> {
@@ -358,8 +360,10 @@ impl<'a> Encoder<'a> {
             Some(grids) => Groups::Grids(grids),
             None => Groups::Static(plain.quantized.headers()),
         };
-        let [swept_codes, _] = sweep::quantize_scaled(&weight, format, factor, groups, scales, FEEDBACK_BLOCK)?
-            .to_parts(format);
+        let [swept_codes, _] =
+            sweep::quantize_scaled(&weight, format, factor, groups, scales, FEEDBACK_BLOCK)
+                .map_err(|e| e.context(ID))?
+                .to_parts(format);
         let swept = with_codes(&plain.quantized, swept_codes.data)?;
         let mut fed = unscale(dense(&swept, &plain.headers), plain.col_scale.as_deref());
         let fed_outliers = outliers::residuals(&weight, &fed, &self.outlier_index, cols)?;

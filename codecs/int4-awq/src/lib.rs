@@ -30,9 +30,10 @@
 //!    parameters (`alpha`, `output_error`), so the manifest shows them.
 //!
 //! 5. **Error feedback** (`error_feedback = true`; [`encoder`]): GPTQ's sweep (Frantar et al.
-//!    2022, `int4_gptq`'s implementation) inside the codec. With the headers of step 3 and the
-//!    column scales of step 2 fixed, the columns are coded in turn and each one's error is
-//!    compensated by the columns not yet coded, through the upper Cholesky factor of
+//!    2022; quant-core's [`tenpak_quant::gptq`], which `int4_gptq` runs too) inside the codec.
+//!    With the headers of step 3 and the column scales of step 2 fixed, the columns are coded
+//!    in turn and each one's error is compensated by the columns not yet coded, through the
+//!    upper Cholesky factor of
 //!    `(G + percdamp·mean(diag G)·I)⁻¹`; the grid of column `j` is the stored grid divided by
 //!    `s_j`, so the sweep runs on `W` with one factorization per layer for every α. Per row, the
 //!    encoding with the lower `e_r G e_rᵀ` is kept (recorded as `feedback_rows`), so feedback
@@ -141,6 +142,17 @@
 //! With α = 0, `outlier_fraction = 0` and `weighted_fit = false` the parts are exactly
 //! `int4_residual`'s, byte for byte.
 //!
+//! # Native forms
+//!
+//! [`Codec::native`] hands the stored grid to an exporter when nothing is added to it (4-bit
+//! codes, α = 0, no outliers) and it is not a rotated matrix's (no incoherence): with f16
+//! `(scale, min)` headers, GGUF's Q4_1 (groups a multiple of 32 or the whole row, rows whole
+//! blocks of 32); with 6-bit double-quantized headers in groups of 32 and super-groups of 8,
+//! GGUF's Q4_K (rows whole super-blocks of 256, each super-group's mins of one sign); with
+//! integer zero points, the compressed-tensors integer groups of the export's group size. (With
+//! incoherence, GGUF gets the blocks only where they happen to reproduce the decode exactly, as
+//! a tensor that decodes to zeros does.)
+//!
 //! # Statistics
 //!
 //! With `incoherence`, the parts hold the rotated matrix's encoding (outlier positions
@@ -163,12 +175,13 @@ pub mod settings;
 
 use half::f16;
 use tenpak_api::{
-    Codec, Encoded, Error, LayerStats, ParamSpec, Params, Result, StatsNeeds, WeightView,
+    Codec, Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamSpec, Params, Result,
+    StatsNeeds, WeightView,
 };
 use tenpak_quant::dq::{DqHeaders, DqLayout, dequantize_on_grids};
 use tenpak_quant::zp::ZpHeaders;
 use tenpak_quant::rotation::{Rotated, Rotation};
-use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
+use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded, ggml};
 
 use calibration::Calibration;
 use encoder::{Encoder, Headers, unscale};
@@ -475,6 +488,63 @@ impl Codec for Int4Awq {
             Rotation::new(cols, settings.rotation_seed).unrotate_rows(&mut out);
         }
         Ok(out)
+    }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        encoded::expect_codec(encoded, ID)?;
+        let settings = encoded::read_params(encoded, Settings::from_recorded)?;
+        let [rows, cols] = encoded.shape;
+        // Only a grid with nothing added to it (column scales, outliers) is one a runtime holds.
+        let bare =
+            settings.bits == 4 && settings.alpha == Some(0.0) && settings.outlier_fraction <= 0.0;
+        let wanted = bare
+            && match target {
+                NativeTarget::Gguf => !settings.integer_zero,
+                NativeTarget::CompressedTensors { group_size } => {
+                    settings.integer_zero
+                        && !settings.incoherence
+                        && group_size > 0
+                        && settings.group_size == group_size
+                        && cols.is_multiple_of(group_size)
+                }
+                _ => false,
+            };
+        if !wanted {
+            return Ok(None);
+        }
+        // Every part checked as the decoder checks it, and the matrix it decodes to.
+        let values = self.decode(encoded)?;
+        let format = format(rows, cols, &settings).map_err(|e| corrupt(encoded, e))?;
+        let codes = encoded.part(parts::CODES)?;
+        if settings.integer_zero {
+            let headers = ZpHeaders::from_parts(
+                format,
+                encoded.part(parts::SCALE)?,
+                encoded.part(parts::ZERO)?,
+            )?;
+            return Ok(Some(headers.int_groups(&codes.data)));
+        }
+        // With incoherence the stored grid is the rotated matrix's: the blocks built from the
+        // decode on it are kept only where they reproduce the decode exactly (a tensor that
+        // decodes to zeros), as an exporter checking them would find.
+        Ok(if settings.header_bits > 0 {
+            let dq = DqLayout::new(format.layout(), settings.header_bits, settings.super_group)
+                .map_err(|e| corrupt(encoded, e))?;
+            let headers = DqHeaders::from_parts(
+                dq,
+                encoded.part(parts::HEADER_Q)?,
+                encoded.part(parts::HEADER_SUPER)?,
+            )?;
+            ggml::q4_k_blocks(&headers, &values)
+                .filter(|b| !settings.incoherence || ggml::decodes_to(b, &values))
+                .map(|b| ggml::native_form(&b))
+        } else {
+            let quantized =
+                AsymQuantized::from_parts(format, codes, encoded.part(parts::SCALE_MIN)?)?;
+            ggml::q4_1_blocks(&quantized, &values)
+                .filter(|b| !settings.incoherence || ggml::decodes_to(b, &values))
+                .map(|b| ggml::native_form(&b))
+        })
     }
 }
 

@@ -2,7 +2,10 @@
 //! with each encoded tensor.
 
 use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params, validate_recorded};
-use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
+use tenpak_quant::fit::FitOptions;
+use tenpak_quant::fit::params::{
+    self as range_fit, ITERATIONS_SPEC, REFINE_SPEC, SEARCH_STEPS_SPEC,
+};
 
 use crate::ID;
 
@@ -18,16 +21,9 @@ pub const MAX_ALPHA_GRID: usize = 100;
 pub const DEFAULT_OUTLIER_FRACTION: f64 = 0.005;
 /// Largest accepted `outlier_fraction`.
 pub const MAX_OUTLIER_FRACTION: f64 = 0.1;
-/// Least-squares rounds when `iterations` is absent.
-pub const DEFAULT_ITERATIONS: usize = 5;
-/// Largest accepted `iterations`.
-pub const MAX_ITERATIONS: usize = 100;
-/// Candidate steps of the range search when `search_steps` is absent (k-quants' 20).
-pub const DEFAULT_SEARCH_STEPS: usize = 20;
-/// Largest accepted `search_steps`.
-pub const MAX_SEARCH_STEPS: usize = 200;
-/// The accepted `refine` values (as `int4_residual`).
-pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
+pub use tenpak_quant::fit::params::{
+    DEFAULT_ITERATIONS, DEFAULT_SEARCH_STEPS, MAX_ITERATIONS, MAX_SEARCH_STEPS, REFINE_METHODS,
+};
 /// Rows the α ranking runs on when `alpha_search_rows` is absent (0 = every row).
 pub const DEFAULT_ALPHA_SEARCH_ROWS: usize = 128;
 /// Hessian dampening of the error feedback when `percdamp` is absent (GPTQ's 1 %).
@@ -132,24 +128,9 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
         default: "0.01",
         doc: "error feedback: add percdamp * mean(diag G) to the Gram matrix's diagonal; in (0, 1]",
     },
-    ParamSpec {
-        name: "refine",
-        ty: ParamType::Str,
-        default: "\"search\"",
-        doc: "how each group's scale and min are chosen: search | lsq_iter | minmax_iter | none",
-    },
-    ParamSpec {
-        name: "iterations",
-        ty: ParamType::Int,
-        default: "5",
-        doc: "rounds of minmax_iter / lsq_iter, or least-squares polish rounds after search (0..=100)",
-    },
-    ParamSpec {
-        name: "search_steps",
-        ty: ParamType::Int,
-        default: "20",
-        doc: "search: candidate steps (max-min)/(15 - 1 + 2k/steps), k = 0..=steps (1..=200)",
-    },
+    REFINE_SPEC,
+    ITERATIONS_SPEC,
+    SEARCH_STEPS_SPEC,
 ];
 
 /// Written by the encoder beside the settings, so the manifest shows them; accepted (and
@@ -310,7 +291,7 @@ impl Settings {
                 "{ID}: parameter `percdamp` must be in (0, 1], got {percdamp}"
             )));
         }
-        let refine = one_of("refine", params.str_or("refine", "search")?, REFINE_METHODS)?;
+        let refine = range_fit::refine_method(ID, params)?;
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
         let search_steps = params.usize_or("search_steps", DEFAULT_SEARCH_STEPS)?;
@@ -363,26 +344,8 @@ impl Settings {
 
     /// The range fit these settings ask for (as `int4_residual`'s).
     pub fn fit_options(&self) -> FitOptions {
-        let refine = match self.refine {
-            "none" => Refine::None,
-            "minmax_iter" => Refine::MinMaxIter {
-                iterations: self.iterations,
-            },
-            "lsq_iter" => Refine::LsqIter {
-                iterations: self.iterations,
-            },
-            _ => Refine::Search {
-                // k-quants' candidates nmax − 1 … nmax + 1, spread over `search_steps`.
-                grid: SearchGrid {
-                    rmin: -1.0,
-                    rdelta: 2.0 / self.search_steps as f32,
-                    steps: self.search_steps,
-                },
-                polish: self.iterations,
-            },
-        };
         FitOptions {
-            refine,
+            refine: range_fit::refine(self.refine, self.iterations, self.search_steps),
             allow_zero: false,
         }
     }

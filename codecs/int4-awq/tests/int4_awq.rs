@@ -1,13 +1,19 @@
 //! `int4_awq`: exact decoding, reduction to int4_residual, exact sizes, the α search and the
-//! weighted fit on synthetic calibrated layers, errors for bad inputs and damaged data.
+//! weighted fit on synthetic calibrated layers, native forms, errors for bad inputs and damaged
+//! data.
 
 mod util;
 
-use tenpak_api::{Codec, DType, Encoded, ErrorKind, Gram, LayerStats, Params, Part, WeightView};
+use tenpak_api::{
+    Codec, DType, Encoded, ErrorKind, Gram, LayerStats, NativeTarget, Params, Part, WeightView,
+};
 use tenpak_codec_int4_awq::output_error::{OutputError, output_error_reference};
 use tenpak_codec_int4_awq::{Int4Awq, Settings, outlier_count, stored_bits, stored_bits_with};
-use tenpak_codec_int4_residual::Int4Residual;
+use tenpak_quant::fit::params as range_fit;
+use tenpak_quant::ggml::{TYPE_Q4_1, TYPE_Q4_K};
 use tenpak_quant::testing::group_sizes;
+use tenpak_quant::testing::{assert_ggml_decodes_to, assert_int_groups_decode_to, native_matrices};
+use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 use util::{
     Rng, TestMatrix, activations, gaussian, llm_like, matrices, output_error_on, stats_of,
     stored_bytes, synthetic_stats,
@@ -92,7 +98,9 @@ fn decode_is_exact_for_the_stored_representation() {
 }
 
 /// With α = 0, no outliers and the plain fit, the codec is int4_residual: the same parts, byte
-/// for byte, and the same decoded values, for every range-fit method.
+/// for byte, and the same decoded values, for every range-fit method. (int4_residual's stage 1
+/// is quant-core's range fit with the same `refine` at the default rounds and steps, which is
+/// what this compares with, so the test needs no other codec.)
 #[test]
 fn without_scaling_outliers_and_weights_it_is_int4_residual() {
     for m in matrices() {
@@ -108,15 +116,27 @@ fn without_scaling_outliers_and_weights_it_is_int4_residual() {
                     .with("outlier_fraction", 0.0)
                     .with("weighted_fit", false);
                 let (encoded, _) = encode(&m, &stats, &ours);
-                let view = WeightView::new(&m.data, m.rows, m.cols).unwrap();
-                let theirs = Int4Residual
-                    .encode(view, &LayerStats::none(), &common)
-                    .unwrap();
+                let format =
+                    AsymFormat::new(GroupLayout::new(m.rows, m.cols, group_size).unwrap(), 4)
+                        .unwrap();
+                let fit = FitOptions {
+                    refine: range_fit::refine(
+                        refine,
+                        range_fit::DEFAULT_ITERATIONS,
+                        range_fit::DEFAULT_SEARCH_STEPS,
+                    ),
+                    allow_zero: false,
+                };
+                let theirs = AsymQuantized::quantize(&m.data, format, &fit).unwrap();
                 let ctx = format!("{} g{group_size} {refine}", m.name);
-                assert_eq!(encoded.parts, theirs.parts, "{ctx}");
+                assert_eq!(
+                    encoded.parts,
+                    Vec::from(theirs.to_parts("codes", "scale_min")),
+                    "{ctx}"
+                );
                 assert_eq!(
                     bits(&Int4Awq.decode(&encoded).unwrap()),
-                    bits(&Int4Residual.decode(&theirs).unwrap()),
+                    bits(&theirs.dequantize()),
                     "{ctx}"
                 );
             }
@@ -974,6 +994,178 @@ fn encoding_is_deterministic_across_thread_counts() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
+}
+
+/// Parameters whose stored grid is bare: no column scales (α = 0), no outliers.
+fn bare(group_size: usize) -> Params {
+    Params::new()
+        .with("group_size", group_size)
+        .with("alpha", 0.0)
+        .with("outlier_fraction", 0.0)
+}
+
+/// With nothing added to the grid, the GGUF native form is Q4_1 for f16 headers (groups a multiple
+/// of 32 or the whole row) and Q4_K for 6-bit double-quantized headers in groups of 32 and
+/// super-groups of 8 (where each super-group's mins have one sign), and llama.cpp's
+/// dequantization of it is the codec's decode, bit for bit, with and without error feedback, on
+/// random and adversarial matrices.
+#[test]
+fn gguf_native_forms_decode_as_llama_cpp_does() {
+    let (mut q4_1, mut q4_k) = (0, 0);
+    for (k, m) in native_matrices().into_iter().enumerate() {
+        let stats = synthetic_stats(96, m.cols, 60 + k as u64);
+        for feedback in [false, true] {
+            for group_size in [32, 64, 512] {
+                let what = format!("{} g{group_size} feedback {feedback}", m.name);
+                let (encoded, decoded) = encode(
+                    &m,
+                    &stats,
+                    &bare(group_size).with("error_feedback", feedback),
+                );
+                let form = Int4Awq
+                    .native(&encoded, NativeTarget::Gguf)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{what}: no Q4_1"));
+                assert_ggml_decodes_to(&form, TYPE_Q4_1, &decoded, &what);
+                q4_1 += 1;
+            }
+            let what = format!("{} 6-bit headers feedback {feedback}", m.name);
+            let p = bare(32)
+                .with("header_bits", 6usize)
+                .with("error_feedback", feedback);
+            let (encoded, decoded) = encode(&m, &stats, &p);
+            if let Some(form) = Int4Awq.native(&encoded, NativeTarget::Gguf).unwrap() {
+                assert_ggml_decodes_to(&form, TYPE_Q4_K, &decoded, &what);
+                q4_k += 1;
+            }
+            for target in [
+                NativeTarget::CompressedTensors { group_size: 32 },
+                NativeTarget::CompressedTensors { group_size: 64 },
+            ] {
+                assert_eq!(
+                    Int4Awq.native(&encoded, target),
+                    Ok(None),
+                    "{what}: float headers are not integer groups"
+                );
+            }
+        }
+    }
+    assert_eq!(q4_1, 6 * native_matrices().len());
+    assert!(q4_k >= 2 * 6, "only {q4_k} Q4_K forms");
+}
+
+/// With integer zero points, the compressed-tensors native form of the export's group size is
+/// the stored codes, scales and zero points, and `(code − zero_point)·scale` in f16 is the decode
+/// rounded to f16; other group sizes and GGUF have none.
+#[test]
+fn integer_zero_points_are_compressed_tensors_groups() {
+    for (k, m) in native_matrices().into_iter().enumerate() {
+        let stats = synthetic_stats(96, m.cols, 80 + k as u64);
+        for group_size in [32, 64, 128] {
+            for feedback in [false, true] {
+                let what = format!("{} g{group_size} feedback {feedback}", m.name);
+                let p = bare(group_size)
+                    .with("zero_point", "integer")
+                    .with("error_feedback", feedback);
+                let (encoded, decoded) = encode(&m, &stats, &p);
+                let form = Int4Awq
+                    .native(&encoded, NativeTarget::CompressedTensors { group_size })
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{what}: no integer groups"));
+                assert_int_groups_decode_to(&form, 4, group_size, m.cols, &decoded, &what);
+                let other = NativeTarget::CompressedTensors {
+                    group_size: 2 * group_size,
+                };
+                assert_eq!(Int4Awq.native(&encoded, other), Ok(None), "{what}");
+                assert_eq!(
+                    Int4Awq.native(&encoded, NativeTarget::Gguf),
+                    Ok(None),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+/// No native form where the grid is not one a runtime holds: column scales or outliers on top of
+/// it, other code widths, other double-quantized layouts, rows that are not whole blocks; with
+/// incoherence only where the blocks reproduce the decode.
+#[test]
+fn no_native_form_where_the_grid_is_not_held() {
+    let l = layer(16, 512, 21);
+    let targets = [
+        NativeTarget::Gguf,
+        NativeTarget::CompressedTensors { group_size: 32 },
+    ];
+    let none = [
+        Params::new().with("group_size", 32usize),
+        bare(32).with("outlier_fraction", 0.005),
+        bare(32).with("alpha", 0.5),
+        bare(32).with("bits", 3usize),
+        bare(32).with("bits", 3usize).with("zero_point", "integer"),
+        bare(32).with("header_bits", 5usize),
+        bare(32)
+            .with("header_bits", 6usize)
+            .with("super_group", 18usize),
+        bare(64).with("header_bits", 6usize),
+        bare(32)
+            .with("incoherence", true)
+            .with("rotation_seed", 1usize),
+        bare(32)
+            .with("incoherence", true)
+            .with("zero_point", "integer"),
+    ];
+    for p in none {
+        let (encoded, _) = encode(&l.m, &l.stats, &p);
+        for target in targets {
+            assert_eq!(
+                Int4Awq.native(&encoded, target),
+                Ok(None),
+                "{p:?} {target:?}"
+            );
+        }
+    }
+    let m = llm_like(8, 576, 22);
+    let stats = synthetic_stats(96, 576, 22);
+    let (encoded, _) = encode(&m, &stats, &bare(32).with("header_bits", 6usize));
+    assert_eq!(
+        Int4Awq.native(&encoded, NativeTarget::Gguf),
+        Ok(None),
+        "rows of 576 are not whole super-blocks"
+    );
+    let m = llm_like(8, 100, 23);
+    let (encoded, _) = encode(&m, &synthetic_stats(96, 100, 23), &bare(32));
+    assert_eq!(
+        Int4Awq.native(&encoded, NativeTarget::Gguf),
+        Ok(None),
+        "rows of 100 are not whole blocks"
+    );
+    // With incoherence a form is offered only where it reproduces the decode, e.g. for a matrix
+    // of zeros whose rotation back gives no −0.
+    let zeros = TestMatrix {
+        name: "zeros".into(),
+        rows: 8,
+        cols: 256,
+        data: vec![0.0; 8 * 256],
+    };
+    for seed in 0..4usize {
+        let stats = synthetic_stats(96, 256, 24 + seed as u64);
+        for (p, ggml_type) in [
+            (bare(32), TYPE_Q4_1),
+            (bare(32).with("header_bits", 6usize), TYPE_Q4_K),
+        ] {
+            let p = p.with("incoherence", true).with("rotation_seed", seed);
+            let (encoded, decoded) = encode(&zeros, &stats, &p);
+            if let Some(form) = Int4Awq.native(&encoded, NativeTarget::Gguf).unwrap() {
+                assert_ggml_decodes_to(&form, ggml_type, &decoded, "zeros with incoherence");
+            } else {
+                assert!(
+                    decoded.iter().any(|v| v.to_bits() != 0),
+                    "zeros with incoherence: +0 everywhere, yet no form"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::time::Instant;
 use ndarray::{Array2, ArrayView2};
 use tenpak_api::{Gram, LayerStats, Params, WeightView};
 use tenpak_codec_int4_gptq::Int4Gptq;
-use tenpak_codec_int4_gptq::hessian::Hessian;
-use tenpak_codec_int4_gptq::sweep::InverseFactor;
+use tenpak_quant::gptq::hessian::Hessian;
+use tenpak_quant::gptq::sweep::InverseFactor;
 use tenpak_quant::testing::{Rng, llm_like};
 
 /// `tokens × cols` activations: log-normal channel scales, one channel in 32 twenty times

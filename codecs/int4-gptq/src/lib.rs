@@ -13,7 +13,8 @@
 //! Optimal Brain Surgeon). Correlated input channels let a later column cancel an earlier
 //! column's error in the output; that is where the gain comes from.
 //!
-//! How (modules):
+//! How. GPTQ's machinery lives in quant-core ([`tenpak_quant::gptq`]), since `int4_awq`'s error
+//! feedback runs it too:
 //! - [`hessian`]: `G` checked (`MissingStats` if absent; `InvalidInput` if mis-sized, non-finite,
 //!   or with a negative diagonal), dead channels repaired, diagonal dampened by `percdamp`
 //!   (raised ×10 up to four times if the factorization still fails);
@@ -21,7 +22,9 @@
 //!   inverse, both blocked around matrix products;
 //! - [`sweep`]: the column sweep with lazy batches of `block_size` columns, rows in parallel, with
 //!   dynamic or static group headers; and a plain reference sweep (explicit inverse, no blocking)
-//!   that the tests hold it to, code for code;
+//!   that quant-core's tests hold it to, code for code.
+//!
+//! This crate's modules:
 //! - [`candidates`]: the per-row choice among complete encodings;
 //! - [`output_error`]: `tr(E G Eᵀ)`, overall and per row.
 //!
@@ -84,17 +87,18 @@
 //! | `scale_min` | f16 | `[rows, ceil(cols/group_size), 2]` |
 //!
 //! Size ([`stored_bits`]): `rows · (8·ceil(cols/2) + 32·ceil(cols/group_size))` bits.
+//!
+//! Native form ([`Codec::native`]): GGUF's Q4_1 (`d·q + m`, the same grid) when rows are whole
+//! blocks of 32 and groups a multiple of 32 or the whole row.
+//!
+//! [`hessian`]: tenpak_quant::gptq::hessian
+//! [`linalg`]: tenpak_quant::linalg
+//! [`sweep`]: tenpak_quant::gptq::sweep
 #![deny(missing_docs)]
 
 pub mod candidates;
-pub mod hessian;
-/// The dense linear algebra of the sweep, shared in quant-core.
-pub mod linalg {
-    pub use tenpak_quant::linalg::*;
-}
 pub mod output_error;
 mod settings;
-pub mod sweep;
 
 pub use settings::{
     DEFAULT_BLOCK_SIZE, DEFAULT_GROUP_SIZE, DEFAULT_ITERATIONS, DEFAULT_PERCDAMP, GROUPS,
@@ -102,13 +106,14 @@ pub use settings::{
 };
 
 use tenpak_api::{
-    Codec, Encoded, Error, LayerStats, ParamSpec, Params, Result, StatsNeeds, WeightView,
+    Codec, Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamSpec, Params, Result,
+    StatsNeeds, WeightView,
 };
-use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
+use tenpak_quant::gptq::hessian::Hessian;
+use tenpak_quant::gptq::sweep::{self, Groups, InverseFactor};
+use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded, ggml};
 
 use crate::candidates::Candidate;
-use crate::hessian::Hessian;
-use crate::sweep::{Groups, InverseFactor};
 
 /// The registry id.
 pub const ID: &str = "int4_gptq";
@@ -158,7 +163,7 @@ impl Int4Gptq {
         let settings = Settings::from_recorded(params)?;
         weight.check_finite()?;
         let (rows, cols) = (weight.rows(), weight.cols());
-        let hessian = Hessian::from_stats(stats, cols)?;
+        let hessian = Hessian::from_stats(stats, cols).map_err(|e| e.context(ID))?;
         let gram = &stats
             .gram
             .as_ref()
@@ -185,9 +190,10 @@ impl Int4Gptq {
                 row_errors,
             }
         };
-        let factor = InverseFactor::new(&hessian, settings.percdamp)?;
+        let factor = InverseFactor::new(&hessian, settings.percdamp).map_err(|e| e.context(ID))?;
         let sweep = |groups: Groups<'_>| -> Result<Candidate> {
-            let q = sweep::quantize(weight.data(), format, &factor, groups, settings.block_size)?;
+            let q = sweep::quantize(weight.data(), format, &factor, groups, settings.block_size)
+                .map_err(|e| e.context(ID))?;
             let [codes, headers] = q.to_parts(format);
             let decoded = AsymQuantized::from_parts(format, &codes, &headers)?.dequantize();
             let row_errors = output_error::from_damped_rows(
@@ -294,16 +300,30 @@ impl Codec for Int4Gptq {
     }
 
     fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
-        encoded::expect_codec(encoded, ID)?;
-        let settings = encoded::read_params(encoded, Settings::from_recorded)?;
-        encoded::expect_parts(encoded, &["codes", "scale_min"])?;
-        let [rows, cols] = encoded.shape;
-        let format = format(rows, cols, settings.group_size)
-            .map_err(|e| Error::corrupt(format!("{ID} tensor {:?}: {e}", encoded.shape)))?;
-        let quantized =
-            AsymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scale_min")?)?;
-        Ok(quantized.dequantize())
+        Ok(stored(encoded)?.dequantize())
     }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        Ok(match target {
+            NativeTarget::Gguf => {
+                let quantized = stored(encoded)?;
+                ggml::q4_1_blocks(&quantized, &quantized.dequantize())
+                    .map(|b| ggml::native_form(&b))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What `encoded` stores, checked.
+fn stored(encoded: &Encoded) -> Result<AsymQuantized> {
+    encoded::expect_codec(encoded, ID)?;
+    let settings = encoded::read_params(encoded, Settings::from_recorded)?;
+    encoded::expect_parts(encoded, &["codes", "scale_min"])?;
+    let [rows, cols] = encoded.shape;
+    let format = format(rows, cols, settings.group_size)
+        .map_err(|e| Error::corrupt(format!("{ID} tensor {:?}: {e}", encoded.shape)))?;
+    AsymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scale_min")?)
 }
 
 tenpak_api::register_codec!("int4_gptq", Int4Gptq);

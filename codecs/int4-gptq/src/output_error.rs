@@ -1,7 +1,7 @@
 //! The layer's output error on the calibration activations, `tr(E G Eᵀ)` with `E = W − Ŵ` and
 //! `G = XᵀX / n`: the mean over calibration tokens of `‖(W − Ŵ) x‖²`, what GPTQ minimizes.
 
-use crate::hessian::Hessian;
+use tenpak_quant::gptq::hessian::Hessian;
 
 pub use tenpak_quant::quadratic::{difference, quadratic_form, quadratic_form_reference, quadratic_form_rows};
 

@@ -2,7 +2,8 @@
 //! records beside them.
 
 use tenpak_api::{Error, ParamSpec, ParamType, Params, Result, validate_params, validate_recorded};
-use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
+use tenpak_quant::fit::FitOptions;
+use tenpak_quant::fit::params::{self as range_fit, ITERATIONS_SPEC, REFINE_SPEC};
 
 use crate::ID;
 
@@ -16,16 +17,11 @@ pub const DEFAULT_PERCDAMP: f64 = 0.01;
 pub const DEFAULT_BLOCK_SIZE: usize = 128;
 /// Largest accepted `block_size`.
 pub const MAX_BLOCK_SIZE: usize = 4096;
-/// Refinement rounds when `iterations` is absent (as `int4_residual`).
-pub const DEFAULT_ITERATIONS: usize = 5;
-/// Largest accepted `iterations`.
-pub const MAX_ITERATIONS: usize = 100;
-/// The accepted `refine` values (as `int4_residual`).
-pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
+pub use tenpak_quant::fit::params::{DEFAULT_ITERATIONS, MAX_ITERATIONS, REFINE_METHODS};
 /// The accepted `groups` values.
 pub const GROUPS: &[&str] = &["best", "dynamic", "static"];
 /// Candidate steps of the `search` range fit: k-quants' 20, as `int4_residual`'s default.
-pub const SEARCH_STEPS: usize = 20;
+pub const SEARCH_STEPS: usize = range_fit::DEFAULT_SEARCH_STEPS;
 
 /// What a preset may set.
 pub(crate) const PARAMS: &[ParamSpec] = &[
@@ -47,18 +43,8 @@ pub(crate) const PARAMS: &[ParamSpec] = &[
         default: "128",
         doc: "columns per lazy batch of the error update (speed only; 1..=4096)",
     },
-    ParamSpec {
-        name: "refine",
-        ty: ParamType::Str,
-        default: "\"search\"",
-        doc: "how each group's scale and min are chosen from its error-updated weights: search | lsq_iter | minmax_iter | none",
-    },
-    ParamSpec {
-        name: "iterations",
-        ty: ParamType::Int,
-        default: "5",
-        doc: "rounds of minmax_iter / lsq_iter, or least-squares polish rounds after search (0..=100)",
-    },
+    REFINE_SPEC,
+    ITERATIONS_SPEC,
     ParamSpec {
         name: "groups",
         ty: ParamType::Str,
@@ -133,7 +119,7 @@ impl Default for Settings {
             group_size: DEFAULT_GROUP_SIZE,
             percdamp: DEFAULT_PERCDAMP,
             block_size: DEFAULT_BLOCK_SIZE,
-            refine: "search",
+            refine: range_fit::DEFAULT_REFINE,
             iterations: DEFAULT_ITERATIONS,
             groups: "best",
             rtn_fallback: true,
@@ -179,7 +165,7 @@ impl Settings {
         }
         let block_size = params.usize_or("block_size", DEFAULT_BLOCK_SIZE)?;
         in_range("block_size", block_size, 1, MAX_BLOCK_SIZE)?;
-        let refine = one_of("refine", params.str_or("refine", "search")?, REFINE_METHODS)?;
+        let refine = range_fit::refine_method(ID, params)?;
         let groups = one_of("groups", params.str_or("groups", "best")?, GROUPS)?;
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         in_range("iterations", iterations, 0, MAX_ITERATIONS)?;
@@ -207,28 +193,11 @@ impl Settings {
             .with("rtn_fallback", self.rtn_fallback)
     }
 
-    /// The range fit these settings ask for (as `int4_residual`'s).
+    /// The range fit these settings ask for (as `int4_residual`'s, with its default search
+    /// steps).
     pub fn fit_options(&self) -> FitOptions {
-        let refine = match self.refine {
-            "none" => Refine::None,
-            "minmax_iter" => Refine::MinMaxIter {
-                iterations: self.iterations,
-            },
-            "lsq_iter" => Refine::LsqIter {
-                iterations: self.iterations,
-            },
-            _ => Refine::Search {
-                // k-quants' candidates nmax − 1 … nmax + 1.
-                grid: SearchGrid {
-                    rmin: -1.0,
-                    rdelta: 2.0 / SEARCH_STEPS as f32,
-                    steps: SEARCH_STEPS,
-                },
-                polish: self.iterations,
-            },
-        };
         FitOptions {
-            refine,
+            refine: range_fit::refine(self.refine, self.iterations, SEARCH_STEPS),
             allow_zero: false,
         }
     }

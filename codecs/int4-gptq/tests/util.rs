@@ -112,24 +112,3 @@ pub fn output_error_on(x: &[f32], w: &[f32], w_hat: &[f32], rows: usize, cols: u
     }
     total / tokens as f64
 }
-
-/// A random symmetric positive-definite `n × n` matrix: `AᵀA / k + 0.01 I` for a `k × n` Gaussian
-/// `A` with column scales spread over two orders of magnitude.
-pub fn random_spd(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = Rng::new(seed);
-    let k = n + 3;
-    let scale: Vec<f64> = (0..n).map(|_| (2.0 * rng.normal()).exp()).collect();
-    let a: Vec<f64> = (0..k * n).map(|i| rng.normal() * scale[i % n]).collect();
-    let mut h = vec![0f64; n * n];
-    for r in 0..k {
-        for i in 0..n {
-            for j in 0..n {
-                h[i * n + j] += a[r * n + i] * a[r * n + j] / k as f64;
-            }
-        }
-    }
-    for j in 0..n {
-        h[j * n + j] += 0.01;
-    }
-    h
-}

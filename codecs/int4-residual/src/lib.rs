@@ -44,14 +44,20 @@
 //!
 //! Size ([`stored_bits`]): `rows · (8·ceil(cols/2) + 32·ceil(cols/group_size))`, plus, with a
 //! residual stage, `rows · (8·ceil(cols·residual_bits/8) + 32·ceil(cols/residual_group_size))`.
+//!
+//! Native form ([`Codec::native`]): without a residual stage, GGUF's Q4_1 (`d·q + m`, the same
+//! grid) when rows are whole blocks of 32 and groups a multiple of 32 or the whole row.
 #![deny(missing_docs)]
 
 use tenpak_api::{
-    Codec, Encoded, Error, LayerStats, ParamSpec, ParamType, Params, Result, WeightView,
-    validate_params,
+    Codec, Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamSpec, ParamType, Params,
+    Result, WeightView, validate_params,
 };
-use tenpak_quant::fit::{FitOptions, Refine, SearchGrid};
-use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded};
+use tenpak_quant::fit::FitOptions;
+use tenpak_quant::fit::params::{
+    self as range_fit, ITERATIONS_SPEC, REFINE_SPEC, SEARCH_STEPS_SPEC,
+};
+use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout, encoded, ggml};
 
 /// The registry id.
 pub const ID: &str = "int4_residual";
@@ -59,18 +65,11 @@ pub const ID: &str = "int4_residual";
 pub const DEFAULT_GROUP_SIZE: usize = 128;
 /// Smallest accepted group size (also for the residual stage).
 pub const MIN_GROUP_SIZE: usize = 8;
-/// Refinement rounds when `iterations` is absent (the prototype's 5).
-pub const DEFAULT_ITERATIONS: usize = 5;
-/// Largest accepted `iterations`: least squares converges in a handful of rounds.
-pub const MAX_ITERATIONS: usize = 100;
-/// Candidate steps of the search when `search_steps` is absent (k-quants' 20, i.e. 21 candidates).
-pub const DEFAULT_SEARCH_STEPS: usize = 20;
-/// Largest accepted `search_steps`.
-pub const MAX_SEARCH_STEPS: usize = 200;
+pub use tenpak_quant::fit::params::{
+    DEFAULT_ITERATIONS, DEFAULT_SEARCH_STEPS, MAX_ITERATIONS, MAX_SEARCH_STEPS, REFINE_METHODS,
+};
 /// Residual group size when the parameter is absent.
 pub const DEFAULT_RESIDUAL_GROUP_SIZE: usize = 128;
-/// The accepted `refine` values.
-pub const REFINE_METHODS: &[&str] = &["search", "lsq_iter", "minmax_iter", "none"];
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -79,24 +78,9 @@ const PARAMS: &[ParamSpec] = &[
         default: "128",
         doc: "weights per (scale, min) pair along a row; >= 8; >= the row length means one group per row",
     },
-    ParamSpec {
-        name: "refine",
-        ty: ParamType::Str,
-        default: "\"search\"",
-        doc: "how each group's scale and min are chosen: search | lsq_iter | minmax_iter | none",
-    },
-    ParamSpec {
-        name: "iterations",
-        ty: ParamType::Int,
-        default: "5",
-        doc: "rounds of minmax_iter / lsq_iter, or least-squares polish rounds after search (0..=100)",
-    },
-    ParamSpec {
-        name: "search_steps",
-        ty: ParamType::Int,
-        default: "20",
-        doc: "search: candidate steps (max-min)/(15 - 1 + 2k/steps), k = 0..=steps (1..=200)",
-    },
+    REFINE_SPEC,
+    ITERATIONS_SPEC,
+    SEARCH_STEPS_SPEC,
     ParamSpec {
         name: "residual_bits",
         ty: ParamType::Int,
@@ -152,8 +136,7 @@ impl Settings {
     pub fn from_params(params: &Params) -> Result<Self> {
         validate_params(ID, PARAMS, params)?;
         let group_size = params.usize_or("group_size", DEFAULT_GROUP_SIZE)?;
-        let refine_name = params.str_or("refine", "search")?;
-        let refine = tenpak_api::param_one_of(ID, "refine", refine_name, REFINE_METHODS)?;
+        let refine = range_fit::refine_method(ID, params)?;
         let iterations = params.usize_or("iterations", DEFAULT_ITERATIONS)?;
         let search_steps = params.usize_or("search_steps", DEFAULT_SEARCH_STEPS)?;
         let residual_bits = params.usize_or("residual_bits", 0)?;
@@ -206,25 +189,10 @@ impl Settings {
 
     /// The group fit these settings ask for.
     pub fn fit_options(&self, allow_zero: bool) -> FitOptions {
-        let refine = match self.refine {
-            "none" => Refine::None,
-            "minmax_iter" => Refine::MinMaxIter {
-                iterations: self.iterations,
-            },
-            "lsq_iter" => Refine::LsqIter {
-                iterations: self.iterations,
-            },
-            _ => Refine::Search {
-                // k-quants' candidates nmax − 1 … nmax + 1, spread over `search_steps`.
-                grid: SearchGrid {
-                    rmin: -1.0,
-                    rdelta: 2.0 / self.search_steps as f32,
-                    steps: self.search_steps,
-                },
-                polish: self.iterations,
-            },
-        };
-        FitOptions { refine, allow_zero }
+        FitOptions {
+            refine: range_fit::refine(self.refine, self.iterations, self.search_steps),
+            allow_zero,
+        }
     }
 
     fn formats(&self, rows: usize, cols: usize) -> Result<(AsymFormat, Option<AsymFormat>)> {
@@ -296,35 +264,54 @@ impl Codec for Int4Residual {
     }
 
     fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
-        encoded::expect_codec(encoded, ID)?;
-        let settings = encoded::read_params(encoded, Settings::from_params)?;
-        let [rows, cols] = encoded.shape;
-        let (stage1_format, residual_format) = settings
-            .formats(rows, cols)
-            .map_err(|e| Error::corrupt(format!("{ID} tensor: {e}")))?;
-        match residual_format {
-            None => encoded::expect_parts(encoded, &["codes", "scale_min"])?,
-            Some(_) => encoded::expect_parts(
-                encoded,
-                &["codes", "scale_min", "residual_codes", "residual_scale_min"],
-            )?,
-        }
-        let stage1 = AsymQuantized::from_parts(
-            stage1_format,
-            encoded.part("codes")?,
-            encoded.part("scale_min")?,
-        )?;
+        let (stage1, stage2) = stored(encoded)?;
         let mut out = stage1.dequantize();
-        if let Some(format) = residual_format {
-            let stage2 = AsymQuantized::from_parts(
-                format,
-                encoded.part("residual_codes")?,
-                encoded.part("residual_scale_min")?,
-            )?;
+        if let Some(stage2) = stage2 {
             stage2.dequantize_add(&mut out)?;
         }
         Ok(out)
     }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        Ok(match (target, stored(encoded)?) {
+            // Stage 1 alone is int4_rtn's grid; a residual stage is a sum no runtime stores.
+            (NativeTarget::Gguf, (stage1, None)) => {
+                ggml::q4_1_blocks(&stage1, &stage1.dequantize()).map(|b| ggml::native_form(&b))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What `encoded` stores, checked: stage 1 and the residual stage if there is one.
+fn stored(encoded: &Encoded) -> Result<(AsymQuantized, Option<AsymQuantized>)> {
+    encoded::expect_codec(encoded, ID)?;
+    let settings = encoded::read_params(encoded, Settings::from_params)?;
+    let [rows, cols] = encoded.shape;
+    let (stage1_format, residual_format) = settings
+        .formats(rows, cols)
+        .map_err(|e| Error::corrupt(format!("{ID} tensor: {e}")))?;
+    match residual_format {
+        None => encoded::expect_parts(encoded, &["codes", "scale_min"])?,
+        Some(_) => encoded::expect_parts(
+            encoded,
+            &["codes", "scale_min", "residual_codes", "residual_scale_min"],
+        )?,
+    }
+    let stage1 = AsymQuantized::from_parts(
+        stage1_format,
+        encoded.part("codes")?,
+        encoded.part("scale_min")?,
+    )?;
+    let stage2 = match residual_format {
+        Some(format) => Some(AsymQuantized::from_parts(
+            format,
+            encoded.part("residual_codes")?,
+            encoded.part("residual_scale_min")?,
+        )?),
+        None => None,
+    };
+    Ok((stage1, stage2))
 }
 
 tenpak_api::register_codec!("int4_residual", Int4Residual);

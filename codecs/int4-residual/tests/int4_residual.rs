@@ -1,11 +1,14 @@
 //! `int4_residual`: never worse than round-to-nearest on any group at equal bits, exact sizes
-//! with and without the residual stage, errors for bad inputs and damaged data.
+//! with and without the residual stage, the GGUF native form, errors for bad inputs and damaged
+//! data.
 
 mod util;
 
-use tenpak_api::{Codec, ErrorKind, LayerStats, Params, WeightView};
+use tenpak_api::{Codec, ErrorKind, LayerStats, NativeTarget, Params, WeightView};
 use tenpak_codec_int4_residual::{Int4Residual, REFINE_METHODS, stored_bits};
+use tenpak_quant::ggml::TYPE_Q4_1;
 use tenpak_quant::testing::TestMatrix;
+use tenpak_quant::testing::{assert_ggml_decodes_to, native_matrices};
 use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout};
 use util::{encode, group_errors, group_sizes, matrices, stored_bytes};
 
@@ -328,6 +331,46 @@ fn encoding_is_deterministic_across_thread_counts() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(2));
+}
+
+/// Stage 1 alone has GGUF's Q4_1 as its native form where rows are whole blocks of 32 and groups
+/// a multiple of 32 or the whole row, decoding as llama.cpp does to the codec's decode bit for
+/// bit, for every range-fit method; a residual stage (a sum of two grids) has none, nor has
+/// compressed-tensors.
+#[test]
+fn native_form_is_q4_1_for_stage_1_alone() {
+    for m in native_matrices().into_iter().chain([matrices().remove(0)]) {
+        for group_size in [32, 64, 100, m.cols] {
+            for refine in REFINE_METHODS {
+                let what = format!("{} [{}, {}] g{group_size} {refine}", m.name, m.rows, m.cols);
+                let p = params(group_size).with("refine", *refine);
+                let encoded = encode(&Int4Residual, &m, &p);
+                let decoded = Int4Residual.decode(&encoded).unwrap();
+                let fits = m.cols.is_multiple_of(32)
+                    && (group_size.is_multiple_of(32) || group_size >= m.cols);
+                match Int4Residual.native(&encoded, NativeTarget::Gguf).unwrap() {
+                    Some(form) => {
+                        assert!(fits, "{what}: a Q4_1 form where the blocks do not fit");
+                        assert_ggml_decodes_to(&form, TYPE_Q4_1, &decoded, &what);
+                    }
+                    None => assert!(!fits, "{what}: no Q4_1 form"),
+                }
+                let ct = NativeTarget::CompressedTensors { group_size: 32 };
+                assert_eq!(Int4Residual.native(&encoded, ct), Ok(None), "{what}");
+            }
+            let with_residual = encode(
+                &Int4Residual,
+                &m,
+                &params(group_size).with("residual_bits", 2usize),
+            );
+            assert_eq!(
+                Int4Residual.native(&with_residual, NativeTarget::Gguf),
+                Ok(None),
+                "{} residual",
+                m.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -16,13 +16,16 @@
 //!
 //! Size: `rows · (8 · ceil(cols/2) + 32 · ceil(cols/group_size))` bits ([`stored_bits`]); for
 //! an even `cols`, `4 + 32/group_size` bits per weight (4.25 at the default group size 128).
+//!
+//! Native form ([`Codec::native`]): GGUF's Q4_1 (`d·q + m`, the same grid) when rows are whole
+//! blocks of 32 and groups a multiple of 32 or the whole row.
 #![deny(missing_docs)]
 
 use tenpak_api::{
-    Codec, Encoded, Error, LayerStats, ParamSpec, ParamType, Params, Result, WeightView,
-    validate_params,
+    Codec, Encoded, Error, LayerStats, NativeForm, NativeTarget, ParamSpec, ParamType, Params,
+    Result, WeightView, validate_params,
 };
-use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout, encoded};
+use tenpak_quant::{AsymFormat, AsymQuantized, FitOptions, GroupLayout, encoded, ggml};
 
 /// The registry id.
 pub const ID: &str = "int4_rtn";
@@ -99,17 +102,31 @@ impl Codec for Int4Rtn {
     }
 
     fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
-        encoded::expect_codec(encoded, ID)?;
-        encoded::read_params(encoded, |p| self.validate(p))?;
-        encoded::expect_parts(encoded, &["codes", "scale_min"])?;
-        let group_size = encoded::param_usize(encoded, "group_size", DEFAULT_GROUP_SIZE)?;
-        let [rows, cols] = encoded.shape;
-        let format = format(rows, cols, group_size)
-            .map_err(|e| Error::corrupt(format!("{ID} tensor: {e}")))?;
-        let quantized =
-            AsymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scale_min")?)?;
-        Ok(quantized.dequantize())
+        Ok(stored(encoded)?.dequantize())
     }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        Ok(match target {
+            NativeTarget::Gguf => {
+                let quantized = stored(encoded)?;
+                ggml::q4_1_blocks(&quantized, &quantized.dequantize())
+                    .map(|b| ggml::native_form(&b))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// What `encoded` stores, checked.
+fn stored(encoded: &Encoded) -> Result<AsymQuantized> {
+    encoded::expect_codec(encoded, ID)?;
+    encoded::read_params(encoded, |p| Int4Rtn.validate(p))?;
+    encoded::expect_parts(encoded, &["codes", "scale_min"])?;
+    let group_size = encoded::param_usize(encoded, "group_size", DEFAULT_GROUP_SIZE)?;
+    let [rows, cols] = encoded.shape;
+    let format =
+        format(rows, cols, group_size).map_err(|e| Error::corrupt(format!("{ID} tensor: {e}")))?;
+    AsymQuantized::from_parts(format, encoded.part("codes")?, encoded.part("scale_min")?)
 }
 
 tenpak_api::register_codec!("int4_rtn", Int4Rtn);

@@ -1,9 +1,12 @@
-//! `int4_rtn`: error bound from the grid, exact sizes, errors for bad inputs and damaged data.
+//! `int4_rtn`: error bound from the grid, exact sizes, the GGUF native form, errors for bad
+//! inputs and damaged data.
 
 mod util;
 
-use tenpak_api::{Codec, ErrorKind, LayerStats, Params, WeightView};
+use tenpak_api::{Codec, ErrorKind, LayerStats, NativeTarget, Params, WeightView};
 use tenpak_codec_int4_rtn::{Int4Rtn, stored_bits};
+use tenpak_quant::ggml::TYPE_Q4_1;
+use tenpak_quant::testing::{assert_ggml_decodes_to, native_matrices};
 use util::{encode, group_sizes, headers, matrices, stored_bytes};
 
 fn params(group_size: usize) -> Params {
@@ -215,6 +218,45 @@ fn encoding_is_deterministic_across_thread_counts() {
     let one = run(1);
     assert_eq!(one, run(2));
     assert_eq!(one, run(2));
+}
+
+/// The GGUF native form is Q4_1 (the same grid) where rows are whole blocks of 32 and groups a
+/// multiple of 32 or the whole row, and llama.cpp's dequantization of it is the decode, bit for
+/// bit, on random and adversarial matrices; elsewhere, and for compressed-tensors (integer zero
+/// points), there is none.
+#[test]
+fn native_form_is_q4_1_where_the_blocks_fit() {
+    let mut forms = 0;
+    for m in native_matrices().into_iter().chain(matrices()) {
+        for group_size in [32, 64, 100, 128, m.cols, m.cols + 7] {
+            let what = format!("{} [{}, {}] g{group_size}", m.name, m.rows, m.cols);
+            let encoded = encode(&Int4Rtn, &m, &params(group_size));
+            let decoded = Int4Rtn.decode(&encoded).unwrap();
+            let fits = m.cols.is_multiple_of(32)
+                && (group_size.is_multiple_of(32) || group_size >= m.cols);
+            match Int4Rtn.native(&encoded, NativeTarget::Gguf).unwrap() {
+                Some(form) => {
+                    assert!(fits, "{what}: a Q4_1 form where the blocks do not fit");
+                    assert_ggml_decodes_to(&form, TYPE_Q4_1, &decoded, &what);
+                    forms += 1;
+                }
+                None => assert!(!fits, "{what}: no Q4_1 form"),
+            }
+            let ct = NativeTarget::CompressedTensors { group_size: 32 };
+            assert_eq!(Int4Rtn.native(&encoded, ct), Ok(None), "{what}");
+        }
+    }
+    assert!(forms > 40, "{forms} forms");
+    // Damage is an error, not a form.
+    let mut encoded = encode(&Int4Rtn, &native_matrices()[0], &params(32));
+    encoded.parts[0].data.pop();
+    assert_eq!(
+        Int4Rtn
+            .native(&encoded, NativeTarget::Gguf)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Corrupt
+    );
 }
 
 #[test]

@@ -69,6 +69,23 @@ impl AsymFormat {
     pub fn stored_bits(&self) -> u64 {
         8 * (self.code_bytes() as u64 + self.header_bytes() as u64)
     }
+    /// The codes `packed` per row in this format (exactly [`AsymFormat::code_bytes`] long), one
+    /// per weight, row-major.
+    pub fn unpack_codes(&self, packed: &[u8]) -> Vec<u8> {
+        assert_eq!(
+            packed.len(),
+            self.code_bytes(),
+            "codes must be rows x row_code_bytes"
+        );
+        let (cols, stride) = (self.layout.cols(), self.row_code_bytes());
+        let mut out = vec![0u8; self.layout.numel()];
+        if cols > 0 {
+            for (row, codes) in out.chunks_exact_mut(cols).enumerate() {
+                unpack_row(&packed[row * stride..(row + 1) * stride], self.bits, codes);
+            }
+        }
+        out
+    }
 }
 
 /// A matrix quantized on an [`AsymFormat`]: one header per group and the packed codes.

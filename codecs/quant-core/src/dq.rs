@@ -54,6 +54,16 @@ impl DqLayout {
         self.layout
     }
 
+    /// Bits of each group's scale and min code.
+    pub fn header_bits(&self) -> u32 {
+        self.header_bits
+    }
+
+    /// Groups per super-group.
+    pub fn super_groups(&self) -> usize {
+        self.super_groups
+    }
+
     /// Super-groups in one row.
     pub fn supers_per_row(&self) -> usize {
         self.layout.groups_per_row().div_ceil(self.super_groups)
@@ -120,6 +130,11 @@ impl DqHeaders {
     /// The layout.
     pub fn layout(&self) -> DqLayout {
         self.dq
+    }
+
+    /// Per super-group `(d, m)` as stored, row-major over `[rows, supers_per_row]`.
+    pub fn supers(&self) -> &[[f16; 2]] {
+        &self.supers
     }
 
     /// The decoded grid of every group, row-major: `scale = d·q_s`, `min = m·q_m` in f32.

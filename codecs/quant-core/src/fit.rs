@@ -9,6 +9,7 @@
 use crate::f16round;
 use crate::grid::{GridF32, GroupHeader, dequantize_value, group_sq_error, quantize_value};
 
+pub mod params;
 pub mod weighted;
 
 /// How a group's `(scale, min)` are chosen.

@@ -14,20 +14,28 @@
 //! - [`layout`]: which columns form which group (any group size, short last group allowed);
 //! - [`linalg`]: dense f64 Cholesky factorization and triangular inversion (LAPACK from the
 //!   system OpenBLAS, with plain references), for codecs with error feedback through a Hessian;
-//! - [`pack`]: b-bit codes packed per row;
+//! - [`pack`]: b-bit codes packed per row (grid codes of 1 to 8 bits, codebook indices of up to
+//!   16);
 //! - [`grid`]: one group's header and the per-weight arithmetic;
 //! - [`fit`]: choosing a header (min/max, the prototype's min/max iteration, alternating least
 //!   squares, k-quants-style search), on the plain squared error or, in [`fit::weighted`], on an
-//!   importance-weighted one (calibrated codecs);
+//!   importance-weighted one (calibrated codecs); [`fit::params`]: the same choice as the codec
+//!   parameters `refine`, `iterations` and `search_steps`;
 //! - [`asym`]: whole matrices on asymmetric b-bit grids and their stored parts (with a plain or
 //!   an importance-weighted fit);
 //! - [`rotation`]: incoherence processing, a seeded random orthogonal transform of the input
 //!   dimension (fast Walsh–Hadamard ⊗ a small random rotation) and its inverse;
 //! - [`quadratic`]: a layer's output error `tr(E G Eᵀ)`, per row or in total;
+//! - [`gptq`]: GPTQ's Hessian, inverse factor and column sweep (error feedback through the
+//!   layer's Gram matrix), for every codec that compensates errors across columns;
 //! - [`rng`]: the seeded generator of rotations and codebooks;
 //! - [`sym`]: whole matrices on symmetric int8 grids;
 //! - [`dq`]: double-quantized group headers (small integer scale and min per group against an
 //!   f16 pair per super-group, as k-quants);
+//! - [`zp`]: integer zero points (an f16 scale and a `bits`-wide zero point per group, as GPTQ
+//!   checkpoints and compressed-tensors store them);
+//! - [`ggml`]: GGML's block types (Q4_1, Q8_0, Q4_K) as `#[repr(C)]` structs, built from the
+//!   grids above where they hold them exactly: the native forms of the GGUF export;
 //! - [`encoded`]: the checks every decoder makes on what it is given;
 //! - [`metrics`]: reconstruction error;
 //! - [`testing`]: deterministic test matrices (Gaussian, heavy-tailed, adversarial).
@@ -54,6 +62,8 @@ pub mod dq;
 pub mod encoded;
 pub mod f16round;
 pub mod fit;
+pub mod ggml;
+pub mod gptq;
 pub mod grid;
 mod kernels;
 pub mod layout;

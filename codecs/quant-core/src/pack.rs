@@ -1,4 +1,6 @@
-//! Bit packing of b-bit codes (1 ≤ b ≤ 8), one row at a time.
+//! Bit packing of b-bit codes, one row at a time: grid codes of 1 to 8 bits held in bytes
+//! ([`pack_row`]), and indices of 1 to 16 bits held in `u16`s ([`pack_row_u16`]; a codebook's
+//! indices, as `vq` stores them). Both write the same stream.
 //!
 //! Layout: each row is its own little-endian bit stream of `ceil(cols * bits / 8)` bytes. Code
 //! `j` occupies stream bits `[j * bits, (j + 1) * bits)`, and stream bit `k` is bit `k % 8` of
@@ -139,6 +141,104 @@ pub fn unpack_row(packed: &[u8], bits: u32, out: &mut [u8]) {
     }
 }
 
+/// Reference packer of wide codes: [`pack_row_reference`] for `codes` of `1 ≤ bits ≤ 16` bits
+/// held in `u16`s (each `< 2^bits`), bit by bit into `out`, which must be exactly
+/// [`packed_row_bytes`] long. Padding bits are zero.
+pub fn pack_row_u16_reference(codes: &[u16], bits: u32, out: &mut [u8]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(
+        out.len(),
+        packed_row_bytes(codes.len(), bits),
+        "packed row length"
+    );
+    out.fill(0);
+    for (j, &code) in codes.iter().enumerate() {
+        debug_assert!(
+            u32::from(code) < 1 << bits,
+            "code {code} does not fit {bits} bits"
+        );
+        for b in 0..bits as usize {
+            let bit = j * bits as usize + b;
+            out[bit / 8] |= (((code >> b) & 1) as u8) << (bit % 8);
+        }
+    }
+}
+
+/// Reference unpacker of wide codes: the inverse of [`pack_row_u16_reference`]; fills all of
+/// `out` from `packed`, which must be exactly [`packed_row_bytes`] long.
+pub fn unpack_row_u16_reference(packed: &[u8], bits: u32, out: &mut [u16]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(
+        packed.len(),
+        packed_row_bytes(out.len(), bits),
+        "packed row length"
+    );
+    for (j, code) in out.iter_mut().enumerate() {
+        let mut value = 0u16;
+        for b in 0..bits as usize {
+            let bit = j * bits as usize + b;
+            value |= u16::from((packed[bit / 8] >> (bit % 8)) & 1) << b;
+        }
+        *code = value;
+    }
+}
+
+/// Fast packer of wide codes, same output as [`pack_row_u16_reference`]: a 32-bit accumulator
+/// emptied a byte at a time.
+pub fn pack_row_u16(codes: &[u16], bits: u32, out: &mut [u8]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(
+        out.len(),
+        packed_row_bytes(codes.len(), bits),
+        "packed row length"
+    );
+    out.fill(0);
+    let mut acc = 0u32;
+    let mut filled = 0u32;
+    let mut pos = 0;
+    for &code in codes {
+        debug_assert!(
+            u32::from(code) < 1 << bits,
+            "code {code} does not fit {bits} bits"
+        );
+        acc |= u32::from(code) << filled;
+        filled += bits;
+        while filled >= 8 {
+            out[pos] = acc as u8;
+            pos += 1;
+            acc >>= 8;
+            filled -= 8;
+        }
+    }
+    if filled > 0 {
+        out[pos] = acc as u8;
+    }
+}
+
+/// Fast unpacker of wide codes, same output as [`unpack_row_u16_reference`].
+pub fn unpack_row_u16(packed: &[u8], bits: u32, out: &mut [u16]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(
+        packed.len(),
+        packed_row_bytes(out.len(), bits),
+        "packed row length"
+    );
+    let mask = (1u32 << bits) - 1;
+    let mut acc = 0u32;
+    let mut filled = 0u32;
+    let mut bytes = packed.iter();
+    for code in out.iter_mut() {
+        while filled < bits {
+            // The length check above guarantees enough bytes for every code.
+            acc |= u32::from(*bytes.next().unwrap_or(&0)) << filled;
+            filled += 8;
+        }
+        *code = (acc & mask) as u16;
+        acc >>= bits;
+        filled -= bits;
+    }
+}
+
 /// Pack `PER_BYTE` codes of `bits = 8 / PER_BYTE` bits into each byte (fixed-size inner loop,
 /// so it unrolls); the last byte takes the leftover codes.
 fn pack_fixed<const PER_BYTE: usize>(codes: &[u8], bits: u32, out: &mut [u8]) {
@@ -206,6 +306,49 @@ mod tests {
                 assert_eq!(ua, codes, "bits {bits} cols {cols}");
                 assert_eq!(ub, codes, "bits {bits} cols {cols}");
             }
+        }
+    }
+
+    /// Wide codes: the fast path is the bit-by-bit reference for every width up to 16, and up to
+    /// 8 bits the stream is byte for byte the one [`pack_row`] writes.
+    #[test]
+    fn wide_packing_equals_reference_and_the_byte_packer() {
+        let mut state = 0x2545f4914f6cdd1du64;
+        for bits in 1..=16u32 {
+            for cols in [0usize, 1, 2, 3, 7, 8, 9, 15, 16, 17, 33, 100, 577] {
+                let codes: Vec<u16> = (0..cols)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((state >> 33) as u32 & ((1u32 << bits) - 1)) as u16
+                    })
+                    .collect();
+                let n = packed_row_bytes(cols, bits);
+                let (mut a, mut b) = (vec![0xAA; n], vec![0x55; n]);
+                pack_row_u16_reference(&codes, bits, &mut a);
+                pack_row_u16(&codes, bits, &mut b);
+                assert_eq!(a, b, "bits {bits} cols {cols}");
+                let (mut ua, mut ub) = (vec![0xFFFF; cols], vec![0xEEEE; cols]);
+                unpack_row_u16_reference(&a, bits, &mut ua);
+                unpack_row_u16(&a, bits, &mut ub);
+                assert_eq!(ua, codes, "bits {bits} cols {cols}");
+                assert_eq!(ub, codes, "bits {bits} cols {cols}");
+                if bits <= 8 {
+                    let narrow: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+                    let mut c = vec![0u8; n];
+                    pack_row(&narrow, bits, &mut c);
+                    assert_eq!(a, c, "bits {bits} cols {cols}: u16 and u8 streams differ");
+                }
+            }
+        }
+        // All ones in every width: no bit lost at the accumulator's edges.
+        for bits in 1..=16u32 {
+            let codes = vec![((1u32 << bits) - 1) as u16; 29];
+            let mut out = vec![0u8; packed_row_bytes(29, bits)];
+            pack_row_u16(&codes, bits, &mut out);
+            let ones: u32 = out.iter().map(|b| b.count_ones()).sum();
+            assert_eq!(ones, 29 * bits, "bits {bits}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! Deterministic test and benchmark matrices: Gaussian, heavy-tailed, LLM-like, adversarial.
+//! Deterministic test and benchmark matrices: Gaussian, heavy-tailed, LLM-like, adversarial;
+//! and the runtimes' reference dequantizations that native forms are held to.
 //!
 //! A tiny self-contained generator (SplitMix64) rather than `rand`: the same seed gives the same
 //! matrix on every platform and every version, so a test failure reproduces exactly, and the
@@ -305,3 +306,183 @@ pub fn stats_of(x: &[f32], cols: usize) -> tenpak_api::LayerStats {
     }
 }
 
+
+/// Matrices for native-form tests, every row 512 long (two Q4_K super-blocks, sixteen blocks of
+/// 32): LLM-like, heavy-tailed, one with a zero row, a constant row and a single huge outlier,
+/// and the [`adversarial`] set.
+pub fn native_matrices() -> Vec<TestMatrix> {
+    let mut all = vec![llm_like(16, 512, 11), student_t(8, 512, 12)];
+    let mut m = llm_like(8, 512, 13);
+    m.data[..512].fill(0.0);
+    m.data[512..1024].fill(0.3);
+    m.data[2 * 512 + 77] = 5e3;
+    m.name = "zero_row_constant_row_huge_outlier".into();
+    all.push(m);
+    all.extend(adversarial(8, 512, 14));
+    all
+}
+
+/// llama.cpp's reference dequantization of GGML data of type `ggml_type` (ggml.h's ids: 0 F32,
+/// 1 F16, 3 Q4_1, 8 Q8_0, 12 Q4_K, 30 BF16), written from `dequantize_row_q4_1`,
+/// `dequantize_row_q8_0` and `dequantize_row_q4_K` (`ggml-quants.c`, with `get_scale_min_k4`)
+/// straight on the bytes, independently of [`crate::ggml`]: what a native form is held to.
+/// Panics on another type or a length that is not whole blocks.
+pub fn ggml_reference_dequantize(ggml_type: u32, data: &[u8]) -> Vec<f32> {
+    let f16_at = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+    let mut y = Vec::new();
+    match ggml_type {
+        0 => y.extend(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        1 => y.extend((0..data.len() / 2).map(|i| f16_at(data, 2 * i))),
+        30 => y.extend(
+            data.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        3 => {
+            // block_q4_1 { half d; half m; uint8_t qs[16]; }: y = x0*d + m
+            assert!(
+                data.len().is_multiple_of(20),
+                "Q4_1 data of {} bytes",
+                data.len()
+            );
+            for x in data.chunks_exact(20) {
+                let (d, m) = (f16_at(x, 0), f16_at(x, 2));
+                let qs = &x[4..];
+                let mut block = [0f32; 32];
+                for j in 0..16 {
+                    let x0 = i32::from(qs[j] & 0x0F);
+                    let x1 = i32::from(qs[j] >> 4);
+                    block[j] = x0 as f32 * d + m;
+                    block[j + 16] = x1 as f32 * d + m;
+                }
+                y.extend(block);
+            }
+        }
+        8 => {
+            // block_q8_0 { half d; int8_t qs[32]; }: y = qs[j]*d
+            assert!(
+                data.len().is_multiple_of(34),
+                "Q8_0 data of {} bytes",
+                data.len()
+            );
+            for x in data.chunks_exact(34) {
+                let d = f16_at(x, 0);
+                y.extend(x[2..].iter().map(|&q| f32::from(q as i8) * d));
+            }
+        }
+        12 => {
+            // block_q4_K { half d; half dmin; uint8_t scales[12]; uint8_t qs[128]; }
+            assert!(
+                data.len().is_multiple_of(144),
+                "Q4_K data of {} bytes",
+                data.len()
+            );
+            let get_scale_min_k4 = |j: usize, q: &[u8]| -> (u8, u8) {
+                if j < 4 {
+                    (q[j] & 63, q[j + 4] & 63)
+                } else {
+                    (
+                        (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                        (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                    )
+                }
+            };
+            for x in data.chunks_exact(144) {
+                let (d, min) = (f16_at(x, 0), f16_at(x, 2));
+                let scales = &x[4..16];
+                let mut q = &x[16..];
+                let mut is = 0;
+                for _ in (0..256).step_by(64) {
+                    let (sc, m) = get_scale_min_k4(is, scales);
+                    let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
+                    let (sc, m) = get_scale_min_k4(is + 1, scales);
+                    let (d2, m2) = (d * f32::from(sc), min * f32::from(m));
+                    y.extend((0..32).map(|l| d1 * f32::from(q[l] & 0xF) - m1));
+                    y.extend((0..32).map(|l| d2 * f32::from(q[l] >> 4) - m2));
+                    q = &q[32..];
+                    is += 2;
+                }
+            }
+        }
+        other => panic!("no reference dequantization for GGML type {other}"),
+    }
+    y
+}
+
+/// Assert that `form` is GGML data of type `ggml_type` that llama.cpp dequantizes to `decoded`
+/// bit for bit (`what` names the case in the message).
+pub fn assert_ggml_decodes_to(
+    form: &tenpak_api::NativeForm,
+    ggml_type: u32,
+    decoded: &[f32],
+    what: &str,
+) {
+    let tenpak_api::NativeForm::Ggml {
+        ggml_type: got,
+        data,
+    } = form
+    else {
+        panic!("{what}: expected GGML data, got {form:?}");
+    };
+    assert_eq!(*got, ggml_type, "{what}: GGML type");
+    let values = ggml_reference_dequantize(ggml_type, data);
+    assert_eq!(values.len(), decoded.len(), "{what}: values");
+    if let Some(i) = (0..values.len()).find(|&i| values[i].to_bits() != decoded[i].to_bits()) {
+        panic!(
+            "{what}: weight {i} dequantizes to {} where the codec decodes {}",
+            values[i], decoded[i]
+        );
+    }
+}
+
+/// Assert that `form` is integer groups of `bits` and `group_size` on a `cols`-wide matrix whose
+/// `(code − zero_point)·scale`, rounded to f16 as compressed-tensors computes it, equals
+/// `decoded` rounded to f16, weight for weight.
+pub fn assert_int_groups_decode_to(
+    form: &tenpak_api::NativeForm,
+    bits: u32,
+    group_size: usize,
+    cols: usize,
+    decoded: &[f32],
+    what: &str,
+) {
+    let tenpak_api::NativeForm::IntGroups {
+        bits: b,
+        group_size: g,
+        codes,
+        scales,
+        zero_points,
+    } = form
+    else {
+        panic!("{what}: expected integer groups, got {form:?}");
+    };
+    assert_eq!((*b, *g), (bits, group_size), "{what}: bits, group size");
+    assert_eq!(codes.len(), decoded.len(), "{what}: codes");
+    let groups = cols / group_size;
+    assert_eq!(
+        scales.len(),
+        decoded.len() / cols * groups,
+        "{what}: scales"
+    );
+    assert_eq!(zero_points.len(), scales.len(), "{what}: zero points");
+    for (i, &w) in decoded.iter().enumerate() {
+        let (r, c) = (i / cols, i % cols);
+        let (q, z, s) = (
+            codes[i],
+            zero_points[r * groups + c / group_size],
+            scales[r * groups + c / group_size],
+        );
+        assert!(
+            u32::from(q) < 1 << bits && u32::from(z) < 1 << bits,
+            "{what}: code {q} or zero point {z} at {i}"
+        );
+        let runtime = half::f16::from_f32((i32::from(q) - i32::from(z)) as f32 * s.to_f32());
+        assert_eq!(
+            runtime.to_bits(),
+            half::f16::from_f32(w).to_bits(),
+            "{what}: weight {i}: ({q} − {z})·{s} vs {w}"
+        );
+    }
+}

@@ -20,7 +20,7 @@
 
 use half::f16;
 use rayon::prelude::*;
-use tenpak_api::{DType, Error, Part, Result};
+use tenpak_api::{DType, Error, NativeForm, Part, Result};
 
 use crate::asym::AsymFormat;
 use crate::grid::{GridF32, GroupHeader, dequantize_value, inverse_scale, quantize_value};
@@ -213,6 +213,20 @@ impl ZpHeaders {
     /// The decoded grid of every group, row-major: `scale = s`, `min = −z·s` in f32 (exact).
     pub fn grids(&self) -> Vec<GridF32> {
         self.scales.iter().zip(&self.zeros).map(|(s, &z)| grid_of(s.to_f32(), z)).collect()
+    }
+
+    /// The matrix with these headers and the `bits`-bit `codes` (packed per row as
+    /// [`AsymFormat`] lays them out) as a runtime's integer groups, `(code − zero_point)·scale`:
+    /// codes, scales and zero points unpacked, one per weight and one per group, row-major.
+    pub fn int_groups(&self, codes: &[u8]) -> NativeForm {
+        let layout = self.format.layout();
+        NativeForm::IntGroups {
+            bits: self.format.bits(),
+            group_size: layout.group_size(),
+            codes: self.format.unpack_codes(codes),
+            scales: self.scales.clone(),
+            zero_points: self.zeros.clone(),
+        }
     }
 
     /// The stored parts, named `scales_name` (f16 `[rows, groups_per_row]`) and `zeros_name` (u8,

@@ -35,7 +35,7 @@
 //!
 //! | part | dtype | shape |
 //! |---|---|---|
-//! | `codes` | u8 | `[rows, ceil(subvectors_per_row · bits · dim / 8)]`, indices packed LSB-first per row |
+//! | `codes` | u8 | `[rows, ceil(subvectors_per_row · bits · dim / 8)]`, indices packed LSB-first per row ([`tenpak_quant::pack`]) |
 //! | `codebook` | f16 | `[2^(bits·dim), dim]` |
 //! | `scale` | f16 | `[rows, ceil(cols / group_size)]` |
 //!
@@ -48,7 +48,6 @@
 //! missing one. NaN/Inf weights or statistics are refused with the position.
 #![deny(missing_docs)]
 
-pub mod bitpack;
 pub mod kmeans;
 mod settings;
 pub mod sweep;
@@ -61,6 +60,7 @@ use tenpak_api::{
     WeightView,
 };
 use tenpak_quant::encoded;
+use tenpak_quant::pack::{pack_row_u16, packed_row_bytes, unpack_row_u16};
 use tenpak_quant::rotation::{Rotated, Rotation};
 use tenpak_quant::quadratic::{difference, quadratic_form, quadratic_form_rows};
 
@@ -145,7 +145,7 @@ pub struct Report {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Vq;
 
-fn check_stats<'a>(stats: &'a LayerStats, cols: usize) -> Result<(&'a [f32], &'a [f32])> {
+fn check_stats(stats: &LayerStats, cols: usize) -> Result<(&[f32], &[f32])> {
     let missing: Vec<&str> = [("hessian_diag", stats.hessian_diag.is_none()), ("gram", stats.gram.is_none())]
         .into_iter()
         .filter_map(|(n, absent)| absent.then_some(n))
@@ -263,10 +263,10 @@ impl Vq {
         let output_error: f64 = row_errors.iter().sum();
         let index_bits = settings.index_bits();
         let nsub = shape.subvectors_per_row();
-        let row_bytes = (nsub * index_bits as usize).div_ceil(8);
+        let row_bytes = packed_row_bytes(nsub, index_bits);
         let mut packed = vec![0u8; rows * row_bytes];
         for r in 0..rows {
-            bitpack::pack(&indices[r * nsub..(r + 1) * nsub], index_bits, &mut packed[r * row_bytes..(r + 1) * row_bytes]);
+            pack_row_u16(&indices[r * nsub..(r + 1) * nsub], index_bits, &mut packed[r * row_bytes..(r + 1) * row_bytes]);
         }
         let mut params = settings.to_params();
         if energy > 0.0 {
@@ -336,7 +336,7 @@ impl Codec for Vq {
         let shape = Shape { rows, cols, group_size: settings.group_size, dim: settings.dim };
         let index_bits = settings.index_bits();
         let nsub = shape.subvectors_per_row();
-        let row_bytes = (nsub * index_bits as usize).div_ceil(8);
+        let row_bytes = packed_row_bytes(nsub, index_bits);
         let codes = encoded.part(parts::CODES)?;
         if codes.dtype != DType::U8 || codes.shape != [rows, row_bytes] {
             return Err(corrupt(encoded, format!("`codes` must be u8 [{rows}, {row_bytes}], got {:?} {:?}", codes.dtype, codes.shape)));
@@ -360,7 +360,7 @@ impl Codec for Vq {
         }
         let mut indices = vec![0u16; rows * nsub];
         for r in 0..rows {
-            bitpack::unpack(&codes.data[r * row_bytes..(r + 1) * row_bytes], index_bits, &mut indices[r * nsub..(r + 1) * nsub]);
+            unpack_row_u16(&codes.data[r * row_bytes..(r + 1) * row_bytes], index_bits, &mut indices[r * nsub..(r + 1) * nsub]);
         }
         let mut out = reconstruct(&indices, &codebook, &scales, shape);
         if settings.incoherence {

@@ -1,10 +1,9 @@
 //! `vq`: exact decoding of what is stored, bits counted equal bytes stored, deterministic
 //! codebooks, error feedback lowering the output error, adversarial inputs and clear errors.
 
-use tenpak_api::{Codec, Encoded, ErrorKind, Gram, LayerStats, Params, Part, WeightView};
-use tenpak_codec_vq::bitpack::{bit_reference, pack, unpack};
+use tenpak_api::{Codec, Encoded, ErrorKind, Gram, LayerStats, NativeTarget, Params, Part, WeightView};
 use tenpak_codec_vq::{Report, Shape, Vq, stored_bits};
-use tenpak_quant::testing::{Rng, TestMatrix, activations, adversarial, llm_like, stats_of, stored_bytes};
+use tenpak_quant::testing::{TestMatrix, activations, adversarial, llm_like, stats_of, stored_bytes};
 
 fn report(m: &TestMatrix, stats: &LayerStats, params: &Params) -> Report {
     let view = WeightView::new(&m.data, m.rows, m.cols).unwrap();
@@ -28,24 +27,6 @@ fn through_bytes(e: &Encoded) -> Encoded {
 
 fn calibrated(rows: usize, cols: usize, seed: u64) -> (TestMatrix, LayerStats) {
     (llm_like(rows, cols, seed), stats_of(&activations(512, cols, seed + 100), cols))
-}
-
-#[test]
-fn bitpack_matches_the_bit_by_bit_reference() {
-    let mut rng = Rng::new(1);
-    for width in 1..=16u32 {
-        for len in [0usize, 1, 7, 8, 33] {
-            let values: Vec<u16> = (0..len).map(|_| (rng.next_u64() % (1u64 << width)) as u16).collect();
-            let mut packed = vec![0u8; (len * width as usize).div_ceil(8)];
-            pack(&values, width, &mut packed);
-            for (i, &v) in values.iter().enumerate() {
-                assert_eq!(bit_reference(&packed, width, i), v, "width {width} [{i}]");
-            }
-            let mut back = vec![0u16; len];
-            unpack(&packed, width, &mut back);
-            assert_eq!(back, values, "width {width}");
-        }
-    }
 }
 
 /// Decoding returns exactly what the encoder scored, after bytes and JSON; the stored bytes are
@@ -160,6 +141,16 @@ fn damaged_encodings_are_corrupt() {
     let err = Vq.decode(&inf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     assert!(err.to_string().contains("codebook"), "{err}");
+}
+
+/// A learned codebook is no runtime's grid: no native form, whatever the target.
+#[test]
+fn no_native_form() {
+    let (m, stats) = calibrated(8, 64, 5);
+    let r = report(&m, &stats, &Params::new().with("group_size", 32usize));
+    for target in [NativeTarget::Gguf, NativeTarget::CompressedTensors { group_size: 32 }] {
+        assert_eq!(Vq.native(&r.encoded, target), Ok(None));
+    }
 }
 
 #[test]

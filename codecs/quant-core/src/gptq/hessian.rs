@@ -17,10 +17,12 @@
 //! that makes no difference (the channel is zero there), and a channel silent on the
 //! calibration text need not be silent on every text, so its weights are kept and coded to their
 //! nearest level.
+//!
+//! Errors name the statistic and the position but not the codec: a codec puts its id in front
+//! ([`tenpak_api::Error::context`]).
 
 use tenpak_api::{Error, ErrorKind, LayerStats, Result};
 
-use crate::ID;
 use crate::linalg::NotPositiveDefinite;
 
 /// How many times the dampening is raised ×10 after a failed factorization before giving up
@@ -48,15 +50,13 @@ impl Hessian {
         let gram = stats.gram.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::MissingStats,
-                format!(
-                    "{ID} needs the calibration statistic `gram` (XᵀX / n of the layer's inputs); \
-                     it was not provided"
-                ),
+                "the calibration statistic `gram` (XᵀX / n of the layer's inputs) is needed and was \
+                 not provided",
             )
         })?;
         if gram.dim != cols || gram.data.len() != cols * cols {
             return Err(Error::invalid_input(format!(
-                "{ID}: statistic `gram` must be {cols} x {cols} ({} values) for a layer with {cols} input \
+                "statistic `gram` must be {cols} x {cols} ({} values) for a layer with {cols} input \
                  columns, got dim {} with {} values",
                 cols * cols,
                 gram.dim,
@@ -72,7 +72,7 @@ impl Hessian {
         assert_eq!(gram.len(), cols * cols, "gram must be cols x cols");
         if let Some(i) = gram.iter().position(|v| !v.is_finite()) {
             return Err(Error::invalid_input(format!(
-                "{ID}: statistic `gram` has non-finite value {} at [{}, {}]",
+                "statistic `gram` has non-finite value {} at [{}, {}]",
                 gram[i],
                 i / cols,
                 i % cols
@@ -80,14 +80,20 @@ impl Hessian {
         }
         if let Some(j) = (0..cols).find(|&j| gram[j * cols + j] < 0.0) {
             return Err(Error::invalid_input(format!(
-                "{ID}: statistic `gram` has negative diagonal entry {} at [{j}, {j}]; a Gram matrix XᵀX / n \
+                "statistic `gram` has negative diagonal entry {} at [{j}, {j}]; a Gram matrix XᵀX / n \
                  has none",
                 gram[j * cols + j]
             )));
         }
         // (G + Gᵀ) / 2, tile by tile so the transposed reads stay in cache.
         let dead: Vec<bool> = (0..cols).map(|j| gram[j * cols + j] == 0.0).collect();
-        let diagonal = |j: usize| if dead[j] { 1.0 } else { f64::from(gram[j * cols + j]) };
+        let diagonal = |j: usize| {
+            if dead[j] {
+                1.0
+            } else {
+                f64::from(gram[j * cols + j])
+            }
+        };
         let mean_diag = if cols == 0 {
             0.0
         } else {
@@ -166,7 +172,7 @@ impl Hessian {
             p *= 10.0;
         }
         Err(Error::invalid_input(format!(
-            "{ID}: statistic `gram` is not positive semi-definite: the dampened Hessian H + p·mean(diag H)·I \
+            "statistic `gram` is not positive semi-definite: the dampened Hessian H + p·mean(diag H)·I \
              has no Cholesky factor (pivot at column {}) even with p = {}; the calibration statistics are broken",
             failure.column,
             p / 10.0

@@ -38,13 +38,13 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 use rayon::prelude::*;
 use tenpak_api::{DType, Error, Part, Result};
-use tenpak_quant::fit::{FitOptions, fit_group, min_max};
-use tenpak_quant::grid::{GridF32, dequantize_value, quantize_index};
-use tenpak_quant::pack::pack_row;
-use tenpak_quant::{AsymFormat, AsymQuantized, GroupHeader};
 
-use crate::hessian::Hessian;
+use crate::fit::{FitOptions, fit_group, min_max};
+use crate::gptq::hessian::Hessian;
+use crate::grid::{GridF32, dequantize_value, quantize_index};
 use crate::linalg::{inverse_cholesky_upper, inverse_reference};
+use crate::pack::pack_row;
+use crate::{AsymFormat, AsymQuantized, GroupHeader};
 
 /// Rows per parallel task. Fixed (not derived from the thread count) so the result is the same
 /// on every machine: each row's arithmetic does not depend on which rows share its chunk.
@@ -110,11 +110,9 @@ impl GptqQuantized {
 fn range_error(row: usize, cols: Range<usize>, values: &[f32]) -> Error {
     let (lo, hi) = min_max(values);
     Error::invalid_input(format!(
-        "{}: row {row}, columns {}..{}: the error-updated weights span [{lo}, {hi}], which a 4-bit grid with \
+        "row {row}, columns {}..{}: the error-updated weights span [{lo}, {hi}], which a 4-bit grid with \
          f16 scale and min cannot hold; store this tensor unquantized",
-        crate::ID,
-        cols.start,
-        cols.end
+        cols.start, cols.end
     ))
 }
 
@@ -150,7 +148,7 @@ pub enum Groups<'a> {
 }
 
 impl Groups<'_> {
-    fn check(&self, layout: &tenpak_quant::GroupLayout) {
+    fn check(&self, layout: &crate::GroupLayout) {
         match self {
             Groups::Static(headers) => {
                 assert_eq!(
