@@ -23,13 +23,13 @@ fn status_kb(field: &str) -> Option<u64> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> tenpak_error::Result<()> {
     let path = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/SmolLM2-135M-Instruct.Q4_1.gguf"));
     if !path.exists() {
-        anyhow::bail!(
+        tenpak_error::bail!(
             "{} is missing: run `bash scripts/fetch-assets.sh` first",
             path.display()
         );
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     let bound_kb = (2 * largest * 4 / 1024) as u64 + 64 * 1024;
     let grown = peak_anon.saturating_sub(anon_before);
     if grown > bound_kb {
-        anyhow::bail!(
+        tenpak_error::bail!(
             "anonymous memory grew by {:.1} MB, more than two copies of the largest tensor ({:.1} MB with slack)",
             mb(grown),
             mb(bound_kb)

@@ -8,9 +8,9 @@ use tenpak_host::eval::{self, PplOptions};
 use tenpak_host::runtime::LlamaModel;
 use tenpak_host::{model, tokenize};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> tenpak_error::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 3, "usage: ppl MODEL TEXT [CTX] [SAMPLES] [BATCH]");
+    tenpak_error::ensure!(args.len() >= 3, "usage: ppl MODEL TEXT [CTX] [SAMPLES] [BATCH]");
     let ctx = args.get(3).map_or(Ok(512), |s| s.parse())?;
     let samples = args.get(4).map(|s| s.parse()).transpose()?;
     let batch = args.get(5).map_or(Ok(1), |s| s.parse())?;

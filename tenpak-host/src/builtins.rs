@@ -21,6 +21,6 @@ pub const CALIBRATORS: &[&str] = &["act_scale", "fisher_diag", "gram", "hessian_
 pub const ALLOCATORS: &[&str] = &["bit_budget", "role_rules"];
 
 /// The registry of every built-in component.
-pub fn registry() -> anyhow::Result<tenpak_api::registry::Registry> {
+pub fn registry() -> tenpak_error::Result<tenpak_api::registry::Registry> {
     Ok(tenpak_api::registry::Registry::from_static()?)
 }

@@ -1,7 +1,7 @@
 //! One tensor into the artifact: encoded by its planned codec (or stored raw), measured, recorded.
 //! Both pack paths (calibration-free and the pipeline) write every tensor through here.
 
-use anyhow::{Context, Result};
+use tenpak_error::{Context, Result};
 use tenpak_api::registry::Registry;
 use tenpak_api::{Encoded, LayerPlan, LayerStats, Params, WeightView};
 

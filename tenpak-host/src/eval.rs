@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use tenpak_error::{Context, bail, ensure};
 use tenpak_api::registry::Registry;
 
 use crate::artifact::ArtifactSource;
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::model::{self, ModelSource};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::plan::TextSpec;
@@ -96,7 +96,7 @@ pub struct PplReport {
 
 /// How many windows of `ctx` tokens to evaluate out of `text_tokens`, with `samples` as a cap;
 /// errors if the text holds no whole window. `text_name` names the text in errors.
-pub fn window_count(text_tokens: usize, ctx: usize, samples: Option<usize>, text_name: &str) -> anyhow::Result<usize> {
+pub fn window_count(text_tokens: usize, ctx: usize, samples: Option<usize>, text_name: &str) -> tenpak_error::Result<usize> {
     ensure!(ctx >= 2, "ctx must be at least 2 tokens (one window scores ctx − 1 positions), got {ctx}");
     if samples == Some(0) {
         bail!("samples must be at least 1");
@@ -119,7 +119,7 @@ pub fn perplexity(
     text_name: &str,
     options: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<PplReport> {
+) -> tenpak_error::Result<PplReport> {
     perplexity_with(model, ids, text_name, options, &mut |done, total| {
         progress(done, total);
         Ok(())
@@ -133,8 +133,8 @@ pub fn perplexity_with(
     ids: &[u32],
     text_name: &str,
     options: &PplOptions,
-    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
-) -> anyhow::Result<PplReport> {
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
     perplexity_by(model, ids, text_name, options, Protocol::Tenpak, None, step)
 }
 
@@ -147,8 +147,8 @@ pub fn perplexity_by(
     options: &PplOptions,
     protocol: Protocol,
     bos: Option<u32>,
-    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
-) -> anyhow::Result<PplReport> {
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
     let scoring = Scoring::new(ids, text_name, options, protocol, bos, model.config())?;
     let started = Instant::now();
     let mut nll_sum = 0.0f64;
@@ -173,8 +173,8 @@ pub fn perplexity_streamed(
     options: &PplOptions,
     protocol: Protocol,
     bos: Option<u32>,
-    step: &mut dyn FnMut(usize, usize) -> anyhow::Result<()>,
-) -> anyhow::Result<PplReport> {
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
     config.validate()?;
     let scoring = Scoring::new(ids, text_name, options, protocol, bos, config)?;
     let started = Instant::now();
@@ -184,7 +184,7 @@ pub fn perplexity_streamed(
         .batches
         .iter()
         .map(|(_, window_ids)| runtime::llama::embed(&embed_tokens, window_ids, window_ids.len() / options.ctx))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<tenpak_error::Result<Vec<_>>>()?;
     let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
     let embed_tokens = tied.then_some(embed_tokens);
     let rope = RopeTables::new(config, options.ctx)?;
@@ -225,7 +225,7 @@ impl<'a> Scoring<'a> {
         protocol: Protocol,
         bos: Option<u32>,
         config: &ModelConfig,
-    ) -> anyhow::Result<Self> {
+    ) -> tenpak_error::Result<Self> {
         let PplOptions { ctx, samples, batch } = *options;
         ensure!(batch >= 1, "batch must be at least 1 window");
         let windows = window_count(ids.len(), ctx, samples, text_name)?;
@@ -247,7 +247,7 @@ impl<'a> Scoring<'a> {
 
     /// The scored part of one batch's NLLs (every position is checked for a non-finite value,
     /// scored or not).
-    fn scored(&self, nll: &[f32], first_window: usize) -> anyhow::Result<f64> {
+    fn scored(&self, nll: &[f32], first_window: usize) -> tenpak_error::Result<f64> {
         let all = sum_nll(nll, first_window, self.ctx, self.text_name)?;
         let first = self.protocol.first_scored(self.ctx);
         Ok(if first == 0 {
@@ -282,7 +282,7 @@ impl<'a> Scoring<'a> {
 
 /// The sum of the NLLs of windows `first_window..` (each `ctx − 1` values), refusing a
 /// non-finite one with its window and position.
-pub fn sum_nll(nll: &[f32], first_window: usize, ctx: usize, text_name: &str) -> anyhow::Result<f64> {
+pub fn sum_nll(nll: &[f32], first_window: usize, ctx: usize, text_name: &str) -> tenpak_error::Result<f64> {
     let mut sum = 0f64;
     for (i, &value) in nll.iter().enumerate() {
         if !value.is_finite() {
@@ -329,7 +329,7 @@ pub fn perplexity_of_text(
     text_name: &str,
     options: &PplOptions,
     progress: &mut dyn FnMut(usize, usize),
-) -> anyhow::Result<PplReport> {
+) -> tenpak_error::Result<PplReport> {
     let ids = tokenize::encode(tokenizer, text).map_err(|e| e.context(text_name.to_owned()))?;
     perplexity(model, &ids, text_name, options, progress)
 }
@@ -349,7 +349,7 @@ pub struct EvalRequest {
 }
 
 /// A TenPak artifact (a directory with `manifest.json`) or any model source.
-pub fn open_any(path: &Path, registry: Arc<Registry>) -> anyhow::Result<Box<dyn ModelSource>> {
+pub fn open_any(path: &Path, registry: Arc<Registry>) -> tenpak_error::Result<Box<dyn ModelSource>> {
     if path.join("manifest.json").exists() {
         Ok(Box::new(ArtifactSource::open(path, registry)?))
     } else {
@@ -361,16 +361,16 @@ pub fn open_any(path: &Path, registry: Arc<Registry>) -> anyhow::Result<Box<dyn 
 /// before any weight is loaded; the model is then run block by block ([`perplexity_streamed`]),
 /// so memory stays bounded by one block and the windows' hidden states, whatever the model's
 /// size. Errors are [`Kind::BadRequest`] unless they say otherwise.
-pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, HostError> {
-    let checked = || -> anyhow::Result<_> {
+pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, Error> {
+    let checked = || -> tenpak_error::Result<_> {
         let source = open_any(&request.model, registry.clone())?;
         let text = request.text.load("text", "pass --text FILE")?;
         let tokenizer = tokenize::for_model(source.as_ref())?;
         let (ids, bos) = match request.protocol {
             Protocol::Tenpak => (tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?, None),
             Protocol::LlamaCpp => {
-                let with_specials = |t: &str| -> anyhow::Result<Vec<u32>> {
-                    Ok(tokenizer.encode(t, true).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?.get_ids().to_vec())
+                let with_specials = |t: &str| -> tenpak_error::Result<Vec<u32>> {
+                    Ok(tokenizer.encode(t, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
                 };
                 // The BOS the tokenizer adds, if any: what it puts before an empty text.
                 let bos = with_specials("")?.first().copied();
@@ -384,8 +384,8 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
         source.config().validate().with_context(|| source.path().display().to_string())?;
         Ok((source, text, ids, bos))
     };
-    let (source, text, ids, bos) = checked().map_err(|e| HostError::classify(e, Kind::BadRequest))?;
-    let scored = || -> anyhow::Result<PplReport> {
+    let (source, text, ids, bos) = checked().map_err(|e| e.or_kind(Kind::BadRequest))?;
+    let scored = || -> tenpak_error::Result<PplReport> {
         let config = source.config().clone();
         let tracker = Tracker::new(observer, config.num_hidden_layers as u64 + 1);
         tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
@@ -395,5 +395,5 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
         })
         .with_context(|| format!("scoring {}", source.path().display()))
     };
-    scored().map_err(|e| HostError::classify(e, Kind::Internal))
+    scored().map_err(|e| e.or_kind(Kind::Internal))
 }

@@ -7,13 +7,13 @@
 //! into a validated plan, [`pack::run`] runs it under a [`observe::PackObserver`] (progress,
 //! warnings, cancellation), [`eval::run`] scores a model or artifact, [`unpack::unpack`] writes one
 //! back out dense, [`export`] writes it for another runtime (GGUF), [`sweep`] packs one model at several
-//! rates beside other tools' files and plots perplexity against bits per weight; failures are [`error::HostError`]s with a kind the front end maps to an exit
+//! rates beside other tools' files and plots perplexity against bits per weight; failures are [`error::Error`]s with a kind the front end maps to an exit
 //! code or an HTTP status. The library prints nothing.
 
 pub mod artifact;
 pub mod builtins;
 pub mod encode;
-pub mod error;
+
 pub mod eval;
 pub mod export;
 #[doc(hidden)]

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use tenpak_error::{Context, Result};
 use clap::{Parser, Subcommand};
 use tenpak_host::artifact::Artifact;
-use tenpak_host::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use tenpak_host::eval::{self, EvalRequest, PplOptions, Protocol};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
 use tenpak_host::preset::{BUILTIN, Preset};
@@ -202,8 +202,8 @@ enum Command {
     Presets,
 }
 
-fn run(cli: Cli) -> Result<(), HostError> {
-    run_inner(cli).map_err(|e| HostError::classify(e, Kind::Internal))
+fn run(cli: Cli) -> Result<(), Error> {
+    run_inner(cli).map_err(|e| e.or_kind(Kind::Internal))
 }
 
 fn run_inner(cli: Cli) -> Result<()> {
@@ -211,7 +211,7 @@ fn run_inner(cli: Cli) -> Result<()> {
     tenpak_host::plugins::load_all(&mut registry, &cli.plugin)?;
     #[cfg(not(feature = "studio"))]
     if let Command::Serve { .. } = cli.command {
-        anyhow::bail!("this tenpak was built without Studio (cargo feature `studio`)");
+        tenpak_error::bail!("this tenpak was built without Studio (cargo feature `studio`)");
     }
     #[cfg(feature = "studio")]
     if let Command::Serve { config, listen } = cli.command {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ use tenpak_quant::quadratic::{quadratic_form, quadratic_form_rows};
 
 use crate::artifact::safetensors_writer::{hex, sha256_file};
 use crate::encode::reconstruction_error;
-use crate::error::Kind;
+use tenpak_error::Kind;
 use crate::model::ModelSource;
 use crate::observe::{Stage, Tracker};
 use crate::plan::{Calibration, PackPlan, wants};
@@ -323,10 +323,10 @@ impl Probe for CalibratedProbe<'_> {
     }
 }
 
-fn to_api(e: anyhow::Error) -> tenpak_api::Error {
-    match e.downcast::<tenpak_api::Error>() {
-        Ok(e) => e,
-        Err(e) => tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}")),
+fn to_api(e: tenpak_error::Error) -> tenpak_api::Error {
+    match e.downcast_ref::<tenpak_api::Error>() {
+        Some(e) => e.clone(),
+        None => tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}")),
     }
 }
 

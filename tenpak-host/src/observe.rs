@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::error::Kind;
+use tenpak_error::Kind;
 
 /// The stages of a job, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -122,14 +122,14 @@ impl<'a> Tracker<'a> {
     }
 
     /// A step of `stage` starts: stop here if the job was cancelled, else report it.
-    pub fn begin(&self, stage: Stage, block: Option<(usize, usize)>, detail: impl Into<String>) -> anyhow::Result<()> {
+    pub fn begin(&self, stage: Stage, block: Option<(usize, usize)>, detail: impl Into<String>) -> tenpak_error::Result<()> {
         self.check()?;
         self.report(stage, block, detail.into());
         Ok(())
     }
 
     /// An error of kind [`Kind::Cancelled`] if the observer asks the job to stop.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> tenpak_error::Result<()> {
         if self.observer.cancelled() {
             return Err(Kind::Cancelled.error("cancelled"));
         }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use tenpak_error::Context;
 use tenpak_api::LayerStats;
 use tenpak_api::registry::Registry;
 
@@ -24,14 +24,14 @@ use crate::artifact::{
     SourceRecord, TensorRecord, Totals,
 };
 use crate::encode::write_tensor;
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::eval::{self, PplReport, Protocol};
 use crate::model::{ModelSource, TokenizerSource};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::{measure, pipeline};
 use crate::plan::{Evaluation, PackPlan, Text};
 
-fn source_record(model: &dyn ModelSource) -> anyhow::Result<SourceRecord> {
+fn source_record(model: &dyn ModelSource) -> tenpak_error::Result<SourceRecord> {
     let mut dtypes = BTreeMap::new();
     for t in model.tensors() {
         *dtypes.entry(t.dtype.name()).or_insert(0) += 1;
@@ -46,7 +46,7 @@ fn source_record(model: &dyn ModelSource) -> anyhow::Result<SourceRecord> {
                 sha256: sha256_file(f)?,
             })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<tenpak_error::Result<_>>()?;
     Ok(SourceRecord {
         path: model.path().display().to_string(),
         format: model.format().to_owned(),
@@ -84,11 +84,11 @@ pub fn totals(records: &[TensorRecord], model: &dyn ModelSource) -> Totals {
 /// Run a validated plan: encode every weight, write the artifact at `plan.output`, and (with an
 /// evaluation text) record the baseline and compressed perplexity. Returns the manifest written.
 /// Nothing is left at the output on an error or a cancellation.
-pub fn run(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<Manifest, HostError> {
-    run_inner(plan, registry, observer).map_err(|e| HostError::classify(e, Kind::Internal))
+pub fn run(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<Manifest, Error> {
+    run_inner(plan, registry, observer).map_err(|e| e.or_kind(Kind::Internal))
 }
 
-fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> anyhow::Result<Manifest> {
+fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObserver) -> tenpak_error::Result<Manifest> {
     let model = plan.model.as_ref();
     if let Some(warning) = plan.evaluation.as_ref().and_then(|e| e.warning.as_deref()) {
         observer.warning(warning);
@@ -151,7 +151,7 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
 }
 
 /// config.json and the tokenizer, copied (or derived), so the artifact stands alone.
-fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> anyhow::Result<()> {
+fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> tenpak_error::Result<()> {
     writer.add_file("config.json", model.config_json()?.as_bytes())?;
     match model.tokenizer() {
         TokenizerSource::File(path) => {
@@ -172,12 +172,12 @@ fn evaluate_artifact(
     dir: &Path,
     registry: &Arc<Registry>,
     tracker: &Tracker<'_>,
-) -> anyhow::Result<EvaluationRecord> {
+) -> tenpak_error::Result<EvaluationRecord> {
     let name = &evaluation.text.name;
     // Block by block, windows in parallel, as `tenpak eval` scores (the same figure it prints).
-    let score = |source: &dyn ModelSource, what: &str| -> anyhow::Result<PplReport> {
+    let score = |source: &dyn ModelSource, what: &str| -> tenpak_error::Result<PplReport> {
         tracker.begin(Stage::Evaluate, None, format!("{what}: scoring {} windows", evaluation.windows))?;
-        let mut step = |done: usize, total: usize| -> anyhow::Result<()> {
+        let mut step = |done: usize, total: usize| -> tenpak_error::Result<()> {
             let detail = if done < total { format!("{what}: block {done}/{}", total - 1) } else { format!("{what}: head") };
             tracker.end(Stage::Evaluate, None, detail);
             tracker.check()

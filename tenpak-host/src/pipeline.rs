@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use tenpak_api::registry::Registry;

@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail, ensure};
+use tenpak_error::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
 use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Plan, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
 
 use crate::artifact::safetensors_writer::hex;
 use crate::encode::reconstruction_error;
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::eval::{self, PplOptions};
 use crate::model::{self, ModelSource};
 use crate::preset::{BUILTIN, Preset};
@@ -231,8 +231,8 @@ impl PackPlan {
     /// Check `request` against `registry` and prepare it. Errors are [`Kind::BadRequest`] unless
     /// they say otherwise (a missing model or text is [`Kind::NotFound`], an architecture the
     /// runtime does not run is [`Kind::Unsupported`]).
-    pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, HostError> {
-        Self::build_inner(request, registry).map_err(|e| HostError::classify(e, Kind::BadRequest))
+    pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, Error> {
+        Self::build_inner(request, registry).map_err(|e| e.or_kind(Kind::BadRequest))
     }
 
     fn build_inner(request: &PackRequest, registry: &Registry) -> Result<PackPlan> {
@@ -369,7 +369,7 @@ struct MeasuringProbe<'a> {
 impl Probe for MeasuringProbe<'_> {
     fn try_codec(&mut self, index: usize, codec: &str, params: &Params) -> tenpak_api::Result<ProbeResult> {
         let layer = &self.layers[index];
-        let to_api = |e: anyhow::Error| tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}"));
+        let to_api = |e: tenpak_error::Error| tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}"));
         let values = self.model.load_f32(&layer.name).map_err(to_api)?;
         let codec = self.registry.codec(codec)?;
         let view = WeightView::new(&values, layer.rows, layer.cols)?;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, anyhow, bail};
+use tenpak_error::{Context, Result, bail, err};
 use tenpak_api::abi::{
     self, ABI_VERSION, AllocatorVTable, CalibratorVTable, CodecInfo, CodecVTable, ComponentDescriptor, ENTRY_POINT,
     EncodedLease, EncodedOut, EntryPoint, FLAG_PANIC_UNWIND, FloatsOut, KIND_ALLOCATOR, KIND_CALIBRATOR, KIND_CODEC,
@@ -161,7 +161,7 @@ fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
 }
 
 fn open(path: &Path) -> Result<Plugin> {
-    let library = open_library(path).map_err(|e| anyhow!("cannot load the library: {e}"))?;
+    let library = open_library(path).map_err(|e| err!("cannot load the library: {e}"))?;
     let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
     opened.push(library);
     let library = opened.last().expect("just pushed");
@@ -170,7 +170,7 @@ fn open(path: &Path) -> Result<Plugin> {
     // this name (`EntryPoint`); a library exporting something else under our name is beyond
     // what a loader can check.
     let entry: EntryPoint = *unsafe { library.get::<EntryPoint>(symbol.as_bytes()) }.map_err(|_| {
-        anyhow!("no `{ENTRY_POINT}` symbol: not a TenPak plugin (a plugin crate exports it with tenpak_api::export_plugin!)")
+        err!("no `{ENTRY_POINT}` symbol: not a TenPak plugin (a plugin crate exports it with tenpak_api::export_plugin!)")
     })?;
     // SAFETY: the entry point only returns a pointer to static data.
     let descriptor = unsafe { entry() };
@@ -260,7 +260,7 @@ unsafe fn read_param_specs(component: &str, params: *const ParamSpecRef, count: 
     for spec in specs {
         let name = unsafe { spec.name.to_str("parameter name") }?;
         let ty = abi::param_type_from_code(spec.ty)
-            .ok_or_else(|| anyhow!("{component}: parameter `{name}` has unknown type code {}", spec.ty))?;
+            .ok_or_else(|| err!("{component}: parameter `{name}` has unknown type code {}", spec.ty))?;
         out.push(ParamSpec {
             name: leak(name),
             ty,
@@ -337,7 +337,7 @@ impl Instance {
             // SAFETY: on failure the plugin filled `err`.
             bail!("{kind} `{id}`: create failed: {}", unsafe { abi::take_text(release, err) });
         }
-        let ptr = NonNull::new(ptr).ok_or_else(|| anyhow!("{kind} `{id}`: create returned a null instance"))?;
+        let ptr = NonNull::new(ptr).ok_or_else(|| err!("{kind} `{id}`: create returned a null instance"))?;
         // From here on, dropping `instance` destroys it.
         let label = format!("{kind} `{id}`");
         let mut instance =
@@ -425,7 +425,7 @@ fn leak(s: &str) -> &'static str {
 
 impl ForeignCodec {
     fn create(id: String, vt: CodecVTable, source: String) -> Result<Self> {
-        let missing = |entry: &str| anyhow!("codec `{id}`: vtable entry `{entry}` is null");
+        let missing = |entry: &str| err!("codec `{id}`: vtable entry `{entry}` is null");
         let entries = (
             vt.create.ok_or_else(|| missing("create"))?,
             vt.info.ok_or_else(|| missing("info"))?,

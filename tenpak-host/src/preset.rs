@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tenpak_api::registry::Registry;
 use tenpak_api::{AllocatorConfig, CodecChoice, Override, Params};
@@ -175,7 +175,7 @@ impl Preset {
 
     /// Parse TOML text; `origin` names the file (or built-in) in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Preset> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("preset {origin}: {e}"))
+        toml::from_str(text).map_err(|e| tenpak_error::err!("preset {origin}: {e}"))
     }
 
     /// The built-in preset `name` with its text, if there is one.
@@ -209,7 +209,7 @@ impl Preset {
             registry.calibrator(id).with_context(|| ctx("[calibration] calibrators"))?;
         }
         let default_id = self.codec.codec.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("{}: `codec` is required (the default codec id)", ctx("[codec]"))
+            tenpak_error::err!("{}: `codec` is required (the default codec id)", ctx("[codec]"))
         })?;
         let check = |table: &CodecTable, inherited: &Params, what: &str| -> Result<()> {
             let (id, params) = match &table.codec {

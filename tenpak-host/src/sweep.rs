@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use tenpak_error::{Context, Result, bail, ensure};
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Content;
 use tenpak_api::registry::Registry;
 
 use crate::artifact::Manifest;
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::eval::{self, EvalRequest, PplOptions, Protocol};
 use crate::model;
 use crate::observe::{PackObserver, Update};
@@ -135,7 +135,7 @@ impl SweepRow {
             if text.is_empty() {
                 return Ok(None);
             }
-            text.parse().map(Some).map_err(|_| anyhow::anyhow!("{at}, field `{}`: `{text}` is not a number", NAMES[i]))
+            text.parse().map(Some).map_err(|_| tenpak_error::err!("{at}, field `{}`: `{text}` is not a number", NAMES[i]))
         };
         let number = |i: usize| -> Result<f64> { optional(i)?.with_context(|| format!("{at}, field `{}`: empty", NAMES[i])) };
         let source = Source::parse(fields[0].trim())
@@ -304,7 +304,7 @@ impl LinearBits {
 pub fn gguf_linear_bits(path: &Path) -> Result<LinearBits> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let content = Content::read(&mut BufReader::new(file))
-        .map_err(|e| anyhow::anyhow!("{}: not a GGUF file TenPak can read: {e}", path.display()))?;
+        .map_err(|e| tenpak_error::err!("{}: not a GGUF file TenPak can read: {e}", path.display()))?;
     let mut out = LinearBits::default();
     for (name, info) in &content.tensor_infos {
         if !is_gguf_block_linear(name) {
@@ -419,9 +419,9 @@ pub fn run(
     registry: &Arc<Registry>,
     observer: &dyn PackObserver,
     on_point: &mut dyn FnMut(&SweepRow),
-) -> std::result::Result<SweepOutcome, HostError> {
-    let prepared = prepare(request, registry, observer).map_err(|e| HostError::classify(e, Kind::BadRequest))?;
-    measure(request, prepared, registry, observer, on_point).map_err(|e| HostError::classify(e, Kind::Internal))
+) -> std::result::Result<SweepOutcome, Error> {
+    let prepared = prepare(request, registry, observer).map_err(|e| e.or_kind(Kind::BadRequest))?;
+    measure(request, prepared, registry, observer, on_point).map_err(|e| e.or_kind(Kind::Internal))
 }
 
 fn prepare(request: &SweepRequest, registry: &Registry, observer: &dyn PackObserver) -> Result<Prepared> {
@@ -592,7 +592,7 @@ fn score_gguf(
     eval_windows: Option<usize>,
     registry: &Arc<Registry>,
     observer: &dyn PackObserver,
-) -> std::result::Result<SweepRow, HostError> {
+) -> std::result::Result<SweepRow, Error> {
     let started = Instant::now();
     let eval_request =
         EvalRequest { model: point.path.clone(), text: request.eval.clone(), options: options.clone(), protocol: Protocol::Tenpak };

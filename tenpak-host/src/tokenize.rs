@@ -7,18 +7,18 @@
 
 use std::str::FromStr;
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 pub use tokenizers::Tokenizer;
 
 use crate::model::{ModelSource, TokenizerSource};
 
 /// Load the tokenizer `source` describes. `model` names the model in errors.
-pub fn load(source: &TokenizerSource, model: &str) -> anyhow::Result<Tokenizer> {
+pub fn load(source: &TokenizerSource, model: &str) -> tenpak_error::Result<Tokenizer> {
     let tokenizer = match source {
         TokenizerSource::File(path) => Tokenizer::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?,
+            .map_err(|e| tenpak_error::err!("{}: cannot load the tokenizer: {e}", path.display()))?,
         TokenizerSource::Json(json) => Tokenizer::from_str(json)
-            .map_err(|e| anyhow::anyhow!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}"))?,
+            .map_err(|e| tenpak_error::err!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}"))?,
         TokenizerSource::Missing => {
             bail!("{model}: no tokenizer found (expected tokenizer.json beside the weights, or a GGUF vocabulary)")
         }
@@ -43,7 +43,7 @@ fn without_bpe_cache(mut tokenizer: Tokenizer) -> Tokenizer {
 }
 
 /// The tokenizer of `model`, with the source's explanation when it has none.
-pub fn for_model(model: &dyn ModelSource) -> anyhow::Result<Tokenizer> {
+pub fn for_model(model: &dyn ModelSource) -> tenpak_error::Result<Tokenizer> {
     let name = model.path().display().to_string();
     let source = model.tokenizer();
     if let (TokenizerSource::Missing, Some(why)) = (&source, model.tokenizer_error()) {
@@ -53,20 +53,20 @@ pub fn for_model(model: &dyn ModelSource) -> anyhow::Result<Tokenizer> {
 }
 
 /// Token ids of `text`, without special tokens (no BOS/EOS added).
-pub fn encode(tokenizer: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
-    let encoding = tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> tenpak_error::Result<Vec<u32>> {
+    let encoding = tokenizer.encode(text, false).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?;
     Ok(encoding.get_ids().to_vec())
 }
 
 /// Token ids of the text in file `path`, without special tokens. Errors name the file.
-pub fn encode_file(tokenizer: &Tokenizer, path: &std::path::Path) -> anyhow::Result<Vec<u32>> {
+pub fn encode_file(tokenizer: &Tokenizer, path: &std::path::Path) -> tenpak_error::Result<Vec<u32>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
     encode(tokenizer, &text).with_context(|| path.display().to_string())
 }
 
 /// Token ids of a prefix of the text in file `path` holding at least `min_tokens` tokens (or the
 /// whole text, if it holds fewer), without special tokens; see [`encode_prefix`].
-pub fn encode_file_prefix(tokenizer: &Tokenizer, path: &std::path::Path, min_tokens: usize) -> anyhow::Result<Vec<u32>> {
+pub fn encode_file_prefix(tokenizer: &Tokenizer, path: &std::path::Path, min_tokens: usize) -> tenpak_error::Result<Vec<u32>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
     encode_prefix(tokenizer, &text, min_tokens).with_context(|| path.display().to_string())
 }
@@ -78,7 +78,7 @@ pub fn encode_file_prefix(tokenizer: &Tokenizer, path: &std::path::Path, min_tok
 /// gigabyte of transient memory in the tokenizer. The prefix ends at a line break (so no word is
 /// cut) and grows fourfold until it holds enough tokens; the ids of a prefix can differ from the
 /// whole text's only in the last few tokens before the cut, which lie past the windows used.
-pub fn encode_prefix(tokenizer: &Tokenizer, text: &str, min_tokens: usize) -> anyhow::Result<Vec<u32>> {
+pub fn encode_prefix(tokenizer: &Tokenizer, text: &str, min_tokens: usize) -> tenpak_error::Result<Vec<u32>> {
     // Eight bytes per token is generous for English BPE (about 4.5 is typical).
     let mut budget = min_tokens.saturating_mul(8).max(4096);
     loop {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use half::{bf16, f16};
 use tenpak_api::DType;
 use tenpak_api::registry::Registry;

@@ -5,7 +5,7 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use tenpak_error::Result;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, Normal};
 use tenpak_host::artifact::{Artifact, ArtifactSource};
@@ -99,7 +99,7 @@ impl ModelSource for MemModel {
         &self.infos
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let i = self.infos.iter().position(|t| t.name == name).ok_or_else(|| anyhow::anyhow!("no tensor {name}"))?;
+        let i = self.infos.iter().position(|t| t.name == name).ok_or_else(|| tenpak_error::err!("no tensor {name}"))?;
         Ok(self.values[i].clone())
     }
     fn tokenizer(&self) -> TokenizerSource {
@@ -303,7 +303,7 @@ fn existing_output_is_not_overwritten_without_force() {
     let registry = Arc::new(builtins::registry().unwrap());
     let mut job = util::request(tiny_source(), util::inline_preset(&text, &preset.name), &dir);
     let err = util::pack(&job, &registry).unwrap_err();
-    assert_eq!(err.kind(), tenpak_host::error::Kind::BadRequest);
+    assert_eq!(err.kind(), tenpak_error::Kind::BadRequest);
     assert!(err.to_string().contains("already exists"), "{err}");
     job.force = true;
     util::pack(&job, &registry).unwrap();

@@ -117,7 +117,7 @@ impl WeightLoader for Perturbed<'_> {
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.base.tensor_shape(name)
     }
-    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+    fn tensor_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
         let mut values = self.base.tensor_f32(name)?;
         if name == self.name {
             values[self.index] = self.value;
@@ -211,7 +211,7 @@ fn errors_name_the_layer_and_the_input() {
     let weights = tiny_weights(&config, 41);
     let ids = random_ids(&mut StdRng::seed_from_u64(42), 20, config.vocab_size);
     let err = grad::weight_gradients(&config, &weights, &ids, 2, 10, &mut |name, _, _, _| {
-        anyhow::ensure!(!name.contains("layers.0.mlp.up_proj"), "refused");
+        tenpak_error::ensure!(!name.contains("layers.0.mlp.up_proj"), "refused");
         Ok(())
     })
     .unwrap_err();
@@ -244,8 +244,8 @@ fn real_model_gradients_for_one_window() {
     let started = std::time::Instant::now();
     let mut layers = Vec::new();
     let losses = grad::weight_gradients(&config, source.as_ref(), &ids, 1, CTX, &mut |name, g, rows, cols| {
-        anyhow::ensure!(g.len() == rows * cols && g.iter().all(|v| v.is_finite()), "{name}: bad gradient");
-        anyhow::ensure!(g.iter().any(|&v| v != 0.0), "{name}: all-zero gradient");
+        tenpak_error::ensure!(g.len() == rows * cols && g.iter().all(|v| v.is_finite()), "{name}: bad gradient");
+        tenpak_error::ensure!(g.iter().any(|&v| v != 0.0), "{name}: all-zero gradient");
         layers.push(name.to_owned());
         Ok(())
     })

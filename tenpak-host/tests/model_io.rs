@@ -23,7 +23,7 @@ use util::{
 // helpers
 
 /// The message of an error, with its whole context chain.
-fn err_text<T>(result: anyhow::Result<T>) -> String {
+fn err_text<T>(result: tenpak_error::Result<T>) -> String {
     match result {
         Ok(_) => panic!("expected an error, got success"),
         Err(e) => format!("{e:#}"),

@@ -12,7 +12,7 @@ use tenpak_host::artifact::{Artifact, ArtifactSource};
 use tenpak_host::eval::{self, PplOptions};
 use tenpak_host::model::{self, ModelSource};
 use tenpak_host::encode::reconstruction_error;
-use tenpak_host::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use tenpak_host::observe::{PackObserver, Stage, Update};
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
 use tenpak_host::preset::Preset;
@@ -117,7 +117,7 @@ fn pipeline_statistics_equal_direct_computation() {
     let ids = tokenize::encode_file(&tokenizer, &t.calib).unwrap();
     let float = LlamaModel::load(source.config(), source.as_ref()).unwrap();
     let mut captured: std::collections::HashMap<String, Vec<Vec<f32>>> = Default::default();
-    let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+    let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
         captured.entry(name.to_owned()).or_default().extend(input.to_vec2::<f32>()?);
         Ok(())
     };
@@ -363,7 +363,7 @@ impl PackObserver for Recorder {
     }
 }
 
-fn run_observed(request: &PackRequest, observer: &Recorder) -> Result<tenpak_host::artifact::Manifest, HostError> {
+fn run_observed(request: &PackRequest, observer: &Recorder) -> Result<tenpak_host::artifact::Manifest, Error> {
     let registry = registry();
     let plan = PackPlan::build(request, &registry)?;
     tenpak_host::pack::run(&plan, &registry, observer)
@@ -458,7 +458,7 @@ fn plan_refuses_bad_requests_with_their_kind() {
     let t = tiny(47);
     let registry = registry();
     let calibrating = preset("int4_residual", &["act_scale"], 4);
-    let refuse = |request: &PackRequest| -> HostError {
+    let refuse = |request: &PackRequest| -> Error {
         let err = PackPlan::build(request, &registry).err().expect("refused");
         assert!(!t.out.exists(), "{err}: nothing at the output");
         assert_eq!(hidden_entries(t.out.parent().unwrap()), Vec::<String>::new(), "{err}");

@@ -268,7 +268,7 @@ fn observed_windows_equal_a_hooked_forward() {
     };
     let mut want = Vec::new();
     for h in &hidden {
-        let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+        let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
             record(&mut want, name, input);
             Ok(())
         };
@@ -298,7 +298,7 @@ fn hook_sees_every_linear_input_with_the_right_shape_and_values() {
     let mut rng = StdRng::seed_from_u64(8);
     let ids = random_ids(&mut rng, batch * seq, config.vocab_size);
     let mut seen: Vec<(String, Vec<usize>, Vec<Vec<f32>>)> = Vec::new();
-    let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+    let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
         seen.push((name.to_owned(), input.dims().to_vec(), tensor_rows(input)));
         Ok(())
     };
@@ -333,9 +333,9 @@ fn hook_sees_every_linear_input_with_the_right_shape_and_values() {
 
     // token_nll reports lm_head's input too, and a hook error stops the pass with its name.
     let mut count = 0;
-    let mut failing = |name: &str, _: &Tensor| -> anyhow::Result<()> {
+    let mut failing = |name: &str, _: &Tensor| -> tenpak_error::Result<()> {
         count += 1;
-        if name.ends_with("mlp.up_proj.weight") { anyhow::bail!("calibrator full") } else { Ok(()) }
+        if name.ends_with("mlp.up_proj.weight") { tenpak_error::bail!("calibrator full") } else { Ok(()) }
     };
     let err = model.token_nll(&ids, batch, Some(&mut failing)).unwrap_err();
     let message = format!("{err:#}");

@@ -347,7 +347,7 @@ fn studio_config_refuses_unsafe_settings() {
 #[test]
 fn studio_names_stay_inside_their_roots() {
     use std::collections::BTreeMap;
-    use tenpak_host::error::Kind;
+    use tenpak_error::Kind;
     use tenpak_host::server::roots::Roots;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("models");
@@ -362,7 +362,7 @@ fn studio_names_stay_inside_their_roots() {
     let real = root.canonicalize().unwrap();
     assert_eq!(roots.resolve("m/sub/m.gguf").unwrap(), real.join("sub/m.gguf"));
     assert_eq!(roots.resolve("m/inside.gguf").unwrap(), real.join("sub/m.gguf"), "a link inside the root is fine");
-    let kind = |name: &str| tenpak_host::error::HostError::classify(roots.resolve(name).unwrap_err(), Kind::Internal).kind();
+    let kind = |name: &str| roots.resolve(name).unwrap_err().or_kind(Kind::Internal).kind();
     for name in ["m/outside.txt", "m/up/secret.txt", "m/../secret.txt", "m//sub/m.gguf", "m/sub/./m.gguf", "/m/sub/m.gguf", "m", "m/", "m/a\0", "m\\sub", "m/dangling"] {
         assert_eq!(kind(name), Kind::BadRequest, "{name:?}");
     }

@@ -205,7 +205,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], store: impl Fn(&s
 pub fn pack(
     request: &tenpak_host::plan::PackRequest,
     registry: &std::sync::Arc<tenpak_api::registry::Registry>,
-) -> Result<tenpak_host::artifact::Manifest, tenpak_host::error::HostError> {
+) -> Result<tenpak_host::artifact::Manifest, tenpak_error::Error> {
     let plan = tenpak_host::plan::PackPlan::build(request, registry)?;
     tenpak_host::pack::run(&plan, registry, &tenpak_host::observe::Silent)
 }
@@ -242,8 +242,8 @@ impl WeightLoader for MapWeights {
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
         self.0.get(name).map(|(shape, _)| shape.clone())
     }
-    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
-        self.0.get(name).map(|(_, values)| values.clone()).ok_or_else(|| anyhow::anyhow!("no tensor {name}"))
+    fn tensor_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
+        self.0.get(name).map(|(_, values)| values.clone()).ok_or_else(|| tenpak_error::err!("no tensor {name}"))
     }
 }
 

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use tenpak_host::artifact::Artifact;
 use tenpak_host::observe::Silent;
 use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec};

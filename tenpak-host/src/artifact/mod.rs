@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use tenpak_api::registry::Registry;
@@ -579,7 +579,7 @@ impl Artifact {
 
 fn parse_index(map: &[u8], path: &Path) -> Result<HashMap<String, (DType, Vec<usize>, std::ops::Range<usize>)>> {
     let (n, meta) = safetensors::SafeTensors::read_metadata(map)
-        .map_err(|e| anyhow::anyhow!("shard {}: not a valid safetensors file: {e}", path.display()))?;
+        .map_err(|e| tenpak_error::err!("shard {}: not a valid safetensors file: {e}", path.display()))?;
     let data_start = 8 + n;
     let mut out = HashMap::new();
     for (key, info) in meta.tensors() {

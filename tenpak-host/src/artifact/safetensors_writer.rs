@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tenpak_api::DType;

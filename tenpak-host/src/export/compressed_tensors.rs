@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use half::f16;
 use rayon::prelude::*;
 use serde_json::json;

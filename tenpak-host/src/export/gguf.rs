@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use tenpak_error::{Context, Result, bail, ensure};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Tensor};
@@ -33,7 +33,7 @@ use tenpak_api::registry::Registry;
 use super::gguf_vocab::tokenizer_metadata;
 use super::gguf_writer::{GgufWriter, TensorDecl, data_bytes};
 use crate::artifact::{Artifact, TensorRecord};
-use crate::error::Kind;
+use tenpak_error::Kind;
 use crate::model::ggml::name_of;
 use crate::model::gguf::{gguf_tensor_name, permutes_qk, rope_permuted_row_order};
 use crate::model::{ModelConfig, ggml_bits_per_weight};

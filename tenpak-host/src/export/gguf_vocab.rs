@@ -6,7 +6,7 @@
 //! `trim_offsets`, which changes offsets, never ids). A pipeline no name matches is refused: llama.cpp
 //! would tokenize it with some other regex, and every id would be subtly wrong.
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
 

@@ -7,11 +7,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::error::Kind;
+use tenpak_error::Kind;
 
 /// The `model_type` values this host runs: all three are the Llama block (RMSNorm, RoPE,
 /// grouped-query attention, SwiGLU), differing only in q/k/v bias and defaults.
@@ -60,7 +60,7 @@ impl ModelConfig {
     /// Defaults follow transformers' `LlamaConfig` / `MistralConfig` / `Qwen2Config` for keys the
     /// file omits (`tie_word_embeddings` false, `rms_norm_eps` 1e-6, `rope_theta` 10000, …);
     /// Qwen2 always has q/k/v bias, whatever the file says, because its modeling code hard-codes it.
-    pub fn from_hf_config_json(text: &str, path: &Path) -> anyhow::Result<ModelConfig> {
+    pub fn from_hf_config_json(text: &str, path: &Path) -> tenpak_error::Result<ModelConfig> {
         let file = path.display();
         let root: Value = serde_json::from_str(text).with_context(|| format!("{file}: not valid JSON"))?;
         let obj = root
@@ -89,7 +89,7 @@ impl ModelConfig {
             )));
         }
 
-        let usize_field = |key: &str| -> anyhow::Result<Option<usize>> {
+        let usize_field = |key: &str| -> tenpak_error::Result<Option<usize>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v
@@ -98,10 +98,10 @@ impl ModelConfig {
                     .with_context(|| format!("{file}: field `{key}` must be a non-negative integer, found {v}")),
             }
         };
-        let required = |key: &str| -> anyhow::Result<usize> {
+        let required = |key: &str| -> tenpak_error::Result<usize> {
             usize_field(key)?.with_context(|| format!("{file}: required field `{key}` is missing"))
         };
-        let f64_field = |key: &str| -> anyhow::Result<Option<f64>> {
+        let f64_field = |key: &str| -> tenpak_error::Result<Option<f64>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v
@@ -110,7 +110,7 @@ impl ModelConfig {
                     .with_context(|| format!("{file}: field `{key}` must be a number, found {v}")),
             }
         };
-        let bool_field = |key: &str| -> anyhow::Result<Option<bool>> {
+        let bool_field = |key: &str| -> tenpak_error::Result<Option<bool>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v
@@ -120,7 +120,7 @@ impl ModelConfig {
             }
         };
         // `eos_token_id` may be a list (Llama 3); the first entry is the canonical one.
-        let token_field = |key: &str| -> anyhow::Result<Option<u32>> {
+        let token_field = |key: &str| -> tenpak_error::Result<Option<u32>> {
             let v = match obj.get(key) {
                 None | Some(Value::Null) => return Ok(None),
                 Some(Value::Array(items)) => match items.first() {
@@ -193,7 +193,7 @@ impl ModelConfig {
 
     /// Check the relations a forward pass relies on: positive sizes, query heads a multiple of
     /// key/value heads, an even head width (RoPE rotates pairs).
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> tenpak_error::Result<()> {
         for (name, value) in [
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 use candle_core::CpuStorage;
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::GgmlDType;
@@ -26,7 +26,7 @@ use memmap2::Mmap;
 
 use super::gguf_tokenizer::{integer, tokenizer_json_from_gguf};
 use super::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
-use crate::error::Kind;
+use tenpak_error::Kind;
 
 /// GGUF `general.architecture` values this reader accepts. Mistral and SmolLM GGUFs say
 /// "llama"; Qwen2 GGUFs say "qwen2" (same tensor names, q/k/v biases, and no q/k row
@@ -76,7 +76,7 @@ impl GgufModel {
     /// Open and validate `path`: parse the header, check the architecture, derive the
     /// configuration, map every tensor to its HF name and check its data lies inside the file.
     /// No tensor data is read.
-    pub fn open(path: &Path) -> anyhow::Result<GgufModel> {
+    pub fn open(path: &Path) -> tenpak_error::Result<GgufModel> {
         let file_name = path.display();
         let file = File::open(path).with_context(|| format!("{file_name}: cannot open"))?;
         // SAFETY: the map is read-only and lives as long as `GgufModel`; we never hand out
@@ -89,7 +89,7 @@ impl GgufModel {
 
     /// [`GgufModel::open`] on the bytes of a GGUF file (copied into an anonymous map); `path`
     /// names it in messages.
-    pub fn from_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<GgufModel> {
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> tenpak_error::Result<GgufModel> {
         if bytes.is_empty() {
             bail!("{}: empty file, not a GGUF", path.display());
         }
@@ -98,7 +98,7 @@ impl GgufModel {
         Self::from_map(path, map.make_read_only()?)
     }
 
-    fn from_map(path: &Path, mmap: Mmap) -> anyhow::Result<GgufModel> {
+    fn from_map(path: &Path, mmap: Mmap) -> tenpak_error::Result<GgufModel> {
         let file_name = path.display();
         let content = read_content(&mmap).map_err(|e| {
             let unreadable = super::ggml::unreadable_tensors(&mmap);
@@ -110,7 +110,7 @@ impl GgufModel {
                     super::ggml::type_name(*id).map_or_else(|| format!("unknown ggml type {id}"), str::to_owned),
                     unreadable.len()
                 )),
-                None => anyhow::anyhow!("{file_name}: not a readable GGUF file: {e:#}"),
+                None => tenpak_error::err!("{file_name}: not a readable GGUF file: {e:#}"),
             }
         })?;
 
@@ -123,7 +123,7 @@ impl GgufModel {
             ),
         };
         if !SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
-            return Err(crate::error::Kind::Unsupported.error(format!(
+            return Err(tenpak_error::Kind::Unsupported.error(format!(
                 "{file_name}: GGUF architecture \"{arch}\" is not supported (supported architectures: {})",
                 SUPPORTED_ARCHITECTURES.join(", ")
             )));
@@ -253,11 +253,11 @@ impl GgufModel {
     /// Load HF tensor `name` exactly as stored in the GGUF (dequantized to f32, row-major), without
     /// undoing the q/k permutation. For checks against llama.cpp's layout; everything else wants
     /// [`ModelSource::load_f32`].
-    pub fn load_raw_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+    pub fn load_raw_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
         self.dequantize(self.entry(name)?)
     }
 
-    fn entry(&self, name: &str) -> anyhow::Result<&Entry> {
+    fn entry(&self, name: &str) -> tenpak_error::Result<&Entry> {
         self.entries.get(name).with_context(|| {
             format!(
                 "{}: no tensor named '{name}' (this GGUF holds {} tensors, named the Hugging Face way, e.g. {})",
@@ -270,7 +270,7 @@ impl GgufModel {
 
     /// Dequantize one tensor straight from the map: the only copies are candle's block vector
     /// (the tensor's size in the file) and the f32 output.
-    fn dequantize(&self, entry: &Entry) -> anyhow::Result<Vec<f32>> {
+    fn dequantize(&self, entry: &Entry) -> tenpak_error::Result<Vec<f32>> {
         let file_name = self.path.display();
         let bytes = &self.mmap[entry.start..entry.start + entry.len];
         // candle reinterprets the bytes as blocks and asserts alignment; GGUF aligns tensor data
@@ -285,7 +285,7 @@ impl GgufModel {
         let blocks = entry.ggml_dtype.from_data(Cow::Borrowed(bytes));
         let storage = blocks
             .dequantize(entry.numel)
-            .map_err(|e| anyhow::anyhow!("{file_name}: tensor '{}': cannot dequantize: {e}", entry.gguf_name))?;
+            .map_err(|e| tenpak_error::err!("{file_name}: tensor '{}': cannot dequantize: {e}", entry.gguf_name))?;
         drop(blocks);
         super::release_pages(&self.mmap, entry.start, entry.len);
         match storage {
@@ -312,7 +312,7 @@ impl ModelSource for GgufModel {
     fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
-    fn load_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+    fn load_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
         let entry = self.entry(name)?;
         let mut values = self.dequantize(entry)?;
         if let Some(heads) = entry.unpermute_heads {
@@ -330,7 +330,7 @@ impl ModelSource for GgufModel {
     fn tokenizer_error(&self) -> Option<String> {
         self.tokenizer.as_ref().err().cloned()
     }
-    fn config_json(&self) -> anyhow::Result<String> {
+    fn config_json(&self) -> tenpak_error::Result<String> {
         Ok(self.config.to_hf_config_json())
     }
     fn files(&self) -> Vec<PathBuf> {
@@ -339,8 +339,8 @@ impl ModelSource for GgufModel {
 }
 
 /// Parse a GGUF header (metadata and tensor table) from the start of `bytes`.
-pub fn read_content(bytes: &[u8]) -> anyhow::Result<Content> {
-    Content::read(&mut Cursor::new(bytes)).map_err(|e| anyhow::anyhow!("{e}"))
+pub fn read_content(bytes: &[u8]) -> tenpak_error::Result<Content> {
+    Content::read(&mut Cursor::new(bytes)).map_err(|e| tenpak_error::err!("{e}"))
 }
 
 /// Which rows a tensor's RoPE permutation spans.
@@ -366,7 +366,7 @@ const BLOCK_PARTS: &[(&str, &str)] = &[
 ];
 
 /// The HF name of GGUF tensor `gguf_name`, and whether it is a q or k projection.
-fn hf_name(gguf_name: &str, num_layers: usize) -> anyhow::Result<(String, Role)> {
+fn hf_name(gguf_name: &str, num_layers: usize) -> tenpak_error::Result<(String, Role)> {
     let simple = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -379,7 +379,7 @@ fn hf_name(gguf_name: &str, num_layers: usize) -> anyhow::Result<(String, Role)>
     if let Some(name) = simple {
         return Ok((name.to_owned(), Role::Other));
     }
-    let unknown = || anyhow::anyhow!("no Hugging Face Llama equivalent is known for this tensor name");
+    let unknown = || tenpak_error::err!("no Hugging Face Llama equivalent is known for this tensor name");
     let rest = gguf_name.strip_prefix("blk.").ok_or_else(unknown)?;
     let (layer, rest) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;
@@ -508,10 +508,10 @@ pub fn permute_rope_rows(values: &mut [f32], rows: usize, cols: usize, heads: us
 }
 
 /// Llama hyper-parameters from `<arch>.*` and `tokenizer.ggml.*` metadata.
-fn config_from_metadata(content: &Content, arch: &str) -> anyhow::Result<ModelConfig> {
+fn config_from_metadata(content: &Content, arch: &str) -> tenpak_error::Result<ModelConfig> {
     let md = &content.metadata;
     let key = |k: &str| format!("{arch}.{k}");
-    let get_usize = |k: &str| -> anyhow::Result<Option<usize>> {
+    let get_usize = |k: &str| -> tenpak_error::Result<Option<usize>> {
         let full = key(k);
         match md.get(&full) {
             None => Ok(None),
@@ -524,8 +524,8 @@ fn config_from_metadata(content: &Content, arch: &str) -> anyhow::Result<ModelCo
         }
     };
     let required =
-        |k: &str| -> anyhow::Result<usize> { get_usize(k)?.with_context(|| format!("{} is missing", key(k))) };
-    let get_f64 = |k: &str| -> anyhow::Result<Option<f64>> {
+        |k: &str| -> tenpak_error::Result<usize> { get_usize(k)?.with_context(|| format!("{} is missing", key(k))) };
+    let get_f64 = |k: &str| -> tenpak_error::Result<Option<f64>> {
         let full = key(k);
         match md.get(&full) {
             None => Ok(None),
@@ -536,7 +536,7 @@ fn config_from_metadata(content: &Content, arch: &str) -> anyhow::Result<ModelCo
             Some(other) => bail!("{full}: expected a float, found {:?}", other.value_type()),
         }
     };
-    let token_id = |k: &str| -> anyhow::Result<Option<u32>> {
+    let token_id = |k: &str| -> tenpak_error::Result<Option<u32>> {
         match md.get(k) {
             None => Ok(None),
             Some(v) => {

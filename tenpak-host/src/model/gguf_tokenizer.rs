@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 use candle_core::quantized::gguf_file::Value;
 use serde_json::{Map, Value as Json, json};
 
@@ -55,7 +55,7 @@ pub(crate) mod token_type {
 
 /// Build the `tokenizer.json` text for the tokenizer described by GGUF `metadata`.
 /// Errors name the metadata key at fault; the caller adds the file name.
-pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Result<String> {
+pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> tenpak_error::Result<String> {
     let model = string_field(metadata, "tokenizer.ggml.model")?;
     if model != "gpt2" {
         bail!(
@@ -90,7 +90,7 @@ pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Re
         Some(v) => {
             let items = v
                 .to_vec()
-                .map_err(|_| anyhow::anyhow!("tokenizer.ggml.token_type: expected an array"))?;
+                .map_err(|_| tenpak_error::err!("tokenizer.ggml.token_type: expected an array"))?;
             if items.len() != tokens.len() {
                 bail!(
                     "tokenizer.ggml.token_type has {} entries, tokenizer.ggml.tokens has {}",
@@ -104,7 +104,7 @@ pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Re
                 .map(|(i, v)| {
                     integer(v).with_context(|| format!("tokenizer.ggml.token_type[{i}]: expected an integer"))
                 })
-                .collect::<anyhow::Result<Vec<i64>>>()?
+                .collect::<tenpak_error::Result<Vec<i64>>>()?
         }
     };
     // Control and unknown tokens are special: matched whole in text, skipped when decoding with
@@ -137,7 +137,7 @@ pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Re
 
     let add_bos = optional_bool(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
     let add_eos = optional_bool(metadata, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
-    let special_token = |key: &str| -> anyhow::Result<(String, usize)> {
+    let special_token = |key: &str| -> tenpak_error::Result<(String, usize)> {
         let value = metadata
             .get(key)
             .with_context(|| format!("{key} is missing but add_*_token asks for it"))?;
@@ -190,7 +190,7 @@ pub fn tokenizer_json_from_gguf(metadata: &HashMap<String, Value>) -> anyhow::Re
 
 /// The HF pre-tokenizer equivalent to llama.cpp's regexes for `pre`, and whether BPE skips the
 /// merges for words already in the vocabulary (llama.cpp's `ignore_merges`, set for Llama 3).
-pub(crate) fn pre_tokenizer(pre: &str) -> anyhow::Result<(Json, bool)> {
+pub(crate) fn pre_tokenizer(pre: &str) -> tenpak_error::Result<(Json, bool)> {
     // ByteLevel with use_regex applies the GPT-2 regex
     // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ and maps bytes to
     // the printable alphabet the vocabulary is written in.
@@ -252,7 +252,7 @@ fn template_processing(bos: Option<(String, usize)>, eos: Option<(String, usize)
     json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens})
 }
 
-fn string_field<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> anyhow::Result<&'a str> {
+fn string_field<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> tenpak_error::Result<&'a str> {
     match metadata.get(key) {
         Some(Value::String(s)) => Ok(s),
         Some(other) => bail!("{key}: expected a string, found {:?}", other.value_type()),
@@ -260,7 +260,7 @@ fn string_field<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> anyhow::
     }
 }
 
-fn string_array<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> anyhow::Result<Vec<&'a str>> {
+fn string_array<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> tenpak_error::Result<Vec<&'a str>> {
     let items = match metadata.get(key) {
         Some(Value::Array(items)) => items,
         Some(other) => bail!("{key}: expected an array of strings, found {:?}", other.value_type()),
@@ -276,7 +276,7 @@ fn string_array<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> anyhow::
         .collect()
 }
 
-fn optional_bool(metadata: &HashMap<String, Value>, key: &str) -> anyhow::Result<Option<bool>> {
+fn optional_bool(metadata: &HashMap<String, Value>, key: &str) -> tenpak_error::Result<Option<bool>> {
     match metadata.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -285,7 +285,7 @@ fn optional_bool(metadata: &HashMap<String, Value>, key: &str) -> anyhow::Result
 }
 
 /// Any GGUF integer value as i64 (token ids and types come as u32 or i32 depending on the writer).
-pub(crate) fn integer(value: &Value) -> anyhow::Result<i64> {
+pub(crate) fn integer(value: &Value) -> tenpak_error::Result<i64> {
     Ok(match value {
         Value::U8(v) => *v as i64,
         Value::I8(v) => *v as i64,

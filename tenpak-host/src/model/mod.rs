@@ -103,7 +103,7 @@ pub trait ModelSource: Send + Sync {
     /// Every tensor, in a stable order (as stored).
     fn tensors(&self) -> &[TensorInfo];
     /// Load one tensor, dequantized/cast to f32, row-major. Errors name the file and tensor.
-    fn load_f32(&self, name: &str) -> anyhow::Result<Vec<f32>>;
+    fn load_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>>;
     /// The tokenizer.
     fn tokenizer(&self) -> TokenizerSource;
     /// Why [`ModelSource::tokenizer`] returned [`TokenizerSource::Missing`], when the source knows
@@ -113,7 +113,7 @@ pub trait ModelSource: Send + Sync {
         None
     }
     /// An HF `config.json` text for this model (copied if the source had one, derived otherwise).
-    fn config_json(&self) -> anyhow::Result<String>;
+    fn config_json(&self) -> tenpak_error::Result<String>;
     /// The files this model was read from (for hashing into the manifest).
     fn files(&self) -> Vec<PathBuf>;
     /// Info for tensor `name`, if present.
@@ -125,9 +125,9 @@ pub trait ModelSource: Send + Sync {
 /// Open `path`: a directory with `config.json` + `*.safetensors` (sharded through
 /// `model.safetensors.index.json` or not), a single `.safetensors` file (with `config.json`
 /// beside it), or a `.gguf` file.
-pub fn open(path: &Path) -> anyhow::Result<Box<dyn ModelSource>> {
+pub fn open(path: &Path) -> tenpak_error::Result<Box<dyn ModelSource>> {
     if !path.exists() {
-        return Err(crate::error::Kind::NotFound.error(format!("{}: no such file or directory", path.display())));
+        return Err(tenpak_error::Kind::NotFound.error(format!("{}: no such file or directory", path.display())));
     }
     if path.is_dir() {
         return Ok(Box::new(safetensors_source::SafetensorsModel::open_dir(path)?));
@@ -135,7 +135,7 @@ pub fn open(path: &Path) -> anyhow::Result<Box<dyn ModelSource>> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("gguf") => Ok(Box::new(gguf::GgufModel::open(path)?)),
         Some("safetensors") => Ok(Box::new(safetensors_source::SafetensorsModel::open_file(path)?)),
-        _ => anyhow::bail!(
+        _ => tenpak_error::bail!(
             "{}: not a model (expected a directory with config.json and *.safetensors, a .safetensors file, or a .gguf file)",
             path.display()
         ),

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
@@ -76,7 +76,7 @@ struct ShardHeader {
 impl SafetensorsModel {
     /// Open a Hugging Face model directory: `config.json` plus `model.safetensors.index.json`
     /// (sharded) or `model.safetensors`.
-    pub fn open_dir(dir: &Path) -> anyhow::Result<SafetensorsModel> {
+    pub fn open_dir(dir: &Path) -> tenpak_error::Result<SafetensorsModel> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             bail!(
@@ -141,7 +141,7 @@ impl SafetensorsModel {
     }
 
     /// Open one `.safetensors` file; the model's `config.json` must sit in the same directory.
-    pub fn open_file(path: &Path) -> anyhow::Result<SafetensorsModel> {
+    pub fn open_file(path: &Path) -> tenpak_error::Result<SafetensorsModel> {
         if !path.is_file() {
             bail!("{}: no such file", path.display());
         }
@@ -173,7 +173,7 @@ impl SafetensorsModel {
         config_path: &Path,
         index_path: Option<&Path>,
         shard_paths: &[PathBuf],
-    ) -> anyhow::Result<SafetensorsModel> {
+    ) -> tenpak_error::Result<SafetensorsModel> {
         let config_text =
             std::fs::read_to_string(config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
         let config = ModelConfig::from_hf_config_json(&config_text, config_path)?;
@@ -244,7 +244,7 @@ impl SafetensorsModel {
 }
 
 /// Parse `model.safetensors.index.json`: tensor name -> shard file name.
-fn parse_index(text: &str, path: &Path) -> anyhow::Result<HashMap<String, String>> {
+fn parse_index(text: &str, path: &Path) -> tenpak_error::Result<HashMap<String, String>> {
     let root: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("{}: not valid JSON", path.display()))?;
     let map = root
@@ -270,7 +270,7 @@ fn parse_index(text: &str, path: &Path) -> anyhow::Result<HashMap<String, String
 
 /// Parse and check one shard's header against the file: every tensor's bytes inside the file,
 /// sized as its dtype and shape say, and only float dtypes. Returns absolute byte ranges.
-fn read_header(mmap: &[u8], path: &Path) -> anyhow::Result<ShardHeader> {
+fn read_header(mmap: &[u8], path: &Path) -> tenpak_error::Result<ShardHeader> {
     let file_name = path.display();
     let file_len = mmap.len() as u64;
     if file_len < 8 {
@@ -329,7 +329,7 @@ fn read_header(mmap: &[u8], path: &Path) -> anyhow::Result<ShardHeader> {
     }
     // The crate's own check on top of ours: tensors contiguous, file fully covered.
     safetensors::SafeTensors::read_metadata(mmap)
-        .map_err(|e| anyhow::anyhow!("{file_name}: invalid safetensors file: {e}"))?;
+        .map_err(|e| tenpak_error::err!("{file_name}: invalid safetensors file: {e}"))?;
     tensors.sort_by_key(|t| t.3);
     Ok(ShardHeader { tensors })
 }
@@ -347,7 +347,7 @@ impl ModelSource for SafetensorsModel {
     fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
-    fn load_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+    fn load_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
         let entry = self.entries.get(name).with_context(|| {
             format!(
                 "{}: no tensor named '{name}' ({} tensors in this model)",
@@ -377,7 +377,7 @@ impl ModelSource for SafetensorsModel {
     fn tokenizer(&self) -> TokenizerSource {
         self.tokenizer.clone()
     }
-    fn config_json(&self) -> anyhow::Result<String> {
+    fn config_json(&self) -> tenpak_error::Result<String> {
         Ok(self.config_text.clone())
     }
     fn files(&self) -> Vec<PathBuf> {

@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use anyhow::{Result, anyhow};
+use tenpak_error::{Result, err};
 use tenpak_api::abi::{self, AllocatorInfo, AllocatorVTable, LayerRef, ProbeLease, ProbeRef, StrRef, TextOut, status};
 use tenpak_api::{Allocator, AllocatorConfig, LayerInfo, ParamSpec, Plan, Probe, StatsNeeds};
 
@@ -30,7 +30,7 @@ unsafe impl Sync for ForeignAllocator {}
 
 impl ForeignAllocator {
     pub(super) fn create(id: String, vt: AllocatorVTable, source: String) -> Result<Self> {
-        let missing = |entry: &str| anyhow!("allocator `{id}`: vtable entry `{entry}` is null");
+        let missing = |entry: &str| err!("allocator `{id}`: vtable entry `{entry}` is null");
         let entries = (
             vt.create.ok_or_else(|| missing("create"))?,
             vt.info.ok_or_else(|| missing("info"))?,

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
-use anyhow::{Result, anyhow, bail};
+use tenpak_error::{Result, bail, err};
 use tenpak_api::abi::{self, CalibratorInfo, CalibratorVTable, LayerRef, StatsOut, TextOut, WeightRef, status};
 use tenpak_api::{Calibrator, Error, Gram, LayerInfo, LayerStats, StatKind, WeightView};
 
@@ -33,7 +33,7 @@ pub struct ForeignCalibratorType {
 impl ForeignCalibratorType {
     /// Check `vt`, make one instance to read and check its metadata, and destroy it again.
     pub(super) fn load(id: String, vt: CalibratorVTable, source: String) -> Result<Self> {
-        let missing = |entry: &str| anyhow!("calibrator `{id}`: vtable entry `{entry}` is null");
+        let missing = |entry: &str| err!("calibrator `{id}`: vtable entry `{entry}` is null");
         let info = vt.info.ok_or_else(|| missing("info"))?;
         let functions = Functions {
             create: vt.create.ok_or_else(|| missing("create"))?,
@@ -59,7 +59,7 @@ impl ForeignCalibratorType {
                 bail!("calibrator exported as `{}` reports its id as `{reported}`", ty.id);
             }
             ty.provides = abi::stat_kind_from_code(raw.provides)
-                .ok_or_else(|| anyhow!("calibrator `{}`: unknown statistic code {}", ty.id, raw.provides))?;
+                .ok_or_else(|| err!("calibrator `{}`: unknown statistic code {}", ty.id, raw.provides))?;
             ty.needs_gradients = match raw.needs_gradients {
                 0 => false,
                 1 => true,

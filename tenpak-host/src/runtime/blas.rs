@@ -26,7 +26,7 @@
 use std::ffi::{CStr, c_char, c_int};
 use std::sync::OnceLock;
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 /// `cblas_sgemm`'s enumerations (cblas.h).
 const CBLAS_ROW_MAJOR: c_int = 101;
 const CBLAS_NO_TRANS: c_int = 111;
@@ -72,7 +72,7 @@ impl std::fmt::Debug for OpenBlas {
 
 impl OpenBlas {
     /// Open OpenBLAS from the system's library path, set to one thread (module documentation).
-    pub fn open() -> anyhow::Result<OpenBlas> {
+    pub fn open() -> tenpak_error::Result<OpenBlas> {
         let mut failures = Vec::new();
         for name in LIBRARY_NAMES {
             // SAFETY: opening OpenBLAS runs its initializers, which only read the CPU and the
@@ -85,7 +85,7 @@ impl OpenBlas {
         bail!("OpenBLAS could not be opened ({}); on Debian: apt-get install libopenblas0", failures.join("; "))
     }
 
-    fn from_library(library: libloading::Library) -> anyhow::Result<OpenBlas> {
+    fn from_library(library: libloading::Library) -> tenpak_error::Result<OpenBlas> {
         // SAFETY: the symbols are looked up by their C names with the signatures of cblas.h and
         // OpenBLAS's openblas_config.h (LP64 integers: Debian's libopenblas0 is the 32-bit-index
         // build; the 64-bit one is libopenblas64.so.0, which is not tried).
@@ -244,15 +244,15 @@ static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
 /// The kernel chosen by `TENPAK_MATMUL` (see the module documentation), decided once per process.
 /// Errors only when `TENPAK_MATMUL=openblas` and OpenBLAS does not open, or the variable holds
 /// something else.
-pub fn kernel() -> anyhow::Result<&'static Kernel> {
+pub fn kernel() -> tenpak_error::Result<&'static Kernel> {
     KERNEL
         .get_or_init(|| choose(std::env::var("TENPAK_MATMUL").ok().as_deref()).map_err(|error| format!("{error:#}")))
         .as_ref()
-        .map_err(|error| anyhow::anyhow!("{error}"))
+        .map_err(|error| tenpak_error::err!("{error}"))
 }
 
 /// The kernel for a `TENPAK_MATMUL` value.
-pub fn choose(setting: Option<&str>) -> anyhow::Result<Kernel> {
+pub fn choose(setting: Option<&str>) -> tenpak_error::Result<Kernel> {
     match setting.unwrap_or("auto").trim() {
         "" | "auto" => Ok(OpenBlas::open().map_or(Kernel::Candle, Kernel::OpenBlas)),
         "candle" => Ok(Kernel::Candle),

@@ -29,7 +29,7 @@
 //! most of it in matrix products: the forward pass, its recomputation and the backward pass are
 //! about 4 forward passes' worth of arithmetic.
 
-use anyhow::{Context, ensure};
+use tenpak_error::{Context, ensure};
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use super::WeightLoader;
@@ -44,7 +44,7 @@ const HEAD_ROWS: usize = 128;
 
 /// What [`weight_gradients`] hands each gradient to: `(weight_name, gradient, rows, cols)`, the
 /// gradient row-major `[rows, cols]` as the weight is stored. An error stops the pass.
-pub type GradientVisitor<'a> = dyn FnMut(&str, &[f32], usize, usize) -> anyhow::Result<()> + 'a;
+pub type GradientVisitor<'a> = dyn FnMut(&str, &[f32], usize, usize) -> tenpak_error::Result<()> + 'a;
 
 /// The arithmetic of the differentiable pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn weight_gradients(
     windows: usize,
     ctx: usize,
     visit: &mut GradientVisitor<'_>,
-) -> anyhow::Result<Vec<f64>> {
+) -> tenpak_error::Result<Vec<f64>> {
     weight_gradients_as(Precision::F32, config, weights, ids, windows, ctx, visit)
 }
 
@@ -103,7 +103,7 @@ pub fn weight_gradients_as(
     windows: usize,
     ctx: usize,
     visit: &mut GradientVisitor<'_>,
-) -> anyhow::Result<Vec<f64>> {
+) -> tenpak_error::Result<Vec<f64>> {
     let setup = Setup::new(config, ids, windows, ctx, precision)?;
     let mut hidden = setup.embed(weights, ids)?;
     let mut block_inputs = Vec::with_capacity(config.num_hidden_layers);
@@ -140,12 +140,12 @@ pub fn window_losses(
     ids: &[u32],
     windows: usize,
     ctx: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> tenpak_error::Result<Vec<f64>> {
     let setup = Setup::new(config, ids, windows, ctx, precision)?;
     let mut hidden = setup.embed(weights, ids)?;
     for index in 0..config.num_hidden_layers {
         let block = GradBlock::load(&setup, index, weights)?;
-        hidden = hidden.iter().map(|h| block.forward(h, &block.weights, &setup)).collect::<anyhow::Result<_>>()?;
+        hidden = hidden.iter().map(|h| block.forward(h, &block.weights, &setup)).collect::<tenpak_error::Result<_>>()?;
     }
     let head = GradHead::load(&setup, weights)?;
     hidden
@@ -171,7 +171,7 @@ struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
-    fn new(config: &'a ModelConfig, ids: &[u32], windows: usize, ctx: usize, precision: Precision) -> anyhow::Result<Setup<'a>> {
+    fn new(config: &'a ModelConfig, ids: &[u32], windows: usize, ctx: usize, precision: Precision) -> tenpak_error::Result<Setup<'a>> {
         config.validate()?;
         ensure!(ctx >= 2, "ctx must be at least 2 tokens (a window's loss scores ctx − 1 predictions), got {ctx}");
         ensure!(windows >= 1, "at least one window is needed for a gradient");
@@ -187,7 +187,7 @@ impl<'a> Setup<'a> {
         );
         let dtype = precision.dtype();
         let tables = RopeTables::new(config, ctx)?;
-        let full = |half_table: &[f32]| -> anyhow::Result<Tensor> {
+        let full = |half_table: &[f32]| -> tenpak_error::Result<Tensor> {
             let half = Tensor::from_slice(half_table, (ctx, tables.half), &Device::Cpu)?;
             Ok(Tensor::cat(&[&half, &half], 1)?.to_dtype(dtype)?)
         };
@@ -205,7 +205,7 @@ impl<'a> Setup<'a> {
     }
 
     /// Each window's embedded tokens, `[ctx, hidden]` in the pass's precision.
-    fn embed(&self, weights: &(impl WeightLoader + ?Sized), ids: &[u32]) -> anyhow::Result<Vec<Tensor>> {
+    fn embed(&self, weights: &(impl WeightLoader + ?Sized), ids: &[u32]) -> tenpak_error::Result<Vec<Tensor>> {
         let (vocab, hidden) = (self.config.vocab_size, self.config.hidden_size);
         let embed_tokens = load_tensor(weights, "model.embed_tokens.weight", &[vocab, hidden])?;
         (0..self.windows)
@@ -285,13 +285,13 @@ struct GradBlock {
 
 impl GradBlock {
     /// Load block `index` through the runtime's [`Block::load`] (same names, same shape checks).
-    fn load(setup: &Setup<'_>, index: usize, weights: &(impl WeightLoader + ?Sized)) -> anyhow::Result<GradBlock> {
+    fn load(setup: &Setup<'_>, index: usize, weights: &(impl WeightLoader + ?Sized)) -> tenpak_error::Result<GradBlock> {
         let block = Block::load(setup.config, index, weights)?;
-        let convert = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_dtype(setup.dtype)?) };
+        let convert = |t: &Tensor| -> tenpak_error::Result<Tensor> { Ok(t.to_dtype(setup.dtype)?) };
         let linears = block.linears();
-        let weights: Vec<Tensor> = linears.iter().map(|l| convert(l.weight())).collect::<anyhow::Result<_>>()?;
+        let weights: Vec<Tensor> = linears.iter().map(|l| convert(l.weight())).collect::<tenpak_error::Result<_>>()?;
         let biases: Vec<Option<Tensor>> =
-            linears[..3].iter().map(|l| l.bias().map(convert).transpose()).collect::<anyhow::Result<_>>()?;
+            linears[..3].iter().map(|l| l.bias().map(convert).transpose()).collect::<tenpak_error::Result<_>>()?;
         Ok(GradBlock {
             index,
             names: linears.map(|l| l.name().to_owned()),
@@ -307,18 +307,18 @@ impl GradBlock {
     /// wanted: in f32 the runtime's kernels compute it (several times faster than candle's
     /// element-wise operations, and only the causal half of the attention scores), windows in
     /// parallel as everywhere in the runtime; in f64 the differentiable forward.
-    fn forward_fast(&self, hidden: &[Tensor], setup: &Setup<'_>) -> anyhow::Result<Vec<Tensor>> {
+    fn forward_fast(&self, hidden: &[Tensor], setup: &Setup<'_>) -> tenpak_error::Result<Vec<Tensor>> {
         if setup.dtype != DType::F32 {
             return hidden.iter().map(|h| self.forward(h, &self.weights, setup)).collect();
         }
-        let batched = hidden.iter().map(|h| Ok(h.unsqueeze(0)?)).collect::<anyhow::Result<Vec<_>>>()?;
+        let batched = hidden.iter().map(|h| Ok(h.unsqueeze(0)?)).collect::<tenpak_error::Result<Vec<_>>>()?;
         let outputs = crate::runtime::llama::forward_windows(&self.runtime, &batched, &setup.rope)?;
         outputs.into_iter().map(|o| Ok(o.squeeze(0)?)).collect()
     }
 
     /// The block on one window's hidden states `[ctx, hidden]`, with `weights` standing for the
     /// seven linear weights (the block's own, or variables sharing their storage).
-    fn forward(&self, hidden: &Tensor, weights: &[Tensor; 7], setup: &Setup<'_>) -> anyhow::Result<Tensor> {
+    fn forward(&self, hidden: &Tensor, weights: &[Tensor; 7], setup: &Setup<'_>) -> tenpak_error::Result<Tensor> {
         let output = self.attention_inputs(hidden, weights, setup).and_then(|(q, k, v)| {
             let attended = attention_probs(&q, &k, setup)?.matmul(&v)?;
             self.after_attention(hidden, &attended, weights, setup)
@@ -373,7 +373,7 @@ impl GradBlock {
         setup: &Setup<'_>,
         window: usize,
         visit: &mut GradientVisitor<'_>,
-    ) -> anyhow::Result<Tensor> {
+    ) -> tenpak_error::Result<Tensor> {
         let context = || format!("backward through block {}, window {window}", self.index);
         let input = Var::from_tensor(input).with_context(context)?;
         let vars = self.weights.each_ref().map(Var::from_tensor);
@@ -410,7 +410,7 @@ impl GradBlock {
         // The input reaches the output through the attention and along the residual.
         match (before.get(input.as_tensor()), after.get(input.as_tensor())) {
             (Some(through_attention), Some(along_residual)) => Ok((through_attention + along_residual)?),
-            _ => anyhow::bail!("block {}, window {window}: no gradient reached the input", self.index),
+            _ => tenpak_error::bail!("block {}, window {window}: no gradient reached the input", self.index),
         }
     }
 }
@@ -438,7 +438,7 @@ struct GradHead {
 }
 
 impl GradHead {
-    fn load(setup: &Setup<'_>, weights: &(impl WeightLoader + ?Sized)) -> anyhow::Result<GradHead> {
+    fn load(setup: &Setup<'_>, weights: &(impl WeightLoader + ?Sized)) -> tenpak_error::Result<GradHead> {
         let head = Head::load(setup.config, weights, None)?;
         Ok(GradHead {
             norm: head.norm().to_dtype(setup.dtype)?,
@@ -449,7 +449,7 @@ impl GradHead {
 
     /// The mean NLL of `targets` predicted from the first `targets.len()` rows of `last`
     /// (`[ctx, hidden]`, the hidden states after the last block).
-    fn loss(&self, last: &Tensor, targets: &[u32]) -> anyhow::Result<f64> {
+    fn loss(&self, last: &Tensor, targets: &[u32]) -> tenpak_error::Result<f64> {
         let mut sum = 0.0;
         for first in (0..targets.len()).step_by(HEAD_ROWS) {
             let n = HEAD_ROWS.min(targets.len() - first);
@@ -467,7 +467,7 @@ impl GradHead {
     /// Autograd through the logits would also differentiate the constant `lm_head` (candle's
     /// matrix-product backward computes both operands' gradients): a `vocab × hidden` product per
     /// block of rows for nothing.
-    fn loss_and_gradient(&self, last: &Tensor, targets: &[u32]) -> anyhow::Result<(f64, Tensor)> {
+    fn loss_and_gradient(&self, last: &Tensor, targets: &[u32]) -> tenpak_error::Result<(f64, Tensor)> {
         let scored = targets.len();
         let mut sum = 0.0;
         let mut gradients = Vec::with_capacity(scored.div_ceil(HEAD_ROWS) + 1);
@@ -488,7 +488,7 @@ impl GradHead {
 
     /// The summed NLL of `targets` given normed rows `[n, hidden]`, and, when `gradient`,
     /// d(summed NLL)/d logits `= softmax(logits) − onehot(targets)`.
-    fn nll(&self, normed: &Tensor, targets: &[u32], gradient: bool) -> anyhow::Result<(f64, Option<Tensor>)> {
+    fn nll(&self, normed: &Tensor, targets: &[u32], gradient: bool) -> tenpak_error::Result<(f64, Option<Tensor>)> {
         let n = targets.len();
         let logits = normed.matmul(&self.lm_head.t()?)?;
         let max = logits.max_keepdim(1)?;
@@ -507,7 +507,7 @@ impl GradHead {
 }
 
 /// `sum / count`, refusing a non-finite loss (a NaN gradient would poison every statistic).
-fn finite_mean(sum: f64, count: usize) -> anyhow::Result<f64> {
+fn finite_mean(sum: f64, count: usize) -> tenpak_error::Result<f64> {
     let mean = sum / count as f64;
     ensure!(mean.is_finite(), "the loss is not finite ({mean}): the model's activations overflowed or a weight is NaN");
     Ok(mean)

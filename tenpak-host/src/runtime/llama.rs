@@ -10,7 +10,7 @@
 //! Layouts: hidden states are `[batch, seq, hidden]` f32 on the CPU; every sequence in a batch
 //! starts at position 0 (independent windows, as the perplexity protocol wants).
 
-use anyhow::{Context, bail, ensure};
+use tenpak_error::{Context, bail, ensure};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -34,7 +34,7 @@ const ATTENTION_BLOCK: usize = 128;
 
 /// Load tensor `name` of `shape` through `weights` as a CPU f32 tensor, checking the shape the
 /// source declares (when it declares one) and the number of values it returns.
-pub fn load_tensor(weights: &(impl WeightLoader + ?Sized), name: &str, shape: &[usize]) -> anyhow::Result<Tensor> {
+pub fn load_tensor(weights: &(impl WeightLoader + ?Sized), name: &str, shape: &[usize]) -> tenpak_error::Result<Tensor> {
     let expected: usize = shape.iter().product();
     match weights.tensor_shape(name) {
         None => bail!("the model has no tensor {name} (expected shape {shape:?})"),
@@ -68,7 +68,7 @@ impl Linear {
         out_features: usize,
         in_features: usize,
         bias: bool,
-    ) -> anyhow::Result<Linear> {
+    ) -> tenpak_error::Result<Linear> {
         let name = format!("{prefix}.weight");
         let weight = load_tensor(weights, &name, &[out_features, in_features])?;
         let bias = if bias { Some(load_tensor(weights, &format!("{prefix}.bias"), &[out_features])?) } else { None };
@@ -76,7 +76,7 @@ impl Linear {
     }
 
     /// A linear layer from a weight tensor `[out_features, in_features]` (and optional bias).
-    pub fn from_tensor(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> anyhow::Result<Linear> {
+    pub fn from_tensor(name: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> tenpak_error::Result<Linear> {
         let name = name.into();
         let (out_features, _) = weight.dims2().with_context(|| format!("{name}: a linear weight must be 2-D"))?;
         if let Some(bias) = &bias {
@@ -112,7 +112,7 @@ impl Linear {
 
     /// Replace the weight with `values` (row-major, same shape): how decoded weights take the
     /// place of the originals.
-    pub fn set_weight(&mut self, values: Vec<f32>) -> anyhow::Result<()> {
+    pub fn set_weight(&mut self, values: Vec<f32>) -> tenpak_error::Result<()> {
         let (out_features, in_features) = (self.out_features(), self.in_features());
         ensure!(
             values.len() == out_features * in_features,
@@ -125,7 +125,7 @@ impl Linear {
     }
 
     /// Show `input` to the hook, if any, as this layer's input.
-    fn show(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<()> {
+    fn show(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<()> {
         if let Some(hook) = hook {
             hook.observe(&self.name, input).with_context(|| format!("hook at {}", self.name))?;
         }
@@ -133,7 +133,7 @@ impl Linear {
     }
 
     /// `input` is `[rows, in_features]`; the hook, if any, sees it first.
-    pub fn forward(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn forward(&self, input: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
         self.show(input, hook)?;
         let output = ops::linear(input, &self.weight)?;
         Ok(match &self.bias {
@@ -183,7 +183,7 @@ pub struct Block {
 
 impl Block {
     /// Load block `index` (`model.layers.<index>.*`).
-    pub fn load(config: &ModelConfig, index: usize, weights: &(impl WeightLoader + ?Sized)) -> anyhow::Result<Block> {
+    pub fn load(config: &ModelConfig, index: usize, weights: &(impl WeightLoader + ?Sized)) -> tenpak_error::Result<Block> {
         config.validate()?;
         ensure!(
             index < config.num_hidden_layers,
@@ -250,20 +250,20 @@ impl Block {
 
     /// Run the block on `hidden` (`[batch, seq, hidden]`); `rope` must cover `seq` positions.
     /// The hook sees each linear layer's input as `[batch·seq, in_features]`.
-    pub fn forward(&self, hidden: &Tensor, rope: &RopeTables, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn forward(&self, hidden: &Tensor, rope: &RopeTables, hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
         Ok(self.run(hidden, rope, hook, true)?.expect("the output was asked for"))
     }
 
     /// Show `hook` every linear layer's input, as [`Block::forward`] would, without computing the
     /// block's output: the last product (`down_proj`, a quarter of the block's work) is skipped.
-    pub fn observe(&self, hidden: &Tensor, rope: &RopeTables, hook: &mut (dyn LinearHook + '_)) -> anyhow::Result<()> {
+    pub fn observe(&self, hidden: &Tensor, rope: &RopeTables, hook: &mut (dyn LinearHook + '_)) -> tenpak_error::Result<()> {
         self.run(hidden, rope, Some(hook), false)?;
         Ok(())
     }
 
     /// The block on `hidden`; its output only when `output` is asked for (after the hook has
     /// seen `down_proj`'s input either way).
-    fn run(&self, hidden: &Tensor, rope: &RopeTables, mut hook: Option<&mut (dyn LinearHook + '_)>, output: bool) -> anyhow::Result<Option<Tensor>> {
+    fn run(&self, hidden: &Tensor, rope: &RopeTables, mut hook: Option<&mut (dyn LinearHook + '_)>, output: bool) -> tenpak_error::Result<Option<Tensor>> {
         let Dims { hidden: width, heads, kv_heads, head_dim, eps } = self.dims;
         let (batch, seq, found_width) = hidden.dims3().context("block input must be [batch, seq, hidden]")?;
         ensure!(found_width == width, "block {}: hidden width {found_width}, expected {width}", self.index);
@@ -311,13 +311,13 @@ impl Block {
 /// per core keeps both cores busy through the element-wise kernels too, where one window at a
 /// time leaves them waking each other between every step. The outputs are the same bit for bit
 /// as one at a time (every kernel's result is independent of its thread count), in order.
-pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> anyhow::Result<Vec<Tensor>> {
+pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> tenpak_error::Result<Vec<Tensor>> {
     per_window(hidden, |h| block.forward(h, rope, None))
 }
 
 /// `f` on each item, several at once on rayon's threads with OpenBLAS single-threaded in each
 /// (one at a time for one item or one thread); the results in order.
-fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> anyhow::Result<R> + Sync) -> anyhow::Result<Vec<R>> {
+fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> tenpak_error::Result<R> + Sync) -> tenpak_error::Result<Vec<R>> {
     if items.len() < 2 || rayon::current_num_threads() < 2 {
         return items.iter().map(f).collect();
     }
@@ -333,22 +333,22 @@ pub fn observe_windows(
     block: &Block,
     hidden: &[Tensor],
     rope: &RopeTables,
-    observe: &mut (dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + Send),
-) -> anyhow::Result<()> {
-    let record = |h: &Tensor| -> anyhow::Result<Vec<(String, Tensor)>> {
+    observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send),
+) -> tenpak_error::Result<()> {
+    let record = |h: &Tensor| -> tenpak_error::Result<Vec<(String, Tensor)>> {
         let mut seen = Vec::with_capacity(7);
-        let mut hook = |name: &str, input: &Tensor| -> anyhow::Result<()> {
+        let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
             seen.push((name.to_string(), input.clone()));
             Ok(())
         };
         block.observe(h, rope, &mut hook)?;
         Ok(seen)
     };
-    let observe_all = |recorded: Vec<Vec<(String, Tensor)>>, observe: &mut (dyn FnMut(&str, &Tensor) -> anyhow::Result<()> + Send)| {
+    let observe_all = |recorded: Vec<Vec<(String, Tensor)>>, observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send)| {
         for (name, input) in recorded.iter().flatten() {
             observe(name, input).with_context(|| format!("hook at {name}"))?;
         }
-        anyhow::Ok(())
+        Ok::<(), tenpak_error::Error>(())
     };
     // The next windows run through the block while `observe` takes the last ones' inputs, so the
     // statistics (single-threaded but for their matrix products) do not leave a core idle.
@@ -368,8 +368,8 @@ pub fn observe_windows(
 
 /// [`Head::token_nll`] of each of `hidden`'s tensors with its token ids, several at once as in
 /// [`forward_windows`], in order.
-pub fn token_nll_windows(head: &Head, hidden: &[Tensor], ids: &[&[u32]]) -> anyhow::Result<Vec<Vec<f32>>> {
-    anyhow::ensure!(hidden.len() == ids.len(), "{} hidden states for {} token sequences", hidden.len(), ids.len());
+pub fn token_nll_windows(head: &Head, hidden: &[Tensor], ids: &[&[u32]]) -> tenpak_error::Result<Vec<Vec<f32>>> {
+    tenpak_error::ensure!(hidden.len() == ids.len(), "{} hidden states for {} token sequences", hidden.len(), ids.len());
     let windows: Vec<(&Tensor, &[u32])> = hidden.iter().zip(ids.iter().copied()).collect();
     per_window(&windows, |&(h, ids)| head.token_nll(h, ids, None))
 }
@@ -378,7 +378,7 @@ pub fn token_nll_windows(head: &Head, hidden: &[Tensor], ids: &[&[u32]]) -> anyh
 /// same computation as [`ops::attention`]: queries `[batch, kv, seq·group, d]` (rows are
 /// (position, head of the group)), keys and values `[batch, kv, seq, d]`; returns the rows
 /// `[batch·seq, kv·group·d]` that `o_proj` reads.
-fn attention_candle(q: &Tensor, k: &Tensor, v: &Tensor, (batch, seq, kv_heads, group, head_dim): (usize, usize, usize, usize, usize)) -> anyhow::Result<Tensor> {
+fn attention_candle(q: &Tensor, k: &Tensor, v: &Tensor, (batch, seq, kv_heads, group, head_dim): (usize, usize, usize, usize, usize)) -> tenpak_error::Result<Tensor> {
     let mut blocks = Vec::with_capacity(seq.div_ceil(ATTENTION_BLOCK));
     for first in (0..seq).step_by(ATTENTION_BLOCK) {
         let end = (first + ATTENTION_BLOCK).min(seq);
@@ -405,7 +405,7 @@ impl Head {
     /// Load `model.norm.weight` and `lm_head.weight`; with tied embeddings (the configuration
     /// says so, or the source has no `lm_head.weight`), `lm_head` is `embed_tokens` (pass it to
     /// avoid loading it twice).
-    pub fn load(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized), embed_tokens: Option<&Tensor>) -> anyhow::Result<Head> {
+    pub fn load(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized), embed_tokens: Option<&Tensor>) -> tenpak_error::Result<Head> {
         let norm = load_tensor(weights, "model.norm.weight", &[config.hidden_size])?;
         let shape = [config.vocab_size, config.hidden_size];
         let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
@@ -419,7 +419,7 @@ impl Head {
 
     /// `model.norm.weight` from `weights` and the given `lm_head` weight `[vocab, hidden]` (a
     /// decoded one), without loading the source's.
-    pub fn with_lm_head(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized), lm_head: Tensor) -> anyhow::Result<Head> {
+    pub fn with_lm_head(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized), lm_head: Tensor) -> tenpak_error::Result<Head> {
         ensure!(
             lm_head.dims() == [config.vocab_size, config.hidden_size],
             "lm_head weight has shape {:?}, expected [{}, {}]",
@@ -447,14 +447,14 @@ impl Head {
     }
 
     /// Final-normed hidden states as rows `[batch·seq, hidden]`.
-    pub fn normed_rows(&self, hidden: &Tensor) -> anyhow::Result<Tensor> {
+    pub fn normed_rows(&self, hidden: &Tensor) -> tenpak_error::Result<Tensor> {
         let width = self.norm.dims1()?;
         let rows = hidden.elem_count() / width.max(1);
         Ok(ops::rms_norm(&hidden.reshape((rows, width))?, &self.norm, self.eps)?)
     }
 
     /// Logits `[batch, seq, vocab]` for hidden states `[batch, seq, hidden]`.
-    pub fn logits(&self, hidden: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn logits(&self, hidden: &Tensor, hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
         let (batch, seq, _) = hidden.dims3().context("head input must be [batch, seq, hidden]")?;
         let normed = self.normed_rows(hidden)?;
         let logits = self.lm_head.forward(&normed, hook)?;
@@ -464,7 +464,7 @@ impl Head {
     /// Negative log-likelihood of every token but the first of each sequence, from the hidden
     /// states `[batch, seq, hidden]` after the last block; `ids` are the `batch` sequences'
     /// tokens. See [`LlamaModel::token_nll`].
-    pub fn token_nll(&self, hidden: &Tensor, ids: &[u32], hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Vec<f32>> {
+    pub fn token_nll(&self, hidden: &Tensor, ids: &[u32], hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Vec<f32>> {
         let (batch, seq, _) = hidden.dims3().context("head input must be [batch, seq, hidden]")?;
         ensure!(ids.len() == batch * seq, "{} token ids for {batch} sequences of {seq}", ids.len());
         let normed = self.normed_rows(hidden)?;
@@ -509,7 +509,7 @@ pub struct LlamaModel {
 impl LlamaModel {
     /// Load every weight through `weights` (HF names): a [`crate::model::ModelSource`] works
     /// directly; an artifact reader implements [`WeightLoader`] by decoding through its codecs.
-    pub fn load(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized)) -> anyhow::Result<LlamaModel> {
+    pub fn load(config: &ModelConfig, weights: &(impl WeightLoader + ?Sized)) -> tenpak_error::Result<LlamaModel> {
         Self::load_with_progress(config, weights, &mut |_, _| {})
     }
 
@@ -518,7 +518,7 @@ impl LlamaModel {
         config: &ModelConfig,
         weights: &(impl WeightLoader + ?Sized),
         progress: &mut dyn FnMut(usize, usize),
-    ) -> anyhow::Result<LlamaModel> {
+    ) -> tenpak_error::Result<LlamaModel> {
         config.validate()?;
         let embed_tokens = load_tensor(weights, "model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
         let total = config.num_hidden_layers;
@@ -562,7 +562,7 @@ impl LlamaModel {
     }
 
     /// RoPE tables for sequences of `seq` positions, checked against the trained context.
-    pub fn rope(&self, seq: usize) -> anyhow::Result<RopeTables> {
+    pub fn rope(&self, seq: usize) -> tenpak_error::Result<RopeTables> {
         ensure!(
             seq <= self.config.max_position_embeddings,
             "sequence of {seq} positions exceeds the model's max_position_embeddings {}",
@@ -572,12 +572,12 @@ impl LlamaModel {
     }
 
     /// Embed `ids` (`batch` sequences of equal length, concatenated) as `[batch, seq, hidden]`.
-    pub fn embed(&self, ids: &[u32], batch: usize) -> anyhow::Result<Tensor> {
+    pub fn embed(&self, ids: &[u32], batch: usize) -> tenpak_error::Result<Tensor> {
         embed(&self.embed_tokens, ids, batch)
     }
 
     /// Hidden states after the last block, `[batch, seq, hidden]`.
-    pub fn forward_hidden(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn forward_hidden(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
         let mut hidden = self.embed(ids, batch)?;
         let rope = self.rope(hidden.dims()[1])?;
         for block in &self.blocks {
@@ -587,7 +587,7 @@ impl LlamaModel {
     }
 
     /// Logits `[batch, seq, vocab]` for `batch` sequences of equal length.
-    pub fn forward_logits(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Tensor> {
+    pub fn forward_logits(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
         let hidden = self.forward_hidden(ids, batch, hook.as_deref_mut())?;
         self.head.logits(&hidden, hook)
     }
@@ -596,14 +596,14 @@ impl LlamaModel {
     /// before it: `batch · (seq − 1)` values, sequence by sequence. The logits are computed
     /// [`VOCAB_BLOCK`] vocabulary entries at a time and folded into a running log-sum-exp, never
     /// held whole.
-    pub fn token_nll(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> anyhow::Result<Vec<f32>> {
+    pub fn token_nll(&self, ids: &[u32], batch: usize, mut hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Vec<f32>> {
         let hidden = self.forward_hidden(ids, batch, hook.as_deref_mut())?;
         self.head.token_nll(&hidden, ids, hook)
     }
 }
 
 /// Look up `ids` in `embed_tokens` (`[vocab, hidden]`) as `[batch, seq, hidden]`.
-pub fn embed(embed_tokens: &Tensor, ids: &[u32], batch: usize) -> anyhow::Result<Tensor> {
+pub fn embed(embed_tokens: &Tensor, ids: &[u32], batch: usize) -> tenpak_error::Result<Tensor> {
     let (vocab, hidden) = embed_tokens.dims2()?;
     ensure!(batch > 0 && ids.len() % batch == 0, "{} token ids do not split into {batch} equal sequences", ids.len());
     if let Some((position, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= vocab) {

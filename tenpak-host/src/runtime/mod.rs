@@ -31,7 +31,7 @@ pub trait WeightLoader {
     /// (`lm_head.weight` of a tied model) are detected through this.
     fn tensor_shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The values of tensor `name`, row-major f32. Errors name the tensor (and file).
-    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>>;
+    fn tensor_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>>;
 }
 
 impl<S: ModelSource + ?Sized> WeightLoader for S {
@@ -39,7 +39,7 @@ impl<S: ModelSource + ?Sized> WeightLoader for S {
         self.tensor(name).map(|info| info.shape.clone())
     }
 
-    fn tensor_f32(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+    fn tensor_f32(&self, name: &str) -> tenpak_error::Result<Vec<f32>> {
         self.load_f32(name)
     }
 }
@@ -52,11 +52,11 @@ pub trait LinearHook {
     /// a contiguous f32 tensor `[tokens, in_features]` (a batch's tokens, sequence by sequence).
     /// q/k/v (and gate/up) share one input tensor; each is reported under its own name.
     /// An error stops the forward pass.
-    fn observe(&mut self, weight_name: &str, input: &Tensor) -> anyhow::Result<()>;
+    fn observe(&mut self, weight_name: &str, input: &Tensor) -> tenpak_error::Result<()>;
 }
 
-impl<F: FnMut(&str, &Tensor) -> anyhow::Result<()>> LinearHook for F {
-    fn observe(&mut self, weight_name: &str, input: &Tensor) -> anyhow::Result<()> {
+impl<F: FnMut(&str, &Tensor) -> tenpak_error::Result<()>> LinearHook for F {
+    fn observe(&mut self, weight_name: &str, input: &Tensor) -> tenpak_error::Result<()> {
         self(weight_name, input)
     }
 }

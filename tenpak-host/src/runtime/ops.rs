@@ -245,7 +245,7 @@ impl CustomOp2 for BlasLinear {
 
 /// `x · wᵀ` for rows `x` (`[rows, k]`) and a linear weight `w` (`[n, k]`, as stored), by the
 /// kernel [`blas::kernel`] chose: OpenBLAS, or candle's `matmul`.
-pub fn linear(x: &Tensor, w: &Tensor) -> anyhow::Result<Tensor> {
+pub fn linear(x: &Tensor, w: &Tensor) -> tenpak_error::Result<Tensor> {
     Ok(match blas::kernel()? {
         Kernel::OpenBlas(blas) => prepared(x, "linear")?.apply_op2_no_bwd(&prepared(w, "linear")?, &BlasLinear(blas))?,
         Kernel::Candle => x.matmul(&w.t()?)?,
@@ -275,12 +275,12 @@ pub struct AttentionShape {
 /// `[batch, kv_heads, seq, head_dim]`; the result is `[batch·seq, kv_heads·group·head_dim]`,
 /// the rows `o_proj` reads. Per plane and block of query positions: scores = Q Kᵀ over the keys
 /// up to the block's last position, causal softmax, then P V, written into each position's row.
-pub fn attention(blas: &OpenBlas, q: &Tensor, k: &Tensor, v: &Tensor, shape: AttentionShape) -> anyhow::Result<Tensor> {
+pub fn attention(blas: &OpenBlas, q: &Tensor, k: &Tensor, v: &Tensor, shape: AttentionShape) -> tenpak_error::Result<Tensor> {
     let AttentionShape { batch, seq, kv_heads, group, head_dim: d, block } = shape;
-    anyhow::ensure!(block > 0 && group > 0, "attention: empty block or group in {shape:?}");
-    anyhow::ensure!(q.dims() == [batch, kv_heads, seq * group, d], "attention: queries {:?} do not fit {shape:?}", q.dims());
-    anyhow::ensure!(k.dims() == [batch, kv_heads, seq, d], "attention: keys {:?} do not fit {shape:?}", k.dims());
-    anyhow::ensure!(v.dims() == [batch, kv_heads, seq, d], "attention: values {:?} do not fit {shape:?}", v.dims());
+    tenpak_error::ensure!(block > 0 && group > 0, "attention: empty block or group in {shape:?}");
+    tenpak_error::ensure!(q.dims() == [batch, kv_heads, seq * group, d], "attention: queries {:?} do not fit {shape:?}", q.dims());
+    tenpak_error::ensure!(k.dims() == [batch, kv_heads, seq, d], "attention: keys {:?} do not fit {shape:?}", k.dims());
+    tenpak_error::ensure!(v.dims() == [batch, kv_heads, seq, d], "attention: values {:?} do not fit {shape:?}", v.dims());
     let row_width = kv_heads * group * d;
     let mut out = vec![0.0f32; batch * seq * row_width];
     let mut scores = vec![0.0f32; block * group * seq];
@@ -317,11 +317,11 @@ pub fn attention(blas: &OpenBlas, q: &Tensor, k: &Tensor, v: &Tensor, shape: Att
 }
 
 /// Run `f` on the contiguous f32 data of a CPU tensor, without copying.
-pub fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> anyhow::Result<R> {
+pub fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> tenpak_error::Result<R> {
     let tensor = prepared(tensor, "read")?;
     let (storage, layout) = tensor.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        anyhow::bail!("the TenPak runtime runs on the CPU; found a tensor on another device");
+        tenpak_error::bail!("the TenPak runtime runs on the CPU; found a tensor on another device");
     };
     Ok(f(contiguous_f32(cpu, layout, "read")?))
 }

@@ -1,7 +1,7 @@
 //! Rotary position embedding tables: the frequencies of a model's `rope_theta` and
 //! `rope_scaling`, and the cos/sin of every position of a sequence at every frequency.
 
-use anyhow::{Context, bail};
+use tenpak_error::{Context, bail};
 use serde_json::Value;
 
 use crate::model::ModelConfig;
@@ -14,7 +14,7 @@ pub const SUPPORTED_ROPE_SCALING: &[&str] = &["default", "linear", "llama3"];
 /// The inverse frequencies `1 / theta^(2i/d)` for `i < head_dim/2`, after the model's
 /// `rope_scaling`. Computed in f32 first, as transformers does (`inv_freq` is an f32 buffer),
 /// so the angles match the reference implementation bit for bit before the trigonometry.
-pub fn inverse_frequencies(config: &ModelConfig) -> anyhow::Result<Vec<f64>> {
+pub fn inverse_frequencies(config: &ModelConfig) -> tenpak_error::Result<Vec<f64>> {
     let dim = config.head_dim;
     let base = config.rope_theta;
     let plain: Vec<f64> =
@@ -27,7 +27,7 @@ pub fn inverse_frequencies(config: &ModelConfig) -> anyhow::Result<Vec<f64>> {
         .or_else(|| scaling.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let number = |key: &str| -> anyhow::Result<f64> {
+    let number = |key: &str| -> tenpak_error::Result<f64> {
         scaling
             .get(key)
             .and_then(Value::as_f64)
@@ -90,7 +90,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     /// Tables for positions `0..seq` of `config`'s RoPE. Errors if the scaling is unsupported.
-    pub fn new(config: &ModelConfig, seq: usize) -> anyhow::Result<RopeTables> {
+    pub fn new(config: &ModelConfig, seq: usize) -> tenpak_error::Result<RopeTables> {
         let inv_freq = inverse_frequencies(config)?;
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(seq * half);

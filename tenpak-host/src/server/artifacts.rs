@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -84,7 +84,7 @@ impl ArtifactStore {
                         if !config.options.is_empty() {
                             bail!("[artifacts] options are for s3:// urls; `{text}` takes none");
                         }
-                        let dir = url.to_file_path().map_err(|()| anyhow::anyhow!("[artifacts] url `{text}` is not a local path"))?;
+                        let dir = url.to_file_path().map_err(|()| tenpak_error::err!("[artifacts] url `{text}` is not a local path"))?;
                         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                         (Arc::new(LocalFileSystem::new_with_prefix(&dir)?), ObjectPath::default(), dir, true, text.to_owned())
                     }
@@ -92,7 +92,7 @@ impl ArtifactStore {
                         let mut builder = AmazonS3Builder::from_env().with_url(text);
                         for (key, value) in &config.options {
                             let parsed: AmazonS3ConfigKey =
-                                key.to_ascii_lowercase().parse().map_err(|_| anyhow::anyhow!("[artifacts.options] `{key}` is not an S3 option"))?;
+                                key.to_ascii_lowercase().parse().map_err(|_| tenpak_error::err!("[artifacts.options] `{key}` is not an S3 option"))?;
                             builder = builder.with_config(parsed, value);
                         }
                         let store = builder.build().with_context(|| format!("[artifacts] url `{text}`"))?;
@@ -338,7 +338,7 @@ mod tests {
             let store = store.clone();
             move || {
                 let mut out = Vec::new();
-                write_tar("J1", &entries, |name| store.reader("J1", name).map_err(std::io::Error::other), &mut out).unwrap();
+                write_tar("J1", &entries, |name| store.reader("J1", name).map_err(|e| std::io::Error::other(e.into_std())), &mut out).unwrap();
                 out
             }
         })

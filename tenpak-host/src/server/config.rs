@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use serde::Deserialize;
 
 use super::artifacts::ArtifactsConfig;
@@ -98,7 +98,7 @@ impl StudioConfig {
     /// Read `path`; relative paths in it are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut config: StudioConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut config: StudioConfig = toml::from_str(&text).map_err(|e| tenpak_error::err!("{}: {e}", path.display()))?;
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         config.rebase(base);
         Ok(config)

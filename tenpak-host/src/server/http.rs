@@ -16,7 +16,7 @@ use super::artifacts::write_tar;
 use super::jobs::{CompressBody, EvaluateBody};
 use super::store::{self, QUEUED, RUNNING};
 use super::{ApiError, App};
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::plan::PackPlan;
 use crate::preset::{BUILTIN, Preset};
 
@@ -147,7 +147,7 @@ async fn compress(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     let registry = app.worker.registry.clone();
     let checked = tokio::task::spawn_blocking(move || PackPlan::build(&request, &registry).map(drop))
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("validating the request: {e}")))?;
+        .map_err(|e| ApiError::internal(tenpak_error::err!("validating the request: {e}")))?;
     checked.map_err(ApiError::from_host)?;
     enqueue(&app, id, "compress", serde_json::to_string(&body).map_err(|e| ApiError::internal(e.into()))?).await
 }
@@ -252,7 +252,7 @@ async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, Ap
     let name = id.clone();
     tokio::task::spawn_blocking(move || {
         let mut writer = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 16) };
-        let open = |file: &str| artifacts.reader(&name, file).map_err(std::io::Error::other);
+        let open = |file: &str| artifacts.reader(&name, file).map_err(|e| std::io::Error::other(e.into_std()));
         if let Err(e) = write_tar(&name, &entries, open, &mut writer).and_then(|()| writer.flush()) {
             let _ = tx.blocking_send(Err(e));
         }
@@ -261,12 +261,12 @@ async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, Ap
     let headers = response.headers_mut();
     headers.insert("content-type", "application/x-tar".parse().expect("static"));
     let disposition = format!("attachment; filename=\"{id}.tenpak.tar\"");
-    headers.insert("content-disposition", disposition.parse().map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?);
+    headers.insert("content-disposition", disposition.parse().map_err(|e| ApiError::internal(tenpak_error::err!("{e}")))?);
     if let Some(bytes) = result["artifact"]["tar_bytes"].as_u64() {
         headers.insert("content-length", bytes.into());
     }
     if let Some(sha) = result["artifact"]["tar_sha256"].as_str() {
-        headers.insert("x-tenpak-sha256", sha.parse().map_err(|e| ApiError::internal(anyhow::anyhow!("{e}")))?);
+        headers.insert("x-tenpak-sha256", sha.parse().map_err(|e| ApiError::internal(tenpak_error::err!("{e}")))?);
     }
     Ok(response)
 }
@@ -323,14 +323,14 @@ async fn refusal(rejection: Rejection) -> Result<warp::reply::Response, Infallib
 
 impl ApiError {
     /// The refusal for a host error, by its kind.
-    pub fn from_host(e: HostError) -> Self {
+    pub fn from_host(e: Error) -> Self {
         let kind = e.kind();
         let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self { status, code: kind.code().to_owned(), message: e.to_string() }
     }
 
     /// 500, for a failure of the server rather than of the request.
-    pub fn internal(e: anyhow::Error) -> Self {
-        Self::from_host(HostError::classify(e, Kind::Internal))
+    pub fn internal(e: tenpak_error::Error) -> Self {
+        Self::from_host(e.or_kind(Kind::Internal))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use tenpak_error::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tenpak_api::registry::Registry;
@@ -17,7 +17,7 @@ use super::ApiError;
 use super::artifacts::{ArtifactStore, tar_digest};
 use super::roots::Roots;
 use super::store::{STALE_SECONDS, Start, Store};
-use crate::error::{HostError, Kind};
+use tenpak_error::{Error, Kind};
 use crate::eval::{self, EvalRequest, PplOptions};
 use crate::observe::{PackObserver, Update};
 use crate::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
@@ -113,7 +113,7 @@ impl Limits {
     }
 
     fn resolve(&self, field: &str, name: &str) -> Result<PathBuf, ApiError> {
-        self.roots.resolve(name).map_err(|e| ApiError::from_host(HostError::classify(e.context(format!("`{field}`")), Kind::BadRequest)))
+        self.roots.resolve(name).map_err(|e| ApiError::from_host(e.context(format!("`{field}`")).or_kind(Kind::BadRequest)))
     }
 
     /// The pack request of a compress body, writing to `output`.
@@ -147,7 +147,7 @@ impl Limits {
     pub fn eval_request(
         &self,
         body: &EvaluateBody,
-        artifact: impl FnOnce(&str) -> anyhow::Result<Option<PathBuf>>,
+        artifact: impl FnOnce(&str) -> tenpak_error::Result<Option<PathBuf>>,
     ) -> Result<EvalRequest, ApiError> {
         let model = match (&body.model, &body.job) {
             (Some(name), None) => self.resolve("model", name)?,
@@ -203,7 +203,7 @@ pub struct Worker {
 impl Worker {
     /// Run job `id` if it is still queued; record its outcome. An `Err` is a failure of the job
     /// database, which apalis retries; a failed pack is recorded and is not an `Err`.
-    pub async fn run(self: Arc<Self>, id: String) -> anyhow::Result<()> {
+    pub async fn run(self: Arc<Self>, id: String) -> tenpak_error::Result<()> {
         let me = self.name.as_str();
         // A job running elsewhere is handed over only once that worker's heartbeat is stale:
         // apalis re-delivers a task when the worker stops beating, which can be a little sooner.
@@ -267,9 +267,9 @@ impl Worker {
     }
 
     /// Run a job on this (blocking) thread.
-    fn execute(&self, id: &str, kind: &str, request: &str, observer: &dyn PackObserver) -> Result<Value, HostError> {
-        let bad = |e: serde_json::Error| HostError::new(Kind::Internal, anyhow::anyhow!("stored request of job {id}: {e}"));
-        let refused = |e: ApiError| HostError::new(e.kind(), anyhow::anyhow!("{}", e.message));
+    fn execute(&self, id: &str, kind: &str, request: &str, observer: &dyn PackObserver) -> Result<Value, Error> {
+        let bad = |e: serde_json::Error| Kind::Internal.tag(tenpak_error::err!("stored request of job {id}: {e}"));
+        let refused = |e: ApiError| e.kind().tag(tenpak_error::err!("{}", e.message));
         match kind {
             "compress" => {
                 let body: CompressBody = serde_json::from_str(request).map_err(bad)?;
@@ -277,9 +277,9 @@ impl Worker {
                 let request = self.limits.pack_request(&body, output.clone()).map_err(refused)?;
                 let plan = PackPlan::build(&request, &self.registry)?;
                 let manifest = crate::pack::run(&plan, &self.registry, observer)?;
-                let (tar_bytes, tar_sha256) = tar_digest(&output, id).map_err(|e| HostError::new(Kind::Internal, e))?;
+                let (tar_bytes, tar_sha256) = tar_digest(&output, id).map_err(|e| Kind::Internal.tag(e))?;
                 let runtime = tokio::runtime::Handle::current();
-                runtime.block_on(self.limits.artifacts.publish(id)).map_err(|e| HostError::new(Kind::Internal, e))?;
+                runtime.block_on(self.limits.artifacts.publish(id)).map_err(|e| Kind::Internal.tag(e))?;
                 let t = &manifest.totals;
                 Ok(json!({
                     "model": body.model,
@@ -314,7 +314,7 @@ impl Worker {
                     "protocol": report.protocol,
                 }))
             }
-            other => Err(HostError::new(Kind::Internal, anyhow::anyhow!("job {id}: unknown kind `{other}`"))),
+            other => Err(Kind::Internal.tag(tenpak_error::err!("job {id}: unknown kind `{other}`"))),
         }
     }
 }

@@ -25,14 +25,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use tenpak_error::{Context, Result, bail};
 use apalis::prelude::{BackendExt, BoxDynError, Data, TaskBuilder, TaskId, TaskSink, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{PgPool, PostgresStorage};
 use apalis_sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteStorage};
 use tenpak_api::registry::Registry;
 use warp::http::StatusCode;
 
-use crate::error::Kind;
+use tenpak_error::Kind;
 use artifacts::ArtifactStore;
 use config::StudioConfig;
 use jobs::{JobTask, Limits, MAX_ATTEMPTS, Worker};
@@ -107,14 +107,14 @@ impl Queue {
                 if let Some(t) = task_id {
                     task = task.task_id(TaskId::from_ulid(t));
                 }
-                queue.push_task(task.build()).await.map_err(|e| anyhow::anyhow!("{e}"))
+                queue.push_task(task.build()).await.map_err(|e| tenpak_error::err!("{e}"))
             }
             Queue::Postgres(mut queue) => {
                 let mut task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS as usize);
                 if let Some(t) = task_id {
                     task = task.task_id(TaskId::from_ulid(t));
                 }
-                queue.push_task(task.build()).await.map_err(|e| anyhow::anyhow!("{e}"))
+                queue.push_task(task.build()).await.map_err(|e| tenpak_error::err!("{e}"))
             }
         };
         result.with_context(|| format!("queueing job {id}"))
@@ -170,14 +170,14 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     let shown = url.split('@').next_back().unwrap_or(&url).to_owned(); // no password in errors
     let queue = if postgres {
         let pool = PgPool::connect(&url).await.with_context(|| format!("database {shown}"))?;
-        PostgresStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue in {shown}: {e}"))?;
+        PostgresStorage::setup(&pool).await.map_err(|e| tenpak_error::err!("setting up the job queue in {shown}: {e}"))?;
         // missed_heartbeats is set explicitly: apalis-postgres defaults to 10, not its documented 2.
         let config = apalis_postgres::Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(HEARTBEAT).missed_heartbeats(3);
         Queue::Postgres(PostgresStorage::new(&pool).with_config(config))
     } else {
         let options: SqliteConnectOptions = url.parse().with_context(|| format!("database_url {shown}"))?;
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options.create_if_missing(true)).await.with_context(|| format!("database {shown}"))?;
-        SqliteStorage::setup(&pool).await.map_err(|e| anyhow::anyhow!("setting up the job queue in {shown}: {e}"))?;
+        SqliteStorage::setup(&pool).await.map_err(|e| tenpak_error::err!("setting up the job queue in {shown}: {e}"))?;
         let config = apalis_sqlite::Config::default().queue(QUEUE).batch_size(1).heartbeat_interval(HEARTBEAT).missed_heartbeats(3);
         Queue::Sqlite(SqliteStorage::new(&pool).with_config(config))
     };
@@ -263,5 +263,5 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     };
     shutdown.cancel();
     server.await?;
-    worked.map_err(|e| anyhow::anyhow!("job worker: {e}"))
+    worked.map_err(|e| tenpak_error::err!("job worker: {e}"))
 }

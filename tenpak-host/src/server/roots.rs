@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result};
+use tenpak_error::{Context, Result};
 
-use crate::error::Kind;
+use tenpak_error::Kind;
 
 /// Named directories, canonicalized once at start.
 #[derive(Clone, Debug, Default)]
@@ -25,12 +25,12 @@ impl Roots {
     pub fn new(roots: &BTreeMap<String, PathBuf>) -> Result<Self> {
         let mut out = BTreeMap::new();
         for (name, dir) in roots {
-            anyhow::ensure!(
+            tenpak_error::ensure!(
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "." && name != "..",
                 "model_roots: `{name}` is not a valid root name (letters, digits, `-`, `_`, `.`)"
             );
             let real = dir.canonicalize().with_context(|| format!("model_roots.{name}: {}", dir.display()))?;
-            anyhow::ensure!(real.is_dir(), "model_roots.{name}: {} is not a directory", dir.display());
+            tenpak_error::ensure!(real.is_dir(), "model_roots.{name}: {} is not a directory", dir.display());
             out.insert(name.clone(), real);
         }
         Ok(Self { roots: out })

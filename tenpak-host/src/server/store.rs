@@ -10,7 +10,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use tenpak_error::Result;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::{Result, anyhow, bail};
+use tenpak_error::{Result, bail, err};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -19,7 +19,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErrorKind};
 
 use super::{Source, SweepRow};
-use crate::error::Kind;
+use tenpak_error::Kind;
 
 /// The x axis's label.
 pub const X_LABEL: &str = "bits per weight (block linears)";
@@ -65,8 +65,8 @@ impl Default for PlotOptions {
 pub fn write_svg(rows: &[SweepRow], options: &PlotOptions, path: &Path) -> Result<()> {
     let points = Points::of(rows)?;
     let root = EstimatedText(SVGBackend::new(path, (options.width, options.height))).into_drawing_area();
-    draw(&root, &points, options).map_err(|e| anyhow!("{}: cannot draw the figure: {e}", path.display()))?;
-    root.present().map_err(|e| anyhow!("{}: cannot write the figure: {e}", path.display()))
+    draw(&root, &points, options).map_err(|e| err!("{}: cannot draw the figure: {e}", path.display()))?;
+    root.present().map_err(|e| err!("{}: cannot write the figure: {e}", path.display()))
 }
 
 /// Draw `rows` as a PNG file at `path`, its text in the font [`register_font`] loads.
@@ -74,8 +74,8 @@ pub fn write_png(rows: &[SweepRow], options: &PlotOptions, path: &Path) -> Resul
     let points = Points::of(rows)?;
     register_font()?;
     let root = BitMapBackend::new(path, (options.width, options.height)).into_drawing_area();
-    draw(&root, &points, options).map_err(|e| anyhow!("{}: cannot draw the figure: {e}", path.display()))?;
-    root.present().map_err(|e| anyhow!("{}: cannot write the figure: {e}", path.display()))
+    draw(&root, &points, options).map_err(|e| err!("{}: cannot draw the figure: {e}", path.display()))?;
+    root.present().map_err(|e| err!("{}: cannot write the figure: {e}", path.display()))
 }
 
 /// The font file for the PNG: `$TENPAK_FONT` if set, else [`DEFAULT_FONT`].
