@@ -15,7 +15,7 @@ WINDOWS="${WINDOWS:-64}"
 MODEL="${MODEL:-$ROOT/assets/SmolLM2-135M-Instruct.Q4_1.gguf}"
 OUT="${OUT:-$ROOT/out/ct-check}"
 PRESET="${PRESET:-$ROOT/scripts/rates/ct32.toml}"
-cargo build --release -q -p tenpak-host
+cargo build --release -q -p tenpak
 TENPAK="$ROOT/target/release/tenpak"
 PYTHON="$(bash "$ROOT/scripts/python-hf.sh" | tail -n 1)"
 mkdir -p "$OUT"

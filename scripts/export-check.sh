@@ -20,7 +20,7 @@ CONFIGS="${CONFIGS:-rtn32 gptq32 balanced}"
 OUT="${OUT:-$ROOT/out/export-check}"
 MODEL="$ROOT/assets/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -x "$LLAMA_BIN/llama-perplexity" ]] || { echo "export-check: no $LLAMA_BIN/llama-perplexity (run scripts/llamacpp-rates.sh or set LLAMA_CPP_DIR)" >&2; exit 1; }
-cargo build --release -q -p tenpak-host
+cargo build --release -q -p tenpak
 TENPAK="$ROOT/target/release/tenpak"
 mkdir -p "$OUT"
 

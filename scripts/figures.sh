@@ -14,7 +14,7 @@ presets=("$@")
 [[ ${#presets[@]} -gt 0 ]] || presets=(quality balanced size)
 model=assets/SmolLM2-135M-Instruct.Q4_1.gguf
 [[ -f $model ]] || { echo "error: $model is missing: run bash scripts/fetch-assets.sh" >&2; exit 1; }
-cargo build --release -p tenpak-host --bin tenpak >&2
+cargo build --release -p tenpak --bin tenpak >&2
 bin=target/release/tenpak
 out=out/figures
 mkdir -p "$out"

@@ -15,11 +15,11 @@
 #
 # cargo-fuzz needs nightly-only compiler flags (-Zsanitizer, sancov); this machine has only the
 # stable toolchain, so they are unlocked with RUSTC_BOOTSTRAP=1 for this build alone. Seeds come
-# from tenpak-host/tests/fuzz_regressions.rs (tiny models of the real architecture, artifacts of
+# from tenpak-pack/tests/fuzz_regressions.rs (tiny models of the real architecture, artifacts of
 # every built-in preset; needs assets/, see scripts/fetch-assets.sh) and are minimised into
 # fuzz/corpus/<target> with the fuzzer's own merge. A crash leaves its input in
 # fuzz/artifacts/<target>/; the script then exits 1. Copy the input into
-# tenpak-host/tests/fuzz-regressions/<target>/ once fixed, where `cargo test` replays it.
+# tenpak-pack/tests/fuzz-regressions/<target>/ once fixed, where `cargo test` replays it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -46,8 +46,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 if [[ ! -d fuzz/seeds ]]; then
     echo "fuzz.sh: building the seed corpus" >&2
-    TENPAK_FUZZ_SEEDS="$ROOT/fuzz/seeds" cargo test --release -p tenpak-host --test fuzz_regressions \
-        fuzz_seeds_reach_the_code_they_are_for >&2
+    TENPAK_FUZZ_SEEDS="$ROOT/fuzz/seeds" cargo test --release -p tenpak-pack --test pack \
+        fuzz_regressions::fuzz_seeds_reach_the_code_they_are_for >&2
 fi
 # Optimised, with overflow checks and debug assertions on (a size computed from a file that
 # wraps around is the usual first step to an out-of-bounds access), under AddressSanitizer unless

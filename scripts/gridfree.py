@@ -26,7 +26,7 @@ Input (one of, or both):
                 e.g. `tenpak unpack` of a `keep`-f32 pack of the GGUF (scripts/gridfree.sh does
                 this). Its weights are used when given.
   --gguf FILE   a llama.cpp GGUF, read with the `gguf` package: every tensor dequantized to f32,
-                llama.cpp's q/k RoPE row permutation undone (as tenpak-host/src/model/gguf.rs
+                llama.cpp's q/k RoPE row permutation undone (as tenpak-model/src/gguf.rs
                 does), names mapped to HF. With --dense too it is only cross-checked against the
                 dense weights; alone, config.json is derived from its metadata and tokenizer.json
                 must be given with --tokenizer.
@@ -114,7 +114,7 @@ def gguf_hf_name(name: str) -> str:
 def unpermute_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (the inverse of convert_hf_to_gguf.py's
     `w.reshape(heads, 2, half, cols).swapaxes(1, 2)`): within each head, the GGUF row 2*j + i
-    goes back to HF row i*half + j. Same as unpermute_rope_rows in tenpak-host/src/model/gguf.rs."""
+    goes back to HF row i*half + j. Same as unpermute_rope_rows in tenpak-model/src/gguf.rs."""
     rows = w.shape[0]
     if rows % (2 * heads):
         raise SystemExit(f"gridfree: {rows} rows do not split into {heads} heads of pairs")

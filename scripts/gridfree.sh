@@ -47,7 +47,7 @@ wait_for() {
 
 # fetch-assets.sh writes the GGUF under a temporary name and renames it, so existence is enough.
 wait_for "$GGUF" -f || die "$GGUF not found (run scripts/fetch-assets.sh, or set GGUF)"
-wait_for "$TENPAK" -x || die "$TENPAK not found (build it: cargo build --release -p tenpak-host, or set TENPAK)"
+wait_for "$TENPAK" -x || die "$TENPAK not found (build it: cargo build --release -p tenpak, or set TENPAK)"
 
 # --- 1. python packages --------------------------------------------------------------------------
 command -v python3 >/dev/null || die "python3 not found"

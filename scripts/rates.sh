@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p tenpak-host --bin tenpak >&2
+cargo build --release -p tenpak --bin tenpak >&2
 case "${MODEL:-orig}" in
     orig) model=assets/SmolLM2-135M-Instruct.Q4_1.gguf ;;
     gridfree)

@@ -17,7 +17,7 @@ WORK="${WORK:-$ROOT/out/synthetic}"
 EVAL_WINDOWS="${EVAL_WINDOWS:-2}"
 BALANCED_BLOCKS="${BALANCED_BLOCKS:-4}"
 PY="$(bash "$ROOT/scripts/python-gguf.sh" | tail -1)"   # a Python with numpy
-cargo build --release -q -p tenpak-host
+cargo build --release -q -p tenpak
 TENPAK="$ROOT/target/release/tenpak"
 mkdir -p "$WORK"
 

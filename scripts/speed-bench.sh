@@ -30,7 +30,7 @@ BIN="${BIN:-$WORK/build/bin}"
 if [[ ! -f $F32 || ! -x $BIN/llama-perplexity ]]; then
     JOBS=2 STOP_AFTER=f32 WORK="$WORK" bash scripts/llamacpp-rates.sh >&2
 fi
-cargo build --release -p tenpak-host --bin tenpak >&2
+cargo build --release -p tenpak --bin tenpak >&2
 tenpak=target/release/tenpak
 
 # time_of NAME CMD...: run CMD with its output in $out/NAME.log; "$out/NAME.time" holds

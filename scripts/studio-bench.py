@@ -178,7 +178,7 @@ def main():
     parser.add_argument("--only", choices=["restart", "load"])
     args = parser.parse_args()
     if not os.path.exists(BIN):
-        sys.exit(f"{BIN} is missing: cargo build --release -p tenpak-host --bin tenpak")
+        sys.exit(f"{BIN} is missing: cargo build --release -p tenpak --bin tenpak")
     print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}")
     failures = 0
     if args.only in (None, "restart"):

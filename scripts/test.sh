@@ -11,7 +11,7 @@ cargo_status=0
 cargo test --release --workspace --no-fail-fast 2>&1 || cargo_status=$?
 # The runtime's tests again on candle's matrix products (the kernel of a machine without
 # OpenBLAS), against the same reference forward and reference figures.
-TENPAK_MATMUL=candle cargo test --release -p tenpak-host --test runtime 2>&1 || cargo_status=$?
+TENPAK_MATMUL=candle cargo test --release -p tenpak-model --test model runtime:: 2>&1 || cargo_status=$?
 # Every fuzz target for 30 s (cargo-fuzz, libFuzzer + AddressSanitizer): a new crash fails the run.
 fuzz_status=0
 bash scripts/fuzz.sh --seconds 30 2>&1 || fuzz_status=$?

@@ -1,5 +1,5 @@
 #![no_main]
-use tenpak_fuzz as _; // the bounded allocator
+// tenpak_fuzz: the bounded allocator and the built-in registry
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tenpak_host::fuzzing::codec_decode(data);
+    tenpak_pack::fuzzing::codec_decode(data, tenpak_fuzz::registry());
 });

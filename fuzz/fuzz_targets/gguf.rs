@@ -1,5 +1,5 @@
 #![no_main]
 use tenpak_fuzz as _; // the bounded allocator
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tenpak_host::fuzzing::gguf(data);
+    tenpak_pack::fuzzing::gguf(data);
 });

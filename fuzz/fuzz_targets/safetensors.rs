@@ -1,5 +1,5 @@
 #![no_main]
 use tenpak_fuzz as _; // the bounded allocator
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tenpak_host::fuzzing::safetensors(data);
+    tenpak_pack::fuzzing::safetensors(data);
 });

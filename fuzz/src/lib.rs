@@ -1,4 +1,4 @@
-//! What every fuzz target links: an allocator that treats one allocation above
+//! What every fuzz target links: the built-in registry ([`registry`]) and an allocator that treats one allocation above
 //! [`MAX_ALLOCATION`] as a crash. libFuzzer's own `-malloc_limit_mb` needs a sanitizer's malloc
 //! hooks, so without AddressSanitizer (`scripts/fuzz.sh --no-asan`) a loader that trusted a size
 //! from the file and reserved gigabytes it never touched would go unnoticed; with this it aborts,
@@ -40,3 +40,10 @@ unsafe impl GlobalAlloc for Bounded {
 
 #[global_allocator]
 static ALLOCATOR: Bounded = Bounded;
+
+/// The built-in registry (`tenpak_plugins::builtins`), built once per process, for the harnesses
+/// that decode through codecs.
+pub fn registry() -> &'static std::sync::Arc<tenpak_api::registry::Registry> {
+    static REGISTRY: std::sync::OnceLock<std::sync::Arc<tenpak_api::registry::Registry>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| std::sync::Arc::new(tenpak_plugins::builtins::registry().expect("the built-in registry builds")))
+}

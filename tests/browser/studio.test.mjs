@@ -114,8 +114,8 @@ async function main() {
   }
   if (!fs.existsSync(BIN)) {
     require_(!process.env.TENPAK_BIN, `${BIN} exists`);
-    console.log(`${BIN} is missing: cargo build --release -p tenpak-host --bin tenpak`);
-    const build = spawnSync("cargo", ["build", "--release", "-p", "tenpak-host", "--bin", "tenpak"], { cwd: ROOT, stdio: "inherit" });
+    console.log(`${BIN} is missing: cargo build --release -p tenpak --bin tenpak`);
+    const build = spawnSync("cargo", ["build", "--release", "-p", "tenpak", "--bin", "tenpak"], { cwd: ROOT, stdio: "inherit" });
     require_(build.status === 0 && fs.existsSync(BIN), "tenpak builds", `cargo exited ${build.status}`);
   }
   require_(fs.existsSync(CHROMIUM), `${CHROMIUM} exists`, "run `bash scripts/install-browser.sh`");

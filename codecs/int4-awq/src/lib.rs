@@ -59,8 +59,8 @@
 //!
 //! Statistics from the unquantized model on the first 16,384 tokens of the calibration text
 //! (32 windows of 512), for the 49 linear layers of blocks 0, 5, 10, 15, 20, 25 and 29, with the
-//! dev-only tool in `codecs/int4-awq/measure` (`awq-capture`, then `awq-measure`; its crate docs
-//! say how; not a workspace member, since it runs the host's model). Figures
+//! dev-only tool in `tools/awq-measure` (`awq-capture`, then `awq-measure`; its crate docs
+//! say how; not a workspace member, since it runs tenpak-model's runtime). Figures
 //! are the mean relative output error `tr(E G Eᵀ) / tr(W G Wᵀ)`, and in brackets the geometric
 //! mean of each layer's ratio to `int4_rtn` at the same group size. Each row adds one ingredient
 //! to the row above, at 4 bits:

@@ -2,7 +2,7 @@
 //!
 //! Linking `tenpak-codec-nf4` is all it takes: its `register_codec!` entry joins the built-ins'
 //! in the same `inventory` registry, so `Registry::from_static()` (inside
-//! `tenpak_host::builtins::registry()`) finds `nf4` beside `int4_residual`, `int8`, … and
+//! `tenpak_plugins::builtins::registry()`) finds `nf4` beside `int4_residual`, `int8`, … and
 //! presets can name it. No C ABI, no library to ship; the cost is rebuilding the host.
 //!
 //! ```text
@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tenpak_error::{Context, Result, bail};
-use tenpak_host::artifact::Artifact;
-use tenpak_host::observe::Silent;
-use tenpak_host::plan::{PackPlan, PackRequest, PresetSpec};
-use tenpak_host::unpack::{DenseDType, unpack};
-use tenpak_host::{builtins, pack, report};
+use tenpak_pack::artifact::Artifact;
+use tenpak_pack::observe::Silent;
+use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec};
+use tenpak_pack::unpack::{DenseDType, unpack};
+use tenpak_plugins::builtins;
+use tenpak_pack::{pack, report};
 
 // Name the crate so the linker keeps its registration (it is otherwise never referenced).
 use tenpak_codec_nf4 as _;

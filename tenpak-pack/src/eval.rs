@@ -1,0 +1,399 @@
+//! Perplexity, by the protocol every TenPak figure states (DESIGN.md, "Perplexity protocol"):
+//! tokenize the whole text once without special tokens; split the ids into non-overlapping
+//! windows of `ctx` tokens; take the first `samples` windows; score every position except the
+//! first of each window; PPL = exp(mean negative log-likelihood).
+//!
+//! The protocol is llama.cpp's `llama-perplexity` minus its habit of scoring only the second half
+//! of each window, and transformers' stride = ctx evaluation without a BOS token, so a figure
+//! here can be reproduced with either by following [`PplReport::protocol`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tenpak_error::{Context, bail, ensure};
+use tenpak_api::registry::Registry;
+
+use crate::artifact::ArtifactSource;
+use tenpak_error::{Error, Kind};
+use tenpak_model::{self as model, ModelSource};
+use crate::observe::{PackObserver, Stage, Tracker};
+use crate::plan::TextSpec;
+use tenpak_model::ModelConfig;
+use tenpak_model::runtime::{self, Block, Head, LlamaModel, RopeTables};
+use tenpak_model::tokenize::{self, Tokenizer};
+
+/// Default window length, in tokens.
+pub const DEFAULT_CTX: usize = 512;
+
+/// How to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PplOptions {
+    /// Window length in tokens (at least 2: a window scores `ctx − 1` tokens).
+    pub ctx: usize,
+    /// Evaluate only the first this-many windows; `None`: every whole window of the text.
+    /// Asking for more windows than the text has evaluates all of them (the report says how many).
+    pub samples: Option<usize>,
+    /// Windows per forward pass. 1 is fastest on small CPUs: one 512-token window already gives
+    /// the matrix products enough rows; larger batches only add memory.
+    pub batch: usize,
+}
+
+impl Default for PplOptions {
+    fn default() -> Self {
+        PplOptions { ctx: DEFAULT_CTX, samples: None, batch: 1 }
+    }
+}
+
+/// Which positions a perplexity run scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// TenPak's (DESIGN.md): the text without special tokens, every position but the first of
+    /// each window.
+    #[default]
+    Tenpak,
+    /// `llama-perplexity`'s default, to compare with its output: the text tokenized with the
+    /// special tokens the tokenizer adds (a BOS where the model wants one), the first token of
+    /// each window replaced by that BOS, and only the second half of each window scored
+    /// (predictions of positions `ctx/2 + 1 .. ctx − 1`).
+    LlamaCpp,
+}
+
+impl Protocol {
+    /// The first scored prediction of a window (index into its `ctx − 1` NLLs).
+    fn first_scored(self, ctx: usize) -> usize {
+        match self {
+            Protocol::Tenpak => 0,
+            Protocol::LlamaCpp => ctx / 2,
+        }
+    }
+}
+
+/// The outcome of a perplexity run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PplReport {
+    /// exp(mean NLL).
+    pub ppl: f64,
+    /// Mean negative log-likelihood per scored token, in nats.
+    pub mean_nll: f64,
+    /// Tokens scored: `windows · (ctx − 1)`.
+    pub tokens_scored: usize,
+    /// Windows evaluated.
+    pub windows: usize,
+    /// Whole windows the text holds.
+    pub windows_available: usize,
+    /// Window length.
+    pub ctx: usize,
+    /// Tokens in the whole text.
+    pub text_tokens: usize,
+    /// Seconds spent in forward passes (tokenization and model loading excluded).
+    pub seconds: f64,
+    /// Tokens run through the model per second: `windows · ctx / seconds`.
+    pub tokens_per_second: f64,
+    /// The protocol in one sentence, to print beside the figure.
+    pub protocol: String,
+}
+
+/// How many windows of `ctx` tokens to evaluate out of `text_tokens`, with `samples` as a cap;
+/// errors if the text holds no whole window. `text_name` names the text in errors.
+pub fn window_count(text_tokens: usize, ctx: usize, samples: Option<usize>, text_name: &str) -> tenpak_error::Result<usize> {
+    ensure!(ctx >= 2, "ctx must be at least 2 tokens (one window scores ctx − 1 positions), got {ctx}");
+    if samples == Some(0) {
+        bail!("samples must be at least 1");
+    }
+    let available = text_tokens / ctx;
+    if available == 0 {
+        bail!(
+            "{text_name}: {text_tokens} tokens, fewer than one window of {ctx} tokens; \
+             use a longer text or a smaller --ctx"
+        );
+    }
+    Ok(samples.map_or(available, |cap| cap.min(available)))
+}
+
+/// Perplexity of `model` on the token ids of a whole text (`ids`, from [`tokenize::encode`]).
+/// `progress(done, total)` is called after each batch of windows.
+pub fn perplexity(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> tenpak_error::Result<PplReport> {
+    perplexity_with(model, ids, text_name, options, &mut |done, total| {
+        progress(done, total);
+        Ok(())
+    })
+}
+
+/// [`perplexity`], where `step(done, total)` may stop the run by returning an error (a
+/// cancellation), which is returned as it is.
+pub fn perplexity_with(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
+    perplexity_by(model, ids, text_name, options, Protocol::Tenpak, None, step)
+}
+
+/// [`perplexity_with`] by `protocol`; with `bos`, the first token of every window is replaced by
+/// it (llama.cpp's habit when its vocabulary adds a BOS).
+pub fn perplexity_by(
+    model: &LlamaModel,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    protocol: Protocol,
+    bos: Option<u32>,
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
+    let scoring = Scoring::new(ids, text_name, options, protocol, bos, model.config())?;
+    let started = Instant::now();
+    let mut nll_sum = 0.0f64;
+    for (first_window, window_ids) in &scoring.batches {
+        let n = window_ids.len() / options.ctx;
+        nll_sum += scoring.scored(&model.token_nll(window_ids, n, None)?, *first_window)?;
+        step(first_window + n, scoring.windows)?;
+    }
+    Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+}
+
+/// [`perplexity_by`] with one block of `weights` in memory at a time: every window's hidden
+/// states go through block 0, then block 1, and so on, each block loaded, run and dropped. The
+/// same operations on the same values as the whole-model forward (so the same figure, bit for
+/// bit), with memory bounded by one block, the hidden states of the windows, and the embedding
+/// and head, whatever the model's size. `step(done, total)` counts blocks.
+pub fn perplexity_streamed(
+    config: &ModelConfig,
+    weights: &(impl runtime::WeightLoader + ?Sized),
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    protocol: Protocol,
+    bos: Option<u32>,
+    step: &mut dyn FnMut(usize, usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<PplReport> {
+    config.validate()?;
+    let scoring = Scoring::new(ids, text_name, options, protocol, bos, config)?;
+    let started = Instant::now();
+    let total = config.num_hidden_layers + 1;
+    let embed_tokens = runtime::llama::load_tensor(weights, "model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+    let mut hidden = scoring
+        .batches
+        .iter()
+        .map(|(_, window_ids)| runtime::llama::embed(&embed_tokens, window_ids, window_ids.len() / options.ctx))
+        .collect::<tenpak_error::Result<Vec<_>>>()?;
+    let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
+    let embed_tokens = tied.then_some(embed_tokens);
+    let rope = RopeTables::new(config, options.ctx)?;
+    for index in 0..config.num_hidden_layers {
+        let block = Block::load(config, index, weights).with_context(|| format!("loading block {index}"))?;
+        hidden = runtime::llama::forward_windows(&block, &hidden, &rope)?;
+        step(index + 1, total)?;
+    }
+    let head = Head::load(config, weights, embed_tokens.as_ref())?;
+    drop(embed_tokens);
+    let ids: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
+    let nlls = runtime::llama::token_nll_windows(&head, &hidden, &ids)?;
+    let mut nll_sum = 0.0f64;
+    for (nll, (first_window, _)) in nlls.iter().zip(&scoring.batches) {
+        nll_sum += scoring.scored(nll, *first_window)?;
+    }
+    step(total, total)?;
+    Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+}
+
+/// The windows of one perplexity run and how they are scored.
+struct Scoring<'a> {
+    /// Per forward pass: its first window and the token ids of its windows (BOS applied).
+    batches: Vec<(usize, Vec<u32>)>,
+    ids_len: usize,
+    windows: usize,
+    ctx: usize,
+    text_name: &'a str,
+    protocol: Protocol,
+    bos: Option<u32>,
+}
+
+impl<'a> Scoring<'a> {
+    fn new(
+        ids: &[u32],
+        text_name: &'a str,
+        options: &PplOptions,
+        protocol: Protocol,
+        bos: Option<u32>,
+        config: &ModelConfig,
+    ) -> tenpak_error::Result<Self> {
+        let PplOptions { ctx, samples, batch } = *options;
+        ensure!(batch >= 1, "batch must be at least 1 window");
+        let windows = window_count(ids.len(), ctx, samples, text_name)?;
+        let rope_limit = config.max_position_embeddings;
+        ensure!(ctx <= rope_limit, "ctx {ctx} exceeds the model's max_position_embeddings {rope_limit}");
+        let batches = (0..windows)
+            .step_by(batch)
+            .map(|first| {
+                let n = batch.min(windows - first);
+                let mut window_ids = ids[first * ctx..(first + n) * ctx].to_vec();
+                if let Some(bos) = bos {
+                    window_ids.iter_mut().step_by(ctx).for_each(|token| *token = bos);
+                }
+                (first, window_ids)
+            })
+            .collect();
+        Ok(Self { batches, ids_len: ids.len(), windows, ctx, text_name, protocol, bos })
+    }
+
+    /// The scored part of one batch's NLLs (every position is checked for a non-finite value,
+    /// scored or not).
+    fn scored(&self, nll: &[f32], first_window: usize) -> tenpak_error::Result<f64> {
+        let all = sum_nll(nll, first_window, self.ctx, self.text_name)?;
+        let first = self.protocol.first_scored(self.ctx);
+        Ok(if first == 0 {
+            all
+        } else {
+            nll.chunks(self.ctx - 1).map(|w| w[first..].iter().map(|&v| f64::from(v)).sum::<f64>()).sum()
+        })
+    }
+
+    fn report(&self, nll_sum: f64, seconds: f64) -> PplReport {
+        let (windows, ctx, text_name) = (self.windows, self.ctx, self.text_name);
+        let mut report = report(nll_sum, windows, self.ids_len, ctx, text_name, seconds);
+        if self.protocol == Protocol::LlamaCpp {
+            let first = self.protocol.first_scored(ctx);
+            report.tokens_scored = windows * (ctx - 1 - first);
+            report.mean_nll = nll_sum / report.tokens_scored as f64;
+            report.ppl = report.mean_nll.exp();
+            report.protocol = format!(
+                "llama-perplexity's protocol: {text_name} tokenized with the tokenizer's special tokens ({} tokens){}; the first \
+                 {windows} non-overlapping {ctx}-token windows; only predictions of positions {}..{} of each window scored \
+                 ({} tokens); PPL = exp(mean NLL)",
+                self.ids_len,
+                if self.bos.is_some() { ", each window's first token replaced by BOS" } else { ", no BOS" },
+                first + 1,
+                ctx - 1,
+                report.tokens_scored
+            );
+        }
+        report
+    }
+}
+
+/// The sum of the NLLs of windows `first_window..` (each `ctx − 1` values), refusing a
+/// non-finite one with its window and position.
+pub fn sum_nll(nll: &[f32], first_window: usize, ctx: usize, text_name: &str) -> tenpak_error::Result<f64> {
+    let mut sum = 0f64;
+    for (i, &value) in nll.iter().enumerate() {
+        if !value.is_finite() {
+            let (window, position) = (first_window + i / (ctx - 1), i % (ctx - 1) + 1);
+            bail!(
+                "{text_name}: the negative log-likelihood at window {window}, position {position} is {value}: \
+                 the model produced non-finite logits (are its weights finite?)"
+            );
+        }
+        sum += f64::from(value);
+    }
+    Ok(sum)
+}
+
+/// The report for the first `windows` windows of a text of `text_tokens` tokens, whose scored
+/// negative log-likelihoods sum to `nll_sum`, computed in `seconds`.
+pub fn report(nll_sum: f64, windows: usize, text_tokens: usize, ctx: usize, text_name: &str, seconds: f64) -> PplReport {
+    let tokens_scored = windows * (ctx - 1);
+    let mean_nll = nll_sum / tokens_scored as f64;
+    let available = text_tokens / ctx;
+    PplReport {
+        ppl: mean_nll.exp(),
+        mean_nll,
+        tokens_scored,
+        windows,
+        windows_available: available,
+        ctx,
+        text_tokens,
+        seconds,
+        tokens_per_second: (windows * ctx) as f64 / seconds.max(f64::MIN_POSITIVE),
+        protocol: format!(
+            "{text_name} tokenized whole without special tokens ({text_tokens} tokens); the first {windows} of {available} \
+             non-overlapping {ctx}-token windows, each from position 0; every position but the first scored \
+             ({tokens_scored} tokens); PPL = exp(mean NLL)"
+        ),
+    }
+}
+
+/// Tokenize `text` (named `text_name` in errors and in the protocol) and compute its perplexity.
+pub fn perplexity_of_text(
+    model: &LlamaModel,
+    tokenizer: &Tokenizer,
+    text: &str,
+    text_name: &str,
+    options: &PplOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> tenpak_error::Result<PplReport> {
+    let ids = tokenize::encode(tokenizer, text).map_err(|e| e.context(text_name.to_owned()))?;
+    perplexity(model, &ids, text_name, options, progress)
+}
+
+/// What to evaluate: a model (HF directory, `.safetensors`, `.gguf`) or a TenPak artifact
+/// directory, on a text.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    /// The model or artifact.
+    pub model: PathBuf,
+    /// The text to score.
+    pub text: TextSpec,
+    /// Windows, length, batch.
+    pub options: PplOptions,
+    /// Which positions are scored.
+    pub protocol: Protocol,
+}
+
+/// A TenPak artifact (a directory with `manifest.json`) or any model source.
+pub fn open_any(path: &Path, registry: Arc<Registry>) -> tenpak_error::Result<Box<dyn ModelSource>> {
+    if path.join("manifest.json").exists() {
+        Ok(Box::new(ArtifactSource::open(path, registry)?))
+    } else {
+        model::open(path)
+    }
+}
+
+/// Perplexity of the request's model on its text. The text and window settings are checked
+/// before any weight is loaded; the model is then run block by block ([`perplexity_streamed`]),
+/// so memory stays bounded by one block and the windows' hidden states, whatever the model's
+/// size. Errors are [`Kind::BadRequest`] unless they say otherwise.
+pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, Error> {
+    let checked = || -> tenpak_error::Result<_> {
+        let source = open_any(&request.model, registry.clone())?;
+        let text = request.text.load("text", "pass --text FILE")?;
+        let tokenizer = tokenize::for_model(source.as_ref())?;
+        let (ids, bos) = match request.protocol {
+            Protocol::Tenpak => (tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?, None),
+            Protocol::LlamaCpp => {
+                let with_specials = |t: &str| -> tenpak_error::Result<Vec<u32>> {
+                    Ok(tokenizer.encode(t, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
+                };
+                // The BOS the tokenizer adds, if any: what it puts before an empty text.
+                let bos = with_specials("")?.first().copied();
+                (with_specials(&text.content).context(text.name.clone())?, bos)
+            }
+        };
+        ensure!(request.options.batch >= 1, "batch must be at least 1 window");
+        window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
+        let limit = source.config().max_position_embeddings;
+        ensure!(request.options.ctx <= limit, "ctx {} exceeds the model's max_position_embeddings {limit}", request.options.ctx);
+        source.config().validate().with_context(|| source.path().display().to_string())?;
+        Ok((source, text, ids, bos))
+    };
+    let (source, text, ids, bos) = checked().map_err(|e| e.or_kind(Kind::BadRequest))?;
+    let scored = || -> tenpak_error::Result<PplReport> {
+        let config = source.config().clone();
+        let tracker = Tracker::new(observer, config.num_hidden_layers as u64 + 1);
+        tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
+        perplexity_streamed(&config, source.as_ref(), &ids, &text.name, &request.options, request.protocol, bos, &mut |done, total| {
+            tracker.end(Stage::Evaluate, None, if done < total { format!("block {done}/{}", total - 1) } else { "head".to_owned() });
+            tracker.check()
+        })
+        .with_context(|| format!("scoring {}", source.path().display()))
+    };
+    scored().map_err(|e| e.or_kind(Kind::Internal))
+}

@@ -1,0 +1,28 @@
+//! TenPak's job library: everything a front end (the CLI, Studio, a custom host) runs.
+//!
+//! The job API: [`plan::PackPlan::build`] turns a [`plan::PackRequest`] into a validated plan,
+//! [`pack::run`] runs it under an [`observe::PackObserver`] (progress, warnings, cancellation),
+//! [`eval::run`] scores a model or artifact, [`unpack::unpack`] writes one back out dense,
+//! [`sweep`] packs one model at several rates beside other tools' files and plots perplexity
+//! against bits per weight, and [`report`] renders a manifest for people. Failures are
+//! [`tenpak_error::Error`]s whose kind the front end maps to an exit code or an HTTP status. The
+//! library prints nothing.
+//!
+//! The pack flow runs one way: request → [`plan`] → allocation ([`measure`], for a measuring
+//! allocator) → [`pipeline`] (calibrate, [`encode`], propagate) → [`artifact`] → evaluation
+//! ([`eval`]) → [`report`].
+
+pub mod artifact;
+pub mod encode;
+pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod measure;
+pub mod observe;
+pub mod pack;
+pub mod pipeline;
+pub mod plan;
+pub mod preset;
+pub mod report;
+pub mod sweep;
+pub mod unpack;

@@ -1,0 +1,468 @@
+//! One validated pack job, whoever asked for it.
+//!
+//! The CLI turns its flags into a [`PackRequest`]; the server turns a JSON body into one after
+//! resolving names under its roots. [`PackPlan::build`] then checks *everything* before any work
+//! starts or any file is written: the preset against the registry, the model (readable, an
+//! architecture the runtime runs), every layer's plan, the calibrators the plan needs, the texts
+//! (present, long enough for the windows asked, not longer than the model's context), and the
+//! output (not an existing directory unless replacing is allowed). What comes out is everything
+//! [`crate::pack::run`] needs, texts already tokenized, so a running job fails only for reasons no
+//! check could foresee.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tenpak_error::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use tenpak_api::registry::Registry;
+use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Plan, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
+
+use crate::artifact::safetensors_writer::hex;
+use crate::encode::reconstruction_error;
+use tenpak_error::{Error, Kind};
+use crate::eval::{self, PplOptions};
+use tenpak_model::{self as model, ModelSource};
+use crate::preset::{BUILTIN, Preset};
+use tenpak_model::tokenize;
+
+/// Where the preset comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresetSpec {
+    /// A built-in preset by name (`balanced`).
+    Builtin(String),
+    /// A TOML file (CLI only: the server never reads paths from a request).
+    File(PathBuf),
+    /// TOML text given with the request; `origin` names it in errors.
+    Inline {
+        /// What to call it in errors (`request body`).
+        origin: String,
+        /// The TOML text.
+        text: String,
+    },
+}
+
+impl PresetSpec {
+    /// The CLI's reading of `--preset X`: a built-in name, else a file path.
+    pub fn from_cli(value: &str) -> Self {
+        if BUILTIN.iter().any(|(name, _)| *name == value) {
+            PresetSpec::Builtin(value.to_owned())
+        } else {
+            PresetSpec::File(PathBuf::from(value))
+        }
+    }
+
+    /// Parse the preset, returning it with its text (for the manifest).
+    pub fn load(&self) -> Result<(Preset, String)> {
+        match self {
+            PresetSpec::Builtin(name) => Preset::builtin(name).ok_or_else(|| {
+                Kind::NotFound.error(format!("no built-in preset `{name}` (built-in: {})", builtin_names()))
+            }),
+            PresetSpec::File(path) => {
+                if !path.is_file() {
+                    return Err(Kind::NotFound.error(format!(
+                        "preset `{}` is neither a built-in preset ({}) nor an existing file",
+                        path.display(),
+                        builtin_names()
+                    )));
+                }
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
+                Ok((Preset::parse(&text, &path.display().to_string())?, text))
+            }
+            PresetSpec::Inline { origin, text } => Ok((Preset::parse(text, origin)?, text.clone())),
+        }
+    }
+}
+
+/// The built-in preset names, comma-separated (for errors).
+fn builtin_names() -> String {
+    BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
+
+/// Where a text comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TextSpec {
+    /// A UTF-8 text file.
+    File(PathBuf),
+    /// Text given with the request; `name` stands for it in the manifest and in errors.
+    Inline {
+        /// What to call it (`calib_text (inline)`).
+        name: String,
+        /// The text.
+        text: String,
+    },
+}
+
+impl TextSpec {
+    /// Read the text. A missing file is [`Kind::NotFound`]; `what` (`calibration text`) and
+    /// `hint` (how to get one) go into that message.
+    pub fn load(&self, what: &str, hint: &str) -> Result<Text> {
+        let (name, content) = match self {
+            TextSpec::File(path) => {
+                if !path.is_file() {
+                    return Err(Kind::NotFound.error(format!("{}: no such {what} ({hint})", path.display())));
+                }
+                let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the {what}", path.display()))?;
+                let content = String::from_utf8(bytes)
+                    .map_err(|e| Kind::BadRequest.error(format!("{}: the {what} is not UTF-8 ({e})", path.display())))?;
+                (path.display().to_string(), content)
+            }
+            TextSpec::Inline { name, text } => (name.clone(), text.clone()),
+        };
+        let sha256 = hex(&Sha256::digest(content.as_bytes()));
+        Ok(Text { name, sha256, content })
+    }
+}
+
+/// A text in memory, with the name and hash the manifest records.
+#[derive(Clone, Debug)]
+pub struct Text {
+    /// A file path, or the inline text's name.
+    pub name: String,
+    /// sha256 of the UTF-8 bytes.
+    pub sha256: String,
+    /// The text.
+    pub content: String,
+}
+
+/// Which model to pack.
+#[derive(Clone)]
+pub enum ModelSpec {
+    /// An HF directory, a `.safetensors` file or a `.gguf` file (the server resolves a name under
+    /// its model roots into this path).
+    Path(PathBuf),
+    /// A source the caller opened itself (a custom host's own format, a test's in-memory model).
+    Source(Arc<dyn ModelSource>),
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            ModelSpec::Source(source) => f.debug_tuple("Source").field(&source.path()).finish(),
+        }
+    }
+}
+
+impl From<PathBuf> for ModelSpec {
+    fn from(path: PathBuf) -> Self {
+        ModelSpec::Path(path)
+    }
+}
+
+/// What to pack, as the user asked for it: nothing here is checked yet.
+#[derive(Clone, Debug)]
+pub struct PackRequest {
+    /// The model.
+    pub model: ModelSpec,
+    /// The preset.
+    pub preset: PresetSpec,
+    /// Where the artifact goes.
+    pub output: PathBuf,
+    /// Replace an existing artifact at `output`.
+    pub force: bool,
+    /// Calibration text; used only when the plan's codecs or the preset calibrate.
+    pub calib: Option<TextSpec>,
+    /// Evaluation text: when given, baseline and compressed perplexity go into the manifest.
+    pub eval: Option<TextSpec>,
+    /// Bits per weight on the block linears, overriding the preset's `target_bpw` (a preset
+    /// whose allocator measures, such as `bit_budget`).
+    pub target_bpw: Option<f64>,
+}
+
+/// The calibration input of a plan.
+pub struct Calibration {
+    /// The text.
+    pub text: Text,
+    /// Its first `windows · ctx` token ids (at least).
+    pub ids: Vec<u32>,
+    /// Windows to run.
+    pub windows: usize,
+    /// Tokens per window.
+    pub ctx: usize,
+}
+
+/// The evaluation input of a plan.
+pub struct Evaluation {
+    /// The text.
+    pub text: Text,
+    /// Its token ids, whole.
+    pub ids: Vec<u32>,
+    /// Windows to score (the preset's count, capped by what the text holds).
+    pub windows: usize,
+    /// How to score.
+    pub options: PplOptions,
+    /// Set when the figures will not be held-out (the evaluation text is the calibration text).
+    pub warning: Option<String>,
+    /// The source model's perplexity on exactly these windows, when this process has measured it
+    /// already (the later points of a sweep): the pack records it instead of scoring the source
+    /// again, and says so in the protocol. `None` from [`PackPlan::build`].
+    pub known_baseline: Option<f64>,
+}
+
+/// A validated pack job: everything [`crate::pack::run`] needs.
+pub struct PackPlan {
+    /// The model, open.
+    pub model: Arc<dyn ModelSource>,
+    /// The preset, checked against the registry.
+    pub preset: Preset,
+    /// The preset's text, for the manifest.
+    pub preset_text: String,
+    /// Every planned tensor's codec and parameters, by name (tensors absent are stored raw).
+    /// With a measuring allocator, the plan its rules resolve to before measuring: the pack
+    /// replaces it with the allocator's choice ([`crate::measure`]).
+    pub layers: BTreeMap<String, LayerPlan>,
+    /// The preset's allocator measures: the plan is chosen inside the pack, on the calibration
+    /// text.
+    pub measuring: bool,
+    /// Ids of the calibrators to run; empty for a calibration-free pack.
+    pub calibrators: Vec<String>,
+    /// Calibration text and windows, when `calibrators` is not empty.
+    pub calibration: Option<Calibration>,
+    /// Evaluation text and windows, when asked for.
+    pub evaluation: Option<Evaluation>,
+    /// Where the artifact goes.
+    pub output: PathBuf,
+    /// Replace an existing artifact at `output`.
+    pub force: bool,
+}
+
+impl PackPlan {
+    /// Check `request` against `registry` and prepare it. Errors are [`Kind::BadRequest`] unless
+    /// they say otherwise (a missing model or text is [`Kind::NotFound`], an architecture the
+    /// runtime does not run is [`Kind::Unsupported`]).
+    pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, Error> {
+        Self::build_inner(request, registry).map_err(|e| e.or_kind(Kind::BadRequest))
+    }
+
+    fn build_inner(request: &PackRequest, registry: &Registry) -> Result<PackPlan> {
+        let (mut preset, preset_text) = request.preset.load()?;
+        if let Some(bpw) = request.target_bpw {
+            if registry.allocator(&preset.allocator.id)?.needs(&preset.allocator_config()).is_none() {
+                bail!(
+                    "--target-bpw needs a preset whose allocator measures (`bit_budget`); preset `{}` uses `{}`",
+                    preset.name,
+                    preset.allocator.id
+                );
+            }
+            preset.allocator.params.0.remove("target_bytes");
+            preset.allocator.params.set("target_bpw", bpw);
+        }
+        preset.validate(registry)?;
+        if request.output.exists() && !request.force {
+            bail!("{} already exists (pass --force to replace it)", request.output.display());
+        }
+        let model: Arc<dyn ModelSource> = match &request.model {
+            ModelSpec::Path(path) => model::open(path)?.into(),
+            ModelSpec::Source(source) => source.clone(),
+        };
+        let config = model.config();
+        let allocator_config = preset.allocator_config();
+        let measuring = !registry.allocator(&preset.allocator.id)?.needs(&allocator_config).is_none();
+        // Every configuration the pack may encode with, for the calibrators it needs.
+        let mut candidates: Vec<LayerPlan> = Vec::new();
+        let layers = if measuring {
+            // The rules' plan, every candidate laid over it checked now; the choice comes later.
+            let infos = crate::measure::plan_infos(model.as_ref());
+            let base = infos.iter().map(|l| allocator_config.resolve(l)).collect::<tenpak_api::Result<Vec<_>>>()?;
+            for (lp, info) in base.iter().zip(&infos) {
+                if !(info.role.is_block_linear() && info.block.is_some()) {
+                    continue;
+                }
+                for (i, candidate) in allocator_config.candidates.iter().enumerate() {
+                    let mut tried = lp.clone();
+                    tried.apply(candidate);
+                    let codec = registry.codec(&tried.codec)?;
+                    codec.validate(&tried.params).with_context(|| {
+                        format!("preset `{}`, [[allocator.candidates]] #{} on `{}` ({})", preset.name, i + 1, lp.name, tried.codec)
+                    })?;
+                    candidates.push(tried);
+                }
+            }
+            check_plan(Plan { layers: base }, &infos, registry, &preset.allocator.id)?
+        } else {
+            plan_layers(model.as_ref(), &preset, registry)?
+        };
+        let calibrators = calibrators_for(layers.values().chain(&candidates), &preset, registry)?;
+
+        // Calibrating or evaluating runs the model, so the runtime must accept its configuration.
+        let calibrating = !calibrators.is_empty() || measuring;
+        let needs_tokens = calibrating || request.eval.is_some();
+        if needs_tokens {
+            config.validate().with_context(|| format!("{}", model.path().display()))?;
+        }
+        let tokenizer = if needs_tokens { Some(tokenize::for_model(model.as_ref())?) } else { None };
+        let max_ctx = config.max_position_embeddings;
+        let calibration = match (calibrating, &request.calib) {
+            (false, _) => None,
+            (true, None) => bail!("preset `{}` calibrates and needs a calibration text: pass --calib FILE", preset.name),
+            (true, Some(spec)) => {
+                let (windows, ctx) = (preset.calibration.windows, preset.calibration.ctx);
+                ensure!(windows > 0, "preset `{}`: [calibration] windows must be at least 1", preset.name);
+                ensure!(ctx <= max_ctx, "preset `{}`: calibration ctx {ctx} exceeds the model's max_position_embeddings {max_ctx}", preset.name);
+                let hint = format!(
+                    "preset `{}` calibrates; run scripts/fetch-assets.sh, pass --calib FILE, or use the \
+                     calibration-free preset `fast`",
+                    preset.name
+                );
+                let text = spec.load("calibration text", &hint)?;
+                let tokenizer = tokenizer.as_ref().expect("made when calibrating");
+                let ids = tokenize::encode_prefix(tokenizer, &text.content, windows * ctx).context(text.name.clone())?;
+                let available = ids.len() / ctx;
+                if available < windows {
+                    bail!(
+                        "{}: its {} tokens make {available} windows of {ctx}, but preset `{}` asks for {windows} calibration \
+                         windows; use a longer calibration text or fewer [calibration] windows",
+                        text.name,
+                        ids.len(),
+                        preset.name
+                    );
+                }
+                Some(Calibration { text, ids, windows, ctx })
+            }
+        };
+        let evaluation = match &request.eval {
+            None => None,
+            Some(spec) => {
+                let options = preset.eval_options();
+                ensure!(
+                    options.ctx <= max_ctx,
+                    "preset `{}`: evaluation ctx {} exceeds the model's max_position_embeddings {max_ctx}",
+                    preset.name,
+                    options.ctx
+                );
+                let text = spec.load("evaluation text", "run scripts/fetch-assets.sh, or pass --eval FILE or --no-eval")?;
+                let tokenizer = tokenizer.as_ref().expect("made when evaluating");
+                let ids = tokenize::encode(tokenizer, &text.content).context(text.name.clone())?;
+                let windows = eval::window_count(ids.len(), options.ctx, options.samples, &text.name)?;
+                let warning = calibration.as_ref().filter(|c| c.text.sha256 == text.sha256).map(|c| {
+                    format!(
+                        "the evaluation text {} is the calibration text {}: the perplexity figures are not held-out",
+                        text.name, c.text.name
+                    )
+                });
+                Some(Evaluation { text, ids, windows, options, warning, known_baseline: None })
+            }
+        };
+        Ok(PackPlan {
+            model,
+            preset,
+            preset_text,
+            layers,
+            measuring,
+            calibrators,
+            calibration,
+            evaluation,
+            output: request.output.clone(),
+            force: request.force,
+        })
+    }
+}
+
+/// A probe that really encodes: loads the layer, encodes it with the asked codec, measures.
+struct MeasuringProbe<'a> {
+    model: &'a dyn ModelSource,
+    registry: &'a Registry,
+    layers: &'a [LayerInfo],
+}
+
+impl Probe for MeasuringProbe<'_> {
+    fn try_codec(&mut self, index: usize, codec: &str, params: &Params) -> tenpak_api::Result<ProbeResult> {
+        let layer = &self.layers[index];
+        let to_api = |e: tenpak_error::Error| tenpak_api::Error::new(tenpak_api::ErrorKind::Other, format!("{e:#}"));
+        let values = self.model.load_f32(&layer.name).map_err(to_api)?;
+        let codec = self.registry.codec(codec)?;
+        let view = WeightView::new(&values, layer.rows, layer.cols)?;
+        let encoded = codec.encode(view, &LayerStats::none(), params)?;
+        let decoded = codec.decode(&encoded)?;
+        Ok(ProbeResult { bits: codec.size_bits(&encoded), rel_mse: reconstruction_error(&values, &decoded).0, ..Default::default() })
+    }
+}
+
+/// The per-layer plan for `model` under `preset`, keyed by tensor name. Every codec id and
+/// parameter set is checked here, before any encoding starts.
+pub fn plan_layers(model: &dyn ModelSource, preset: &Preset, registry: &Registry) -> Result<BTreeMap<String, LayerPlan>> {
+    let layers = crate::measure::plan_infos(model);
+    let allocator = registry.allocator(&preset.allocator.id)?;
+    let mut probe = MeasuringProbe { model, registry, layers: &layers };
+    let plan = allocator
+        .plan(&layers, &preset.allocator_config(), &mut probe)
+        .with_context(|| format!("allocator `{}`", preset.allocator.id))?;
+    check_plan(plan, &layers, registry, &preset.allocator.id)
+}
+
+/// An allocator's plan for `layers`, checked (one entry per layer, by name and in order; every
+/// codec known and its parameters valid) and keyed by tensor name.
+pub(crate) fn check_plan(plan: Plan, layers: &[LayerInfo], registry: &Registry, allocator: &str) -> Result<BTreeMap<String, LayerPlan>> {
+    if plan.layers.len() != layers.len() {
+        bail!("allocator `{allocator}` planned {} layers, expected {}", plan.layers.len(), layers.len());
+    }
+    let mut out = BTreeMap::new();
+    for (lp, layer) in plan.layers.into_iter().zip(layers) {
+        if lp.name != layer.name {
+            bail!("allocator `{allocator}` planned `{}` where `{}` was expected", lp.name, layer.name);
+        }
+        let codec = registry.codec(&lp.codec).with_context(|| format!("plan for `{}`", lp.name))?;
+        codec.validate(&lp.params).with_context(|| format!("plan for `{}` ({})", lp.name, lp.codec))?;
+        out.insert(lp.name.clone(), lp);
+    }
+    Ok(out)
+}
+
+const KINDS: [StatKind; 4] = [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram, StatKind::FisherDiag];
+
+/// Whether `needs` asks for statistic `kind`.
+pub(crate) fn wants(needs: StatsNeeds, kind: StatKind) -> bool {
+    match kind {
+        StatKind::ActScale => needs.act_scale,
+        StatKind::HessianDiag => needs.hessian_diag,
+        StatKind::Gram => needs.gram,
+        StatKind::FisherDiag => needs.fisher_diag,
+    }
+}
+
+/// Ids of the calibrators a pack needs: those the preset lists, plus a registered provider of
+/// every statistic a planned codec needs. Empty when nothing needs calibration.
+pub fn calibrators_for<'p>(plan: impl IntoIterator<Item = &'p LayerPlan>, preset: &Preset, registry: &Registry) -> Result<Vec<String>> {
+    let plan: Vec<&LayerPlan> = plan.into_iter().collect();
+    let mut needs = StatsNeeds::NONE;
+    for lp in &plan {
+        needs = needs.union(registry.codec(&lp.codec)?.needs());
+    }
+    let mut chosen = Vec::new();
+    for id in &preset.calibration.calibrators {
+        chosen.push(registry.calibrator(id).with_context(|| format!("preset `{}`, [calibration] calibrators", preset.name))?);
+    }
+    let registered: Vec<String> = registry.calibrators().map(|(id, _)| id.to_owned()).collect();
+    for kind in KINDS {
+        if !wants(needs, kind) || chosen.iter().any(|c| c.provides() == kind) {
+            continue;
+        }
+        let provider = registered.iter().find_map(|id| registry.calibrator(id).ok().filter(|c| c.provides() == kind));
+        let Some(provider) = provider else {
+            let codecs: Vec<&str> = plan
+                .iter()
+                .filter(|lp| registry.codec(&lp.codec).is_ok_and(|c| wants(c.needs(), kind)))
+                .map(|lp| lp.codec.as_str())
+                .collect();
+            return Err(Kind::Unsupported.error(format!(
+                "codec `{}` needs {kind:?} statistics, but no registered calibrator provides them",
+                codecs[0]
+            )));
+        };
+        chosen.push(provider);
+    }
+    if let Some(c) = chosen.iter().find(|c| c.needs_gradients()) {
+        return Err(Kind::Unsupported.error(format!(
+            "calibrator `{}` needs loss gradients (a backward pass), which this build's runtime does not compute",
+            c.id()
+        )));
+    }
+    Ok(chosen.iter().map(|c| c.id().to_owned()).collect())
+}
+
+/// The default artifact path for `model`: `<model stem>.tenpak` in the current directory.
+pub fn default_output(model: &Path) -> PathBuf {
+    let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    PathBuf::from(format!("{stem}.tenpak"))
+}

@@ -1,0 +1,77 @@
+//! A manifest for people: the tables `tenpak pack` and `tenpak info` print.
+
+use std::fmt::Write;
+
+use crate::artifact::Manifest;
+
+fn group_size(params: &tenpak_api::Params) -> String {
+    params.get("group_size").map_or("-".into(), |v| v.to_string())
+}
+
+/// One line per tensor: name, role, codec, group size, bits per weight, relative MSE, SNR.
+pub fn tensor_table(manifest: &Manifest) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<48} {:<9} {:<14} {:>6} {:>7} {:>11} {:>8}",
+        "tensor", "role", "codec", "group", "bits/w", "rel_mse", "snr_db"
+    );
+    for t in &manifest.tensors {
+        let _ = writeln!(
+            out,
+            "{:<48} {:<9} {:<14} {:>6} {:>7.3} {:>11.3e} {:>8}",
+            t.name,
+            t.role.name(),
+            t.codec.as_deref().unwrap_or("raw f32"),
+            group_size(&t.params),
+            t.bits_per_weight,
+            t.rel_mse,
+            t.snr_db.map_or("exact".into(), |s| format!("{s:.2}")),
+        );
+    }
+    out
+}
+
+/// Totals, size ratios and (when present) perplexity.
+pub fn summary(manifest: &Manifest) -> String {
+    let t = &manifest.totals;
+    let mut out = String::new();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let _ = writeln!(out, "source        {} ({}, {})", manifest.source.path, manifest.source.format, manifest.source.architecture);
+    let _ = writeln!(out, "preset        {}", manifest.preset.name);
+    let _ = writeln!(out, "weights       {} ({} in block linears)", t.weights, t.linear_weights);
+    let _ = writeln!(
+        out,
+        "bits/weight   {:.4} all tensors, {:.4} block linears",
+        t.bits_per_weight, t.linear_bits_per_weight
+    );
+    let _ = writeln!(
+        out,
+        "size          {:.2} MiB stored; source {:.2} MiB ({:.2}x smaller); fp16 {:.2} MiB ({:.2}x smaller)",
+        mib(t.stored_bytes),
+        mib(t.source_bytes),
+        t.ratio_vs_source,
+        mib(t.fp16_bytes),
+        t.ratio_vs_fp16
+    );
+    if let Some(c) = &manifest.calibration {
+        let _ = writeln!(
+            out,
+            "calibration   {} on {} windows of {} tokens of {} (sha256 {}…), {:.0} s",
+            c.calibrators.join(", "),
+            c.windows,
+            c.ctx,
+            c.text,
+            &c.text_sha256[..c.text_sha256.len().min(12)],
+            c.seconds
+        );
+    }
+    if let Some(e) = &manifest.evaluation {
+        let _ = writeln!(
+            out,
+            "perplexity    baseline {:.4}, compressed {:.4}, delta {:+.3}%\n  protocol    {}",
+            e.baseline_ppl, e.compressed_ppl, e.delta_pct, e.protocol
+        );
+    }
+    out
+}

@@ -1,0 +1,449 @@
+//! The `tenpak` command line.
+//!
+//! Flags are parsed by clap into raw values, then turned into the same request the server builds
+//! from JSON, and validated into one plan ([`PackPlan::build`]) before any work starts. Outcomes
+//! map to exit codes in one place, by the error's kind: 0 ok, 1 error, 2 a request to change
+//! (usage errors too), 130 cancelled.
+
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tenpak_error::{Context, Error, Kind, Result};
+use tenpak_export::{CtOptions, GgufOptions, export_compressed_tensors, export_gguf};
+use tenpak_pack::artifact::Artifact;
+use tenpak_pack::eval::{self, EvalRequest, PplOptions, Protocol};
+use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, TextSpec, default_output};
+use tenpak_pack::preset::{BUILTIN, Preset};
+use tenpak_pack::sweep::{self, SweepRequest};
+use tenpak_pack::unpack::{DenseDType, unpack};
+use tenpak_pack::{pack, report};
+use tenpak_plugins::builtins;
+#[cfg(feature = "studio")]
+use tenpak_studio::config::StudioConfig;
+
+use crate::progress::Bar;
+
+/// Which positions `tenpak eval` scores (the library's [`Protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProtocolArg {
+    /// TenPak's (DESIGN.md): the text without special tokens, every position but the first of
+    /// each window.
+    Tenpak,
+    /// `llama-perplexity`'s default, to compare with its output: the text tokenized with the
+    /// special tokens the tokenizer adds (a BOS where the model wants one), the first token of
+    /// each window replaced by that BOS, and only the second half of each window scored
+    /// (predictions of positions `ctx/2 + 1 .. ctx − 1`).
+    LlamaCpp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(arg: ProtocolArg) -> Self {
+        match arg {
+            ProtocolArg::Tenpak => Protocol::Tenpak,
+            ProtocolArg::LlamaCpp => Protocol::LlamaCpp,
+        }
+    }
+}
+
+/// Element type of `tenpak unpack`'s weights (the library's [`DenseDType`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DTypeArg {
+    /// 32-bit float: exactly the decoded values.
+    F32,
+    /// 16-bit float: half the size; decoded values rounded once more.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl From<DTypeArg> for DenseDType {
+    fn from(arg: DTypeArg) -> Self {
+        match arg {
+            DTypeArg::F32 => DenseDType::F32,
+            DTypeArg::F16 => DenseDType::F16,
+            DTypeArg::Bf16 => DenseDType::Bf16,
+        }
+    }
+}
+
+/// Formats `tenpak export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExportFormat {
+    /// GGUF, llama.cpp's format (a file).
+    Gguf,
+    /// compressed-tensors "pack-quantized" int4 (a Hugging Face directory for vLLM / transformers).
+    CompressedTensors,
+}
+
+#[derive(Parser)]
+#[command(name = "tenpak", version, about = "Compress LLM weights and measure what it cost")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Load codecs, calibrators and allocators from a plugin library (.so/.dylib/.dll); repeatable.
+    #[arg(long, global = true, value_name = "PATH")]
+    plugin: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress a model (HF directory, .safetensors or .gguf) into an artifact.
+    Pack {
+        /// The model to compress.
+        model: PathBuf,
+        /// A built-in preset name (see `tenpak presets`) or a preset TOML file.
+        /// `balanced` (the default) calibrates on --calib; `fast` needs no calibration text.
+        #[arg(long, default_value = "balanced")]
+        preset: String,
+        /// Output directory [default: <model name>.tenpak beside the current directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace the output if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Calibration text, for presets whose codecs need calibration statistics (windows and
+        /// ctx from the preset's [calibration]). Must not be the evaluation text.
+        #[arg(long, default_value = "assets/calib.txt")]
+        calib: PathBuf,
+        /// Evaluation text: baseline and compressed perplexity go into the manifest (windows and
+        /// ctx from the preset's [evaluation]).
+        #[arg(long, default_value = "assets/eval.txt")]
+        eval: PathBuf,
+        /// Skip the evaluation.
+        #[arg(long)]
+        no_eval: bool,
+        /// Bits per weight on the block linears, for a preset whose allocator measures
+        /// (`bit_budget`, e.g. the built-in `budget`): overrides its target_bpw.
+        #[arg(long, value_name = "BITS")]
+        target_bpw: Option<f64>,
+        /// Print every tensor's codec, bits and error (default: on).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        tensors: bool,
+    },
+    /// Perplexity of a model or an artifact on a text (protocol printed with the figure).
+    Eval {
+        /// A model (HF dir, .safetensors, .gguf) or a TenPak artifact directory.
+        model: PathBuf,
+        /// The text to score.
+        #[arg(long, default_value = "assets/eval.txt")]
+        text: PathBuf,
+        /// Evaluate only the first N windows [default: all].
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Windows per forward pass (1 is fastest on small CPUs; more only adds memory).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Which positions to score: TenPak's protocol, or llama-perplexity's (second half of
+        /// each window, BOS as llama.cpp adds it) to compare with its output.
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Tenpak)]
+        protocol: ProtocolArg,
+    },
+    /// Show an artifact's manifest: source, preset, sizes, perplexity, per-tensor errors.
+    Info {
+        /// The artifact directory.
+        artifact: PathBuf,
+        /// Print the per-tensor table too.
+        #[arg(long)]
+        tensors: bool,
+        /// Print the raw manifest JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an artifact back out as a dense Hugging Face directory (safetensors + config + tokenizer).
+    Unpack {
+        /// The artifact directory.
+        artifact: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Element type of the dense weights.
+        #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+        dtype: DTypeArg,
+        /// Replace the output if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write an artifact in another runtime's format: GGUF (llama.cpp) or compressed-tensors (vLLM, transformers).
+    ///
+    /// Tensors whose stored codes the format holds are carried over exactly (GGUF: int4 groups of
+    /// 32 with f16 scale and min → Q4_1, int8 → Q8_0, ...; compressed-tensors: int4_awq with
+    /// zero_point = "integer", alpha = 0, no outliers); the rest are re-quantized and the cost
+    /// reported.
+    Export {
+        /// The artifact directory.
+        artifact: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Gguf)]
+        format: ExportFormat,
+        /// Output file (GGUF) or directory (compressed-tensors).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// compressed-tensors: group size, 32 | 64 | 128 [default: the artifact's, else 32].
+        #[arg(long)]
+        group_size: Option<usize>,
+        /// GGUF type for tensors with no exact GGUF form (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ..
+        /// q6_k, f16) [default: the type nearest each tensor's bits per weight].
+        #[arg(long, value_name = "TYPE")]
+        requant: Option<String>,
+        /// Replace the output if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print every tensor's GGUF type and cost.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Run TenPak Studio, the HTTP job service (README: "Studio").
+    Serve {
+        /// The service's configuration file [default: every key at its default].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of the configuration's `listen` (port 0: any free port;
+        /// the address is printed once the server accepts connections).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Pack a model at several bit rates with a measuring preset and plot perplexity against bits
+    /// per weight, beside llama.cpp's GGUFs scored the same way (sweep.csv, sweep.svg, sweep.png).
+    Sweep {
+        /// The model to compress.
+        model: PathBuf,
+        /// Bits per weight on the block linears, one artifact each (`bpw-<target>.tenpak`).
+        #[arg(long, value_name = "BITS,...", value_delimiter = ',', required = true, num_args = 1..)]
+        bpw: Vec<f64>,
+        /// A preset whose allocator measures (`bit_budget`): a built-in name or a TOML file
+        /// [default: the built-in `budget`, where this build has one].
+        #[arg(long, value_name = "FILE_OR_NAME")]
+        preset: Option<String>,
+        /// A directory of GGUF files (llama.cpp's quantizations) to score with the same
+        /// evaluation windows and ctx; each is a point labelled by its file stem.
+        #[arg(long, value_name = "DIR")]
+        with_llamacpp: Option<PathBuf>,
+        /// Output directory: the artifacts, sweep.csv, sweep.svg and sweep.png.
+        #[arg(short, long, value_name = "OUT_DIR")]
+        output: PathBuf,
+        /// Calibration text (windows and ctx from the preset's [calibration]).
+        #[arg(long, default_value = "assets/calib.txt")]
+        calib: PathBuf,
+        /// Evaluation text (windows and ctx from the preset's [evaluation], for every point).
+        #[arg(long, default_value = "assets/eval.txt")]
+        eval: PathBuf,
+        /// Replace existing artifacts in the output directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List registered codecs, calibrators and allocators.
+    Codecs,
+    /// List built-in presets, and whether this build can run them.
+    Presets,
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    run_inner(cli).map_err(|e| e.or_kind(Kind::Internal))
+}
+
+fn run_inner(cli: Cli) -> Result<()> {
+    let mut registry = builtins::registry()?;
+    tenpak_plugins::dynamic::load_all(&mut registry, &cli.plugin)?;
+    #[cfg(not(feature = "studio"))]
+    if let Command::Serve { .. } = cli.command {
+        tenpak_error::bail!("this tenpak was built without Studio (cargo feature `studio`)");
+    }
+    #[cfg(feature = "studio")]
+    if let Command::Serve { config, listen } = cli.command {
+        let mut config = match config {
+            Some(path) => StudioConfig::load(&path)?,
+            None => StudioConfig::default(),
+        };
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        tenpak_plugins::dynamic::load_all(&mut registry, &config.plugins)?;
+        return tenpak_studio::run(config, registry, |address| {
+            use std::io::Write;
+            println!("listening on http://{address}");
+            let _ = std::io::stdout().flush();
+        });
+    }
+    let registry = Arc::new(registry);
+    let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
+    match cli.command {
+        Command::Pack { model, preset, output, force, calib, eval, no_eval, target_bpw, tensors } => {
+            let request = PackRequest {
+                output: output.unwrap_or_else(|| default_output(&model)),
+                model: model.into(),
+                preset: PresetSpec::from_cli(&preset),
+                force,
+                calib: Some(TextSpec::File(calib)),
+                eval: (!no_eval).then_some(TextSpec::File(eval)),
+                target_bpw,
+            };
+            let started = std::time::Instant::now();
+            let plan = PackPlan::build(&request, &registry)?;
+            let bar = Bar::new("pack", true);
+            let manifest = pack::run(&plan, &registry, &bar);
+            bar.finish();
+            let manifest = manifest?;
+            if tensors {
+                print!("{}", report::tensor_table(&manifest));
+                println!();
+            }
+            print!("{}", report::summary(&manifest));
+            println!("stages        {}", bar.stage_times());
+            println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
+            println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
+        }
+        Command::Eval { model, text, samples, ctx, batch, protocol } => {
+            let request =
+                EvalRequest { model, text: TextSpec::File(text), options: PplOptions { ctx, samples, batch }, protocol: protocol.into() };
+            let bar = Bar::new("eval", true);
+            let report = eval::run(&request, &registry, &bar);
+            bar.finish();
+            let report = report?;
+            println!("model         {}", request.model.display());
+            println!("ppl           {:.4}", report.ppl);
+            println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
+            println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);
+            println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
+            println!("protocol      {}", report.protocol);
+        }
+        Command::Info { artifact, tensors, json } => {
+            let artifact = Artifact::open(&artifact)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(artifact.manifest())?);
+                return Ok(());
+            }
+            print!("{}", report::summary(artifact.manifest()));
+            println!("shards        {} verified (sha256)", artifact.manifest().shards.len());
+            if tensors {
+                println!();
+                print!("{}", report::tensor_table(artifact.manifest()));
+            }
+        }
+        Command::Unpack { artifact: dir, output, dtype, force } => {
+            let artifact = Artifact::open(&dir)?;
+            let bar = Bar::new("unpack", progress);
+            let result = unpack(&artifact, &registry, &output, dtype.into(), force, &bar);
+            bar.finish();
+            result.with_context(|| format!("unpacking {}", dir.display()))?;
+            println!("wrote {}", output.display());
+        }
+        Command::Export { artifact: dir, format: ExportFormat::CompressedTensors, output, group_size, requant, force, tensors } => {
+            if requant.is_some() {
+                return Err(Kind::BadRequest.error("--requant applies to --format gguf only").into());
+            }
+            let artifact = Artifact::open(&dir)?;
+            let bar = Bar::new("export", progress);
+            let result = export_compressed_tensors(&artifact, &registry, &output, &CtOptions { group_size, force }, &bar);
+            bar.finish();
+            let exported = result.with_context(|| format!("exporting {}", dir.display()))?;
+            print!("{}", tenpak_export::report::ct_summary(&exported, tensors));
+            println!("wrote         {}", output.display());
+        }
+        Command::Export { artifact: dir, format: ExportFormat::Gguf, output, group_size, requant, force, tensors } => {
+            if group_size.is_some() {
+                return Err(Kind::BadRequest.error("--group-size applies to --format compressed-tensors only").into());
+            }
+            let requant = requant
+                .map(|name| {
+                    tenpak_model::ggml::parse_name(&name).ok_or_else(|| {
+                        Kind::BadRequest.error(format!("--requant {name}: not a GGUF type (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k .. q6_k, f16)"))
+                    })
+                })
+                .transpose()?;
+            let artifact = Artifact::open(&dir)?;
+            let bar = Bar::new("export", progress);
+            let options = GgufOptions { requant, force };
+            let result = export_gguf(&artifact, &registry, &output, &options, &bar);
+            bar.finish();
+            let exported = result.with_context(|| format!("exporting {}", dir.display()))?;
+            if tensors {
+                print!("{}", tenpak_export::report::gguf_tensor_table(&exported));
+                println!();
+            }
+            print!("{}", tenpak_export::report::gguf_summary(&exported));
+            println!("wrote         {}", output.display());
+        }
+        Command::Sweep { model, bpw, preset, with_llamacpp, output, calib, eval, force } => {
+            let preset = match preset {
+                Some(preset) => PresetSpec::from_cli(&preset),
+                None => sweep::default_preset()?,
+            };
+            let request = SweepRequest {
+                model,
+                targets: bpw,
+                preset,
+                gguf_dir: with_llamacpp,
+                output,
+                calib: TextSpec::File(calib),
+                eval: TextSpec::File(eval),
+                force,
+            };
+            let bar = Bar::new("sweep", true);
+            let outcome = sweep::run(&request, &registry, &bar, &mut |row| bar.println(&row.to_string()));
+            bar.finish();
+            let outcome = outcome?;
+            for (path, reason) in &outcome.skipped {
+                println!("skipped       {}: {reason}", path.display());
+            }
+            println!("protocol      {}", outcome.caption);
+            for path in [&outcome.csv, &outcome.svg, &outcome.png] {
+                println!("wrote         {}", path.display());
+            }
+        }
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Codecs => {
+            println!("codecs:");
+            for (id, source, codec) in registry.codecs() {
+                println!("  {id:<16} {:<60} [{source}]", codec.description());
+                for p in codec.params() {
+                    println!("      {:<20} = {:<10} {}", p.name, p.default, p.doc);
+                }
+            }
+            println!("calibrators:");
+            for (id, source) in registry.calibrators() {
+                println!("  {id:<16} [{source}]");
+            }
+            println!("allocators:");
+            for (id, source, allocator) in registry.allocators() {
+                println!("  {id:<16} {:<60} [{source}]", allocator.description());
+            }
+        }
+        Command::Presets => {
+            for (name, text) in BUILTIN {
+                let preset = Preset::parse(text, name)?;
+                let status = match preset.validate(&registry) {
+                    Ok(()) => "ready".to_string(),
+                    Err(e) => format!("not runnable in this build: {e:#}"),
+                };
+                println!("{name:<10} {}\n           {status}", preset.description);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // An error is reported as one line; a backtrace is for a bug (a panic), which RUST_BACKTRACE
+    // still gives. Libraries (candle) capture one into every error when RUST_BACKTRACE is set, and
+    // RUST_LIB_BACKTRACE=0 turns that off unless the user set it.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.kind().exit_code())
+        }
+    }
+}
