@@ -33,6 +33,28 @@ impl StatsNeeds {
         *self == Self::NONE
     }
 
+    /// Exactly the statistic `kind`.
+    pub fn of(kind: StatKind) -> StatsNeeds {
+        let mut needs = Self::NONE;
+        match kind {
+            StatKind::ActScale => needs.act_scale = true,
+            StatKind::HessianDiag => needs.hessian_diag = true,
+            StatKind::Gram => needs.gram = true,
+            StatKind::FisherDiag => needs.fisher_diag = true,
+        }
+        needs
+    }
+
+    /// True if statistic `kind` is needed.
+    pub fn wants(self, kind: StatKind) -> bool {
+        match kind {
+            StatKind::ActScale => self.act_scale,
+            StatKind::HessianDiag => self.hessian_diag,
+            StatKind::Gram => self.gram,
+            StatKind::FisherDiag => self.fisher_diag,
+        }
+    }
+
     /// The union of two needs.
     pub fn union(self, other: StatsNeeds) -> StatsNeeds {
         StatsNeeds {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::{API_VERSION, Allocator, Calibrator, Codec, Error, ErrorKind, Result};
+use crate::{API_VERSION, Allocator, Calibrator, Codec, Error, ErrorKind, Result, StatKind};
 
 /// A statically registered codec.
 pub struct CodecEntry {
@@ -235,6 +235,13 @@ impl Registry {
             .ok_or_else(|| unknown(&self.calibrators, "calibrator", id))
     }
 
+    /// A new instance of the first registered calibrator, in id order, that provides `kind`: how
+    /// the host finds a provider for a statistic a codec or allocator needs but the preset does
+    /// not list. `None` when no registered calibrator provides it.
+    pub fn calibrator_for(&self, kind: StatKind) -> Option<Box<dyn Calibrator>> {
+        self.calibrators.values().map(|s| (s.value)()).find(|c| c.provides() == kind)
+    }
+
     /// The allocator `id`, or an error listing the registered ones.
     pub fn allocator(&self, id: &str) -> Result<Arc<dyn Allocator>> {
         self.allocators
@@ -294,6 +301,40 @@ mod tests {
         let err = registry.codec("gamma").err().unwrap();
         assert!(err.message().contains("`gamma`") && err.message().contains("alpha, beta"), "{err}");
         assert!(registry.allocator("x").err().unwrap().message().contains("registered: none"));
+    }
+
+    /// Provides one statistic, observes nothing.
+    struct Provides(&'static str, StatKind);
+    impl Calibrator for Provides {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn provides(&self) -> StatKind {
+            self.1
+        }
+        fn observe_input(&mut self, _: &crate::LayerInfo, _: WeightView<'_>) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self, _: &crate::LayerInfo, _: &mut LayerStats) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_provider_of_a_statistic_is_the_first_registered_by_id() {
+        let mut registry = Registry::new();
+        for (id, kind) in [("zeta", StatKind::Gram), ("beta", StatKind::ActScale), ("alpha", StatKind::Gram)] {
+            registry.add_calibrator(id, Arc::new(move || Box::new(Provides(id, kind))), "test").unwrap();
+        }
+        assert_eq!(registry.calibrator_for(StatKind::Gram).unwrap().id(), "alpha");
+        assert_eq!(registry.calibrator_for(StatKind::ActScale).unwrap().id(), "beta");
+        assert!(registry.calibrator_for(StatKind::FisherDiag).is_none());
+        for kind in [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram, StatKind::FisherDiag] {
+            let needs = crate::StatsNeeds::of(kind);
+            assert!(needs.wants(kind) && !needs.is_none());
+            assert_eq!(needs.union(crate::StatsNeeds::NONE), needs);
+            assert!(!crate::StatsNeeds::NONE.wants(kind));
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tenpak_export::{GgufOptions, GgufReport, export_gguf};
 use tenpak_model::gguf::GgufModel;
 use tenpak_model::{self as model, ModelConfig, TokenizerSource};
 use tenpak_pack::observe::Silent;
-use tenpak_pack::plan::TextSpec;
+use tenpak_pack::text::TextSpec;
 use util::{
     inline_preset, llama_cpp_permute, pack, request, tiny_llama_config, tiny_model_tensors,
     tiny_qwen2_config, write_tiny_gguf,

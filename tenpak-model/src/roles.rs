@@ -1,6 +1,9 @@
-//! What each weight of a Llama-family model (in Hugging Face names) does.
+//! What each weight of a Llama-family model (in Hugging Face names) does, and the model's
+//! weight matrices as the layers an allocator plans.
 
-use tenpak_api::LayerRole;
+use tenpak_api::{LayerInfo, LayerRole};
+
+use crate::ModelSource;
 
 /// The role of the tensor called `name`, and its block index if it is inside a block.
 ///
@@ -36,6 +39,23 @@ pub fn classify(name: &str, shape: &[usize]) -> (LayerRole, Option<usize>) {
         LayerRole::Other
     };
     (role, block)
+}
+
+/// Every 2-D tensor of `model` as an allocator sees it, in block order (tensors outside the
+/// blocks last; the source's order within a block), so a probe walking the list runs each block
+/// once. (Sources list tensors in their own order, often by name: block 10 before block 2.)
+pub fn layer_infos(model: &dyn ModelSource) -> Vec<LayerInfo> {
+    let mut infos: Vec<LayerInfo> = model
+        .tensors()
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .map(|t| {
+            let (role, block) = classify(&t.name, &t.shape);
+            LayerInfo { name: t.name.clone(), role, block, rows: t.shape[0], cols: t.shape[1] }
+        })
+        .collect();
+    infos.sort_by_key(|l| l.block.unwrap_or(usize::MAX));
+    infos
 }
 
 #[cfg(test)]

@@ -267,12 +267,13 @@ fn observed_windows_equal_a_hooked_forward() {
         seen.push((name.to_owned(), tensor_rows(input).concat().iter().map(|v| v.to_bits()).collect()));
     };
     let mut want = Vec::new();
+    let mut want_outputs = Vec::new();
     for h in &hidden {
         let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
             record(&mut want, name, input);
             Ok(())
         };
-        block.forward(h, &rope, Some(&mut hook)).unwrap();
+        want_outputs.push(tensor_rows(&block.forward(h, &rope, Some(&mut hook)).unwrap()));
     }
     assert_eq!(want.len(), 5 * 7);
     for threads in [1, 2] {
@@ -286,6 +287,20 @@ fn observed_windows_equal_a_hooked_forward() {
         })
         .unwrap();
         assert!(got == want, "{threads} thread(s): the observed inputs differ from a hooked forward's");
+        // The same, with the block's outputs (the measuring pass moves on past the block).
+        let mut got = Vec::new();
+        let outputs = pool
+            .install(|| {
+                tenpak_model::runtime::llama::forward_observed_windows(block, &hidden, &rope, &mut |name, input| {
+                    record(&mut got, name, input);
+                    Ok(())
+                })
+            })
+            .unwrap();
+        assert!(got == want, "{threads} thread(s): forward_observed_windows observed other inputs");
+        let outputs: Vec<Vec<Vec<f32>>> = outputs.iter().map(tensor_rows).collect();
+        let bits = |o: &Vec<Vec<Vec<f32>>>| o.iter().flatten().flatten().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert!(bits(&outputs) == bits(&want_outputs), "{threads} thread(s): forward_observed_windows' outputs differ from a forward's");
     }
 }
 

@@ -14,11 +14,11 @@ use std::time::Instant;
 use tenpak_error::{Context, bail, ensure};
 use tenpak_api::registry::Registry;
 
-use crate::artifact::ArtifactSource;
+use crate::artifact::{ArtifactSource, EvaluationRecord};
 use tenpak_error::{Error, Kind};
 use tenpak_model::{self as model, ModelSource};
 use crate::observe::{PackObserver, Stage, Tracker};
-use crate::plan::TextSpec;
+use crate::text::{Text, TextSpec};
 use tenpak_model::ModelConfig;
 use tenpak_model::runtime::{self, Block, Head, LlamaModel, RopeTables};
 use tenpak_model::tokenize::{self, Tokenizer};
@@ -396,4 +396,40 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
         .with_context(|| format!("scoring {}", source.path().display()))
     };
     scored().map_err(|e| e.or_kind(Kind::Internal))
+}
+
+/// The source model's perplexity, as the evaluation record takes it.
+#[derive(Clone, Copy, Debug)]
+pub enum Baseline {
+    /// Scored by this pack.
+    Scored(f64),
+    /// Scored earlier in this process on the same model, text and windows
+    /// ([`crate::plan::Evaluation::known_baseline`]).
+    Reused(f64),
+}
+
+/// The manifest's evaluation entry; `warning` is appended to the protocol when set.
+pub fn evaluation_record(
+    baseline: Baseline,
+    compressed: &PplReport,
+    text: &Text,
+    warning: Option<&str>,
+) -> EvaluationRecord {
+    let mut protocol = format!("{} (text sha256 {})", compressed.protocol, text.sha256);
+    let baseline_ppl = match baseline {
+        Baseline::Scored(ppl) => ppl,
+        Baseline::Reused(ppl) => {
+            protocol.push_str("; baseline reused from an earlier pack of the same model on the same windows");
+            ppl
+        }
+    };
+    if let Some(warning) = warning {
+        protocol.push_str(&format!("; WARNING: {warning}"));
+    }
+    EvaluationRecord {
+        baseline_ppl,
+        compressed_ppl: compressed.ppl,
+        delta_pct: 100.0 * (compressed.ppl - baseline_ppl) / baseline_ppl,
+        protocol,
+    }
 }

@@ -8,16 +8,25 @@
 //! [`tenpak_error::Error`]s whose kind the front end maps to an exit code or an HTTP status. The
 //! library prints nothing.
 //!
-//! The pack flow runs one way: request → [`plan`] → allocation ([`measure`], for a measuring
-//! allocator) → [`pipeline`] (calibrate, [`encode`], propagate) → [`artifact`] → evaluation
-//! ([`eval`]) → [`report`].
+//! The pack flow runs one way (no module imports one that imports it back; `scripts/module-cycles.py`
+//! checks every crate in the test suite):
+//!
+//! ```text
+//! text, preset -> plan (PackRequest -> PackPlan, its Allocation fixed or measured)
+//!   -> allocate (a measuring allocator's choice, on the original model)
+//!   -> pipeline (block by block: calibrate, encode, propagate) -> artifact -> eval -> report
+//! ```
+//!
+//! [`calibrate`] is the one block calibration both the pipeline and [`allocate`] run; [`pack`]
+//! drives the flow, [`sweep`] repeats it at several rates.
 
+pub mod allocate;
 pub mod artifact;
+pub mod calibrate;
 pub mod encode;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod measure;
 pub mod observe;
 pub mod pack;
 pub mod pipeline;
@@ -25,4 +34,5 @@ pub mod plan;
 pub mod preset;
 pub mod report;
 pub mod sweep;
+pub mod text;
 pub mod unpack;

@@ -14,9 +14,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tenpak_error::Context;
 use tenpak_api::LayerStats;
 use tenpak_api::registry::Registry;
+use tenpak_error::{Context, Error, Kind};
+use tenpak_model::{ModelSource, TokenizerSource};
 
 use crate::artifact::safetensors_writer::sha256_file;
 use crate::artifact::{
@@ -24,12 +25,10 @@ use crate::artifact::{
     SourceRecord, TensorRecord, Totals,
 };
 use crate::encode::write_tensor;
-use tenpak_error::{Error, Kind};
-use crate::eval::{self, PplReport, Protocol};
-use tenpak_model::{ModelSource, TokenizerSource};
+use crate::eval::{self, Baseline, PplReport, Protocol, evaluation_record};
 use crate::observe::{PackObserver, Stage, Tracker};
-use crate::{measure, pipeline};
-use crate::plan::{Evaluation, PackPlan, Text};
+use crate::plan::{Allocation, Evaluation, PackPlan};
+use crate::{allocate, pipeline};
 
 fn source_record(model: &dyn ModelSource) -> tenpak_error::Result<SourceRecord> {
     let mut dtypes = BTreeMap::new();
@@ -96,15 +95,19 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
     let calibrated = !plan.calibrators.is_empty();
     // The calibration-free path scores the source and the artifact block by block (and the head).
     let eval_steps = plan.evaluation.as_ref().map_or(0, |_| 2 * (model.config().num_hidden_layers as u64 + 1));
-    let measure_steps = if plan.measuring { measure::steps(plan) } else { 0 };
+    let measure_steps = match plan.allocation {
+        Allocation::Measured(_) => allocate::steps(plan),
+        Allocation::Fixed(_) => 0,
+    };
     let total = measure_steps + if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
     let tracker = Tracker::new(observer, total);
     // A measuring allocator chooses the plan now, before anything is written.
-    let (layers, allocation) = if plan.measuring {
-        let (layers, record) = measure::allocate(plan, registry, &tracker)?;
-        (layers, Some(record))
-    } else {
-        (plan.layers.clone(), None)
+    let (layers, allocation) = match &plan.allocation {
+        Allocation::Fixed(layers) => (layers.clone(), None),
+        Allocation::Measured(measured) => {
+            let (layers, record) = allocate::allocate(plan, measured, registry, &tracker)?;
+            (layers, Some(record))
+        }
     };
     let mut writer = ArtifactWriter::create(&plan.output, plan.force)?;
     let (evaluation, calibration) = if calibrated {
@@ -192,40 +195,4 @@ fn evaluate_artifact(
     let artifact = ArtifactSource::open(dir, registry.clone())?;
     let compressed = score(&artifact, "compressed")?;
     Ok(evaluation_record(baseline, &compressed, &evaluation.text, evaluation.warning.as_deref()))
-}
-
-/// The source model's perplexity, as the evaluation record takes it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Baseline {
-    /// Scored by this pack.
-    Scored(f64),
-    /// Scored earlier in this process on the same model, text and windows
-    /// ([`crate::plan::Evaluation::known_baseline`]).
-    Reused(f64),
-}
-
-/// The manifest's evaluation entry; `warning` is appended to the protocol when set.
-pub(crate) fn evaluation_record(
-    baseline: Baseline,
-    compressed: &PplReport,
-    text: &Text,
-    warning: Option<&str>,
-) -> EvaluationRecord {
-    let mut protocol = format!("{} (text sha256 {})", compressed.protocol, text.sha256);
-    let baseline_ppl = match baseline {
-        Baseline::Scored(ppl) => ppl,
-        Baseline::Reused(ppl) => {
-            protocol.push_str("; baseline reused from an earlier pack of the same model on the same windows");
-            ppl
-        }
-    };
-    if let Some(warning) = warning {
-        protocol.push_str(&format!("; WARNING: {warning}"));
-    }
-    EvaluationRecord {
-        baseline_ppl,
-        compressed_ppl: compressed.ppl,
-        delta_pct: 100.0 * (compressed.ppl - baseline_ppl) / baseline_ppl,
-        protocol,
-    }
 }

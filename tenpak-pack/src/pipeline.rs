@@ -31,8 +31,9 @@ use crate::artifact::{ArtifactWriter, CalibrationRecord, EvaluationRecord};
 use crate::encode::{Prepared, prepare_tensor, write_prepared, write_tensor};
 use crate::eval;
 use crate::observe::{Stage, Tracker};
-use crate::pack::{Baseline, evaluation_record};
-use crate::plan::{Calibration, PackPlan, wants};
+use crate::calibrate::{self, Watched};
+use crate::eval::{Baseline, evaluation_record};
+use crate::plan::{Calibration, PackPlan};
 use tenpak_model::roles;
 use tenpak_model::runtime::llama::embed;
 use tenpak_model::runtime::{Block, Head, RopeTables, ops};
@@ -51,11 +52,11 @@ pub(crate) fn steps(plan: &PackPlan) -> u64 {
     3 * plan.model.config().num_hidden_layers as u64 + 2
 }
 
-/// One linear layer of the current block: what it is, its plan, and which calibrators watch it.
-struct BlockLayer<'p> {
-    info: LayerInfo,
-    plan: Option<&'p LayerPlan>,
-    calibrators: Vec<usize>,
+/// The linear layers of the current block: what each is and which calibrators watch it, and
+/// each one's plan.
+struct BlockLayers<'p> {
+    watched: Vec<Watched>,
+    plans: Vec<Option<&'p LayerPlan>>,
 }
 
 /// The hidden states of the evaluation windows on both paths (the original one only when the
@@ -241,83 +242,54 @@ impl<'a> Pipeline<'a> {
         Ok((0..self.calibrators.len())
             .filter(|&c| {
                 let calibrator = &self.calibrators[c];
-                wants(needs, calibrator.provides()) || listed.iter().any(|id| id == calibrator.id())
+                needs.wants(calibrator.provides()) || listed.iter().any(|id| id == calibrator.id())
             })
             .collect())
     }
 
     /// The linear layers of `block`, with their plans and watchers.
-    fn block_layers(&self, block: &Block) -> Result<Vec<BlockLayer<'a>>> {
-        let planned = self.layers;
-        block
-            .linears()
-            .iter()
-            .map(|linear| {
-                let name = linear.name().to_owned();
-                let (role, block) = roles::classify(&name, &[linear.out_features(), linear.in_features()]);
-                let info = LayerInfo { name, role, block, rows: linear.out_features(), cols: linear.in_features() };
-                let lp = planned.get(&info.name);
-                Ok(BlockLayer { calibrators: self.watchers(lp)?, plan: lp, info })
-            })
-            .collect()
+    fn block_layers(&self, block: &Block) -> Result<BlockLayers<'a>> {
+        let mut layers = BlockLayers { watched: Vec::new(), plans: Vec::new() };
+        for info in calibrate::linears(block) {
+            let lp = self.layers.get(&info.name);
+            layers.watched.push(Watched { calibrators: self.watchers(lp)?, info });
+            layers.plans.push(lp);
+        }
+        Ok(layers)
     }
 
     /// Run `block` (original weights) on the calibration hidden states; the calibrators watch
     /// every linear's input through the runtime's hook.
-    fn calibrate(&mut self, block: &Block, layers: &[BlockLayer<'_>], (i, n): (usize, usize)) -> Result<()> {
+    fn calibrate(&mut self, block: &Block, layers: &BlockLayers<'_>, (i, n): (usize, usize)) -> Result<()> {
         let windows = self.calibration.windows;
         self.tracker.begin(Stage::Calibrate, Some((i, n)), format!("block {}/{n}: calibrating on {windows} windows", i + 1))?;
-        if layers.iter().any(|l| !l.calibrators.is_empty()) {
-            let calibrators = &mut self.calibrators;
-            let mut hook = |name: &str, input: &Tensor| -> Result<()> {
-                let Some(layer) = layers.iter().find(|l| l.info.name == name) else { return Ok(()) };
-                let rows = input.dims()[0];
-                ops::with_f32_slice(input, |data| -> Result<()> {
-                    let view = WeightView::new(data, rows, layer.info.cols)?;
-                    for &c in &layer.calibrators {
-                        calibrators[c]
-                            .observe_input(&layer.info, view)
-                            .with_context(|| format!("calibrator `{}`", calibrators[c].id()))?;
-                    }
-                    Ok(())
-                })?
-            };
-            tenpak_model::runtime::llama::observe_windows(block, &self.hidden, &self.cal_rope, &mut hook)?;
+        if layers.watched.iter().any(|l| !l.calibrators.is_empty()) {
+            calibrate::observe(block, &self.hidden, &self.cal_rope, &mut self.calibrators, &layers.watched, false)?;
         }
         self.tracker.end(Stage::Calibrate, Some((i, n)), format!("block {}/{n}: calibrated", i + 1));
         Ok(())
     }
 
-    /// The statistics the calibrators in `watching` gathered for `layer`.
-    fn stats(&mut self, layer: &LayerInfo, watching: &[usize]) -> Result<LayerStats> {
-        let mut stats = LayerStats::none();
-        for &c in watching {
-            let calibrator = &mut self.calibrators[c];
-            calibrator.finish(layer, &mut stats).with_context(|| format!("calibrator `{}`", calibrator.id()))?;
-        }
-        Ok(stats)
-    }
-
     /// Encode each linear of `block` by its plan with its statistics; the decoded weight replaces
     /// it, so propagation sees what a reader of the artifact decodes.
-    fn encode(&mut self, block: &mut Block, layers: &[BlockLayer<'_>], (i, n): (usize, usize)) -> Result<()> {
+    fn encode(&mut self, block: &mut Block, layers: &BlockLayers<'_>, (i, n): (usize, usize)) -> Result<()> {
         self.tracker.begin(Stage::Encode, Some((i, n)), format!("block {}/{n}: encoding", i + 1))?;
         let model = self.plan.model.as_ref();
         // The block's layers are independent once their statistics are out: encode them in
         // parallel (OpenBLAS single-threaded in each), then write them in order, so the artifact
         // is the same whatever the thread count.
-        let mut work = Vec::with_capacity(layers.len());
-        for layer in layers {
-            let stats = self.stats(&layer.info, &layer.calibrators)?;
+        let mut work = Vec::with_capacity(layers.watched.len());
+        for (layer, &plan) in layers.watched.iter().zip(&layers.plans) {
+            let stats = calibrate::statistics(&mut self.calibrators, &layer.info, &layer.calibrators)?;
             let info = model.tensor(&layer.info.name).with_context(|| format!("no tensor `{}` in the source", layer.info.name))?;
             let linear = block.linear_mut(&layer.info.name).expect("the layer came from this block");
-            work.push((layer, info, linear.weight().flatten_all()?.to_vec1::<f32>()?, stats));
+            work.push((plan, info, linear.weight().flatten_all()?.to_vec1::<f32>()?, stats));
         }
         let registry = self.registry;
         let prepared: Vec<Prepared> = tenpak_model::runtime::blas::single_threaded(|| {
-            work.into_par_iter().map(|(layer, info, values, stats)| prepare_tensor(registry, info, values, layer.plan, &stats)).collect::<Result<Vec<_>>>()
+            work.into_par_iter().map(|(plan, info, values, stats)| prepare_tensor(registry, info, values, plan, &stats)).collect::<Result<Vec<_>>>()
         })?;
-        for (layer, prepared) in layers.iter().zip(prepared) {
+        for (layer, prepared) in layers.watched.iter().zip(prepared) {
             let decoded = write_prepared(self.writer, prepared)?;
             block.linear_mut(&layer.info.name).expect("the layer came from this block").set_weight(decoded)?;
         }
@@ -361,7 +333,7 @@ impl<'a> Pipeline<'a> {
                 Ok(())
             })??;
         }
-        let stats = self.stats(&layer, &watching)?;
+        let stats = calibrate::statistics(&mut self.calibrators, &layer, &watching)?;
         let decoded = write_tensor(self.writer, self.registry, info, model.load_f32(&info.name)?, lp, &stats)?;
         if !self.tied {
             self.quant_head.as_mut().context("a calibrated lm_head keeps the quantized head")?.lm_head_mut().set_weight(decoded)?;

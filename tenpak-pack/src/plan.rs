@@ -13,18 +13,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tenpak_error::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
 use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Plan, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
+use tenpak_error::{Context, Error, Kind, Result, bail, ensure};
+use tenpak_model::{self as model, ModelSource, roles, tokenize};
 
-use crate::artifact::safetensors_writer::hex;
 use crate::encode::reconstruction_error;
-use tenpak_error::{Error, Kind};
 use crate::eval::{self, PplOptions};
-use tenpak_model::{self as model, ModelSource};
 use crate::preset::{BUILTIN, Preset};
-use tenpak_model::tokenize;
+use crate::text::{Text, TextSpec};
 
 /// Where the preset comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,52 +74,6 @@ impl PresetSpec {
 /// The built-in preset names, comma-separated (for errors).
 fn builtin_names() -> String {
     BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
-}
-
-/// Where a text comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TextSpec {
-    /// A UTF-8 text file.
-    File(PathBuf),
-    /// Text given with the request; `name` stands for it in the manifest and in errors.
-    Inline {
-        /// What to call it (`calib_text (inline)`).
-        name: String,
-        /// The text.
-        text: String,
-    },
-}
-
-impl TextSpec {
-    /// Read the text. A missing file is [`Kind::NotFound`]; `what` (`calibration text`) and
-    /// `hint` (how to get one) go into that message.
-    pub fn load(&self, what: &str, hint: &str) -> Result<Text> {
-        let (name, content) = match self {
-            TextSpec::File(path) => {
-                if !path.is_file() {
-                    return Err(Kind::NotFound.error(format!("{}: no such {what} ({hint})", path.display())));
-                }
-                let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the {what}", path.display()))?;
-                let content = String::from_utf8(bytes)
-                    .map_err(|e| Kind::BadRequest.error(format!("{}: the {what} is not UTF-8 ({e})", path.display())))?;
-                (path.display().to_string(), content)
-            }
-            TextSpec::Inline { name, text } => (name.clone(), text.clone()),
-        };
-        let sha256 = hex(&Sha256::digest(content.as_bytes()));
-        Ok(Text { name, sha256, content })
-    }
-}
-
-/// A text in memory, with the name and hash the manifest records.
-#[derive(Clone, Debug)]
-pub struct Text {
-    /// A file path, or the inline text's name.
-    pub name: String,
-    /// sha256 of the UTF-8 bytes.
-    pub sha256: String,
-    /// The text.
-    pub content: String,
 }
 
 /// Which model to pack.
@@ -200,6 +151,37 @@ pub struct Evaluation {
     pub known_baseline: Option<f64>,
 }
 
+/// How a plan's tensors get their codecs and parameters.
+pub enum Allocation {
+    /// Decided now: every planned tensor's codec and parameters, by name (tensors absent are
+    /// stored raw), checked.
+    Fixed(BTreeMap<String, LayerPlan>),
+    /// Decided inside the pack by the preset's measuring allocator (`bit_budget`), on the
+    /// calibration text ([`crate::allocate`]).
+    Measured(MeasuredAllocation),
+}
+
+/// What a measuring allocator chooses from, checked.
+pub struct MeasuredAllocation {
+    /// The plan the preset's rules resolve to, by name: what each candidate is laid over, and
+    /// what the layers that are not block linears keep.
+    pub rules: BTreeMap<String, LayerPlan>,
+    /// Every configuration the allocator may choose for a block linear: each candidate laid
+    /// over that layer's rules.
+    pub candidates: Vec<LayerPlan>,
+}
+
+impl Allocation {
+    /// Every configuration the pack may encode with (the fixed plan; or the rules and every
+    /// candidate), for the calibrators they need.
+    pub fn possible(&self) -> Box<dyn Iterator<Item = &LayerPlan> + '_> {
+        match self {
+            Allocation::Fixed(layers) => Box::new(layers.values()),
+            Allocation::Measured(m) => Box::new(m.rules.values().chain(&m.candidates)),
+        }
+    }
+}
+
 /// A validated pack job: everything [`crate::pack::run`] needs.
 pub struct PackPlan {
     /// The model, open.
@@ -208,13 +190,8 @@ pub struct PackPlan {
     pub preset: Preset,
     /// The preset's text, for the manifest.
     pub preset_text: String,
-    /// Every planned tensor's codec and parameters, by name (tensors absent are stored raw).
-    /// With a measuring allocator, the plan its rules resolve to before measuring: the pack
-    /// replaces it with the allocator's choice ([`crate::measure`]).
-    pub layers: BTreeMap<String, LayerPlan>,
-    /// The preset's allocator measures: the plan is chosen inside the pack, on the calibration
-    /// text.
-    pub measuring: bool,
+    /// How every tensor gets its codec: fixed now, or chosen by measurement inside the pack.
+    pub allocation: Allocation,
     /// Ids of the calibrators to run; empty for a calibration-free pack.
     pub calibrators: Vec<String>,
     /// Calibration text and windows, when `calibrators` is not empty.
@@ -259,11 +236,10 @@ impl PackPlan {
         let config = model.config();
         let allocator_config = preset.allocator_config();
         let measuring = !registry.allocator(&preset.allocator.id)?.needs(&allocator_config).is_none();
-        // Every configuration the pack may encode with, for the calibrators it needs.
-        let mut candidates: Vec<LayerPlan> = Vec::new();
-        let layers = if measuring {
+        let allocation = if measuring {
             // The rules' plan, every candidate laid over it checked now; the choice comes later.
-            let infos = crate::measure::plan_infos(model.as_ref());
+            let mut candidates: Vec<LayerPlan> = Vec::new();
+            let infos = roles::layer_infos(model.as_ref());
             let base = infos.iter().map(|l| allocator_config.resolve(l)).collect::<tenpak_api::Result<Vec<_>>>()?;
             for (lp, info) in base.iter().zip(&infos) {
                 if !(info.role.is_block_linear() && info.block.is_some()) {
@@ -279,11 +255,12 @@ impl PackPlan {
                     candidates.push(tried);
                 }
             }
-            check_plan(Plan { layers: base }, &infos, registry, &preset.allocator.id)?
+            let rules = check_plan(Plan { layers: base }, &infos, registry, &preset.allocator.id)?;
+            Allocation::Measured(MeasuredAllocation { rules, candidates })
         } else {
-            plan_layers(model.as_ref(), &preset, registry)?
+            Allocation::Fixed(plan_layers(model.as_ref(), &preset, registry)?)
         };
-        let calibrators = calibrators_for(layers.values().chain(&candidates), &preset, registry)?;
+        let calibrators = calibrators_for(allocation.possible(), &preset, registry)?;
 
         // Calibrating or evaluating runs the model, so the runtime must accept its configuration.
         let calibrating = !calibrators.is_empty() || measuring;
@@ -348,8 +325,7 @@ impl PackPlan {
             model,
             preset,
             preset_text,
-            layers,
-            measuring,
+            allocation,
             calibrators,
             calibration,
             evaluation,
@@ -382,7 +358,7 @@ impl Probe for MeasuringProbe<'_> {
 /// The per-layer plan for `model` under `preset`, keyed by tensor name. Every codec id and
 /// parameter set is checked here, before any encoding starts.
 pub fn plan_layers(model: &dyn ModelSource, preset: &Preset, registry: &Registry) -> Result<BTreeMap<String, LayerPlan>> {
-    let layers = crate::measure::plan_infos(model);
+    let layers = roles::layer_infos(model);
     let allocator = registry.allocator(&preset.allocator.id)?;
     let mut probe = MeasuringProbe { model, registry, layers: &layers };
     let plan = allocator
@@ -411,16 +387,6 @@ pub(crate) fn check_plan(plan: Plan, layers: &[LayerInfo], registry: &Registry, 
 
 const KINDS: [StatKind; 4] = [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram, StatKind::FisherDiag];
 
-/// Whether `needs` asks for statistic `kind`.
-pub(crate) fn wants(needs: StatsNeeds, kind: StatKind) -> bool {
-    match kind {
-        StatKind::ActScale => needs.act_scale,
-        StatKind::HessianDiag => needs.hessian_diag,
-        StatKind::Gram => needs.gram,
-        StatKind::FisherDiag => needs.fisher_diag,
-    }
-}
-
 /// Ids of the calibrators a pack needs: those the preset lists, plus a registered provider of
 /// every statistic a planned codec needs. Empty when nothing needs calibration.
 pub fn calibrators_for<'p>(plan: impl IntoIterator<Item = &'p LayerPlan>, preset: &Preset, registry: &Registry) -> Result<Vec<String>> {
@@ -433,16 +399,14 @@ pub fn calibrators_for<'p>(plan: impl IntoIterator<Item = &'p LayerPlan>, preset
     for id in &preset.calibration.calibrators {
         chosen.push(registry.calibrator(id).with_context(|| format!("preset `{}`, [calibration] calibrators", preset.name))?);
     }
-    let registered: Vec<String> = registry.calibrators().map(|(id, _)| id.to_owned()).collect();
     for kind in KINDS {
-        if !wants(needs, kind) || chosen.iter().any(|c| c.provides() == kind) {
+        if !needs.wants(kind) || chosen.iter().any(|c| c.provides() == kind) {
             continue;
         }
-        let provider = registered.iter().find_map(|id| registry.calibrator(id).ok().filter(|c| c.provides() == kind));
-        let Some(provider) = provider else {
+        let Some(provider) = registry.calibrator_for(kind) else {
             let codecs: Vec<&str> = plan
                 .iter()
-                .filter(|lp| registry.codec(&lp.codec).is_ok_and(|c| wants(c.needs(), kind)))
+                .filter(|lp| registry.codec(&lp.codec).is_ok_and(|c| c.needs().wants(kind)))
                 .map(|lp| lp.codec.as_str())
                 .collect();
             return Err(Kind::Unsupported.error(format!(

@@ -35,7 +35,8 @@ use tenpak_error::{Error, Kind};
 use crate::eval::{self, EvalRequest, PplOptions, Protocol};
 use tenpak_model as model;
 use crate::observe::{PackObserver, Update};
-use crate::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
+use crate::plan::{PackPlan, PackRequest, PresetSpec};
+use crate::text::TextSpec;
 use crate::preset::{BUILTIN, Preset};
 
 pub use plot::{PlotOptions, write_png, write_svg};

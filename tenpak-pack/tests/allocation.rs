@@ -7,7 +7,8 @@ use tenpak_testkit as util;
 use std::sync::Arc;
 
 use tenpak_plugins::builtins;
-use tenpak_pack::plan::{PackRequest, PresetSpec, TextSpec};
+use tenpak_pack::plan::{PackRequest, PresetSpec};
+use tenpak_pack::text::TextSpec;
 use util::{Tiny, budget_preset, inline_preset, pack, tiny};
 
 fn job(t: &Tiny, preset: &str, target_bpw: Option<f64>) -> PackRequest {

@@ -14,7 +14,8 @@ use tenpak_plugins::builtins;
 use tenpak_pack::eval::{self, EvalRequest, PplOptions};
 use tenpak_model::{self as model, ModelConfig, TokenizerSource};
 use tenpak_pack::observe::Silent;
-use tenpak_pack::plan::{PackRequest, TextSpec};
+use tenpak_pack::plan::PackRequest;
+use tenpak_pack::text::TextSpec;
 use tenpak_pack::unpack::{DenseDType, unpack};
 use util::{
     NamedTensor, StoreAs, inline_preset, pack, tiny_llama_config, tiny_model_tensors,

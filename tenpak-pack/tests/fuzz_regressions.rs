@@ -13,7 +13,8 @@ use candle_core::quantized::GgmlDType;
 use tenpak_pack::fuzzing;
 use tenpak_model::gguf::GgufModel;
 use tenpak_model::{ModelConfig, ModelSource};
-use tenpak_pack::plan::{PresetSpec, TextSpec};
+use tenpak_pack::plan::PresetSpec;
+use tenpak_pack::text::TextSpec;
 use util::{NamedTensor, StoreAs, tiny_llama_config, tiny_llama_tensors, write_safetensors, write_tiny_gguf_as};
 
 type Harness = fn(&[u8]) -> usize;

@@ -20,7 +20,8 @@ use super::store::{STALE_SECONDS, Start, Store};
 use tenpak_error::{Error, Kind};
 use tenpak_pack::eval::{self, EvalRequest, PplOptions};
 use tenpak_pack::observe::{PackObserver, Update};
-use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, TextSpec};
+use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec};
+use tenpak_pack::text::TextSpec;
 
 /// Attempts before a job interrupted by server stops is given up.
 pub const MAX_ATTEMPTS: i64 = 3;

@@ -335,18 +335,47 @@ pub fn observe_windows(
     rope: &RopeTables,
     observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send),
 ) -> tenpak_error::Result<()> {
-    let record = |h: &Tensor| -> tenpak_error::Result<Vec<(String, Tensor)>> {
+    observed_windows(block, hidden, rope, observe, false).map(|_| ())
+}
+
+/// [`observe_windows`], and the block's outputs too, as [`forward_windows`] computes them: for a
+/// caller that both calibrates on a block and moves on past it (the measuring pass, on the
+/// original model).
+pub fn forward_observed_windows(
+    block: &Block,
+    hidden: &[Tensor],
+    rope: &RopeTables,
+    observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send),
+) -> tenpak_error::Result<Vec<Tensor>> {
+    observed_windows(block, hidden, rope, observe, true)
+}
+
+/// One window through `block` with its linear inputs recorded, and its output when asked for.
+type Observed = (Vec<(String, Tensor)>, Option<Tensor>);
+
+fn observed_windows(
+    block: &Block,
+    hidden: &[Tensor],
+    rope: &RopeTables,
+    observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send),
+    outputs: bool,
+) -> tenpak_error::Result<Vec<Tensor>> {
+    let record = |h: &Tensor| -> tenpak_error::Result<Observed> {
         let mut seen = Vec::with_capacity(7);
         let mut hook = |name: &str, input: &Tensor| -> tenpak_error::Result<()> {
             seen.push((name.to_string(), input.clone()));
             Ok(())
         };
-        block.observe(h, rope, &mut hook)?;
-        Ok(seen)
+        let output = if outputs { Some(block.forward(h, rope, Some(&mut hook))?) } else { block.observe(h, rope, &mut hook).map(|()| None)? };
+        Ok((seen, output))
     };
-    let observe_all = |recorded: Vec<Vec<(String, Tensor)>>, observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send)| {
-        for (name, input) in recorded.iter().flatten() {
-            observe(name, input).with_context(|| format!("hook at {name}"))?;
+    let mut out = Vec::with_capacity(if outputs { hidden.len() } else { 0 });
+    let mut observe_all = |recorded: Vec<Observed>, observe: &mut (dyn FnMut(&str, &Tensor) -> tenpak_error::Result<()> + Send)| {
+        for (seen, output) in recorded {
+            for (name, input) in &seen {
+                observe(name, input).with_context(|| format!("hook at {name}"))?;
+            }
+            out.extend(output);
         }
         Ok::<(), tenpak_error::Error>(())
     };
@@ -363,7 +392,8 @@ pub fn observe_windows(
             pending = next?;
         }
         observe_all(pending, observe)
-    })
+    })?;
+    Ok(out)
 }
 
 /// [`Head::token_nll`] of each of `hidden`'s tensors with its token ids, several at once as in

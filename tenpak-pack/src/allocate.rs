@@ -22,56 +22,27 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tenpak_error::{Context, Result, bail};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tenpak_api::registry::Registry;
 use tenpak_api::{Calibrator, LayerInfo, LayerPlan, LayerStats, Params, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
+use tenpak_error::{Context, Kind, Result, bail};
+use tenpak_model::ModelSource;
 use tenpak_quant::quadratic::{quadratic_form, quadratic_form_rows};
 
 use crate::artifact::safetensors_writer::{hex, sha256_file};
+use crate::artifact::{AllocationRecord, ChosenLayer};
+use crate::calibrate::{self, Watched};
 use crate::encode::reconstruction_error;
-use tenpak_error::Kind;
-use tenpak_model::ModelSource;
 use crate::observe::{Stage, Tracker};
-use crate::plan::{Calibration, PackPlan, wants};
+use crate::plan::{Calibration, MeasuredAllocation, PackPlan, check_plan};
 use tenpak_model::runtime::llama::embed;
-use tenpak_model::runtime::{Block, RopeTables, ops};
+use tenpak_model::runtime::{Block, RopeTables};
 use tenpak_model::{roles, runtime};
 
 /// Calibration windows the Fisher gradient pass runs on (the first of the calibration text).
 pub const FISHER_WINDOWS: usize = 8;
-
-/// What a measured allocation chose, for the manifest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AllocationRecord {
-    /// Allocator id.
-    pub allocator: String,
-    /// Its parameters as the pack used them (the target included).
-    pub params: Params,
-    /// Measurements made in this pack.
-    pub measured: usize,
-    /// Measurements read from the cache.
-    pub cached: usize,
-    /// The cache file, when one was used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<String>,
-    /// Wall time of measuring and choosing, in seconds.
-    pub seconds: f64,
-    /// Every block linear's chosen configuration as measured: stored bits and errors.
-    pub layers: Vec<ChosenLayer>,
-}
-
-/// One layer's measured choice.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChosenLayer {
-    /// Tensor name.
-    pub name: String,
-    /// What its measurement found.
-    #[serde(flatten)]
-    pub result: ProbeResult,
-}
 
 /// The directory measurements are cached in: `$TENPAK_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/tenpak`, else `$HOME/.cache/tenpak`; `None` (no cache) when none is set.
@@ -183,7 +154,7 @@ impl CalibratedProbe<'_> {
     /// Statistics for a codec that needs `needs`: the kinds it asks for and the preset's listed
     /// ones, out of everything measured for the layer.
     fn stats_for(&self, all: &LayerStats, needs: StatsNeeds) -> LayerStats {
-        let keep = |kind: StatKind| wants(needs, kind) || self.listed.contains(&kind);
+        let keep = |kind: StatKind| needs.wants(kind) || self.listed.contains(&kind);
         LayerStats {
             act_scale: all.act_scale.clone().filter(|_| keep(StatKind::ActScale)),
             hessian_diag: all.hessian_diag.clone().filter(|_| keep(StatKind::HessianDiag)),
@@ -216,42 +187,18 @@ impl CalibratedProbe<'_> {
         }
         self.tracker.begin(Stage::Measure, Some((index, n)), format!("block {}/{n}: measuring", index + 1))?;
         let block = Block::load(config, index, model).with_context(|| format!("loading block {index}"))?;
-        let linears: Vec<LayerInfo> = block
-            .linears()
-            .iter()
-            .map(|l| {
-                let name = l.name().to_owned();
-                let (role, block) = roles::classify(&name, &[l.out_features(), l.in_features()]);
-                LayerInfo { name, role, block, rows: l.out_features(), cols: l.in_features() }
-            })
-            .collect();
+        // Every calibrator watches every linear; the block's outputs move the float path on.
         let mut calibrators = calibrators_providing(self.needs, self.registry)?;
-        let mut hook = |name: &str, input: &Tensor| -> Result<()> {
-            let Some(layer) = linears.iter().find(|l| l.name == name) else { return Ok(()) };
-            let rows = input.dims()[0];
-            ops::with_f32_slice(input, |data| -> Result<()> {
-                let view = WeightView::new(data, rows, layer.cols)?;
-                for c in calibrators.iter_mut() {
-                    c.observe_input(layer, view).with_context(|| format!("calibrator `{}`", c.id()))?;
-                }
-                Ok(())
-            })?
-        };
-        let mut next_hidden = Vec::with_capacity(float.hidden.len());
-        for h in &float.hidden {
-            next_hidden.push(block.forward(h, &float.rope, Some(&mut hook))?);
-        }
-        float.hidden = next_hidden;
+        let every: Vec<usize> = (0..calibrators.len()).collect();
+        let linears: Vec<Watched> = calibrate::linears(&block).into_iter().map(|info| Watched { info, calibrators: every.clone() }).collect();
+        let outputs = calibrate::observe(&block, &float.hidden, &float.rope, &mut calibrators, &linears, true)?;
+        float.hidden = outputs.expect("asked for the outputs");
         float.next = index + 1;
         let mut stats = BTreeMap::new();
         let mut weights = BTreeMap::new();
         for (layer, linear) in linears.iter().zip(block.linears()) {
-            let mut s = LayerStats::none();
-            for c in calibrators.iter_mut() {
-                c.finish(layer, &mut s).with_context(|| format!("calibrator `{}`", c.id()))?;
-            }
-            stats.insert(layer.name.clone(), s);
-            weights.insert(layer.name.clone(), linear.weight().flatten_all()?.to_vec1::<f32>()?);
+            stats.insert(layer.info.name.clone(), calibrate::statistics(&mut calibrators, &layer.info, &every)?);
+            weights.insert(layer.info.name.clone(), linear.weight().flatten_all()?.to_vec1::<f32>()?);
         }
         self.current = Some(MeasuredBlock { index, weights, stats });
         self.tracker.end(Stage::Measure, Some((index, n)), format!("block {}/{n}: measured", index + 1));
@@ -359,11 +306,9 @@ pub fn probe_result(original: &[f32], decoded: &[f32], cols: usize, bits: u64, g
 fn calibrators_providing(needs: StatsNeeds, registry: &Registry) -> Result<Vec<Box<dyn Calibrator>>> {
     let mut out: Vec<Box<dyn Calibrator>> = Vec::new();
     for kind in [StatKind::ActScale, StatKind::HessianDiag, StatKind::Gram] {
-        if !wants(needs, kind) {
-            continue;
+        if needs.wants(kind) {
+            out.push(registry.calibrator_for(kind).with_context(|| format!("no registered calibrator provides {kind:?} statistics"))?);
         }
-        let provider = registry.calibrators().find_map(|(id, _)| registry.calibrator(id).ok().filter(|c| c.provides() == kind));
-        out.push(provider.with_context(|| format!("no registered calibrator provides {kind:?} statistics"))?);
     }
     Ok(out)
 }
@@ -377,10 +322,8 @@ fn fisher_rows(plan: &PackPlan, calibration: &Calibration, registry: &Registry, 
     let n = config.num_hidden_layers;
     let windows = calibration.windows.min(FISHER_WINDOWS);
     tracker.begin(Stage::Measure, None, format!("Fisher information: gradients of {windows} windows"))?;
-    let mut calibrator = registry
-        .calibrators()
-        .find_map(|(id, _)| registry.calibrator(id).ok().filter(|c| c.provides() == StatKind::FisherDiag))
-        .context("no registered calibrator provides the Fisher diagonal (fisher_diag)")?;
+    let mut calibrator =
+        registry.calibrator_for(StatKind::FisherDiag).context("no registered calibrator provides the Fisher diagonal (fisher_diag)")?;
     let mut rows: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut pending: Vec<LayerInfo> = Vec::new();
     let finish = |calibrator: &mut Box<dyn Calibrator>, pending: &mut Vec<LayerInfo>, rows: &mut BTreeMap<String, Vec<f64>>| -> Result<()> {
@@ -431,16 +374,21 @@ fn cache_context(plan: &PackPlan, calibration: &Calibration, needs: StatsNeeds, 
     Ok(context)
 }
 
-/// Run the preset's measuring allocator on `plan`: the per-layer plan it chooses, and the record
-/// of how.
-pub(crate) fn allocate(plan: &PackPlan, registry: &Registry, tracker: &Tracker<'_>) -> Result<(BTreeMap<String, LayerPlan>, AllocationRecord)> {
+/// Run the preset's measuring allocator on `plan`, starting from `measured` (its rules and
+/// candidates): the per-layer plan it chooses, and the record of how.
+pub(crate) fn allocate(
+    plan: &PackPlan,
+    measured: &MeasuredAllocation,
+    registry: &Registry,
+    tracker: &Tracker<'_>,
+) -> Result<(BTreeMap<String, LayerPlan>, AllocationRecord)> {
     let started = Instant::now();
     let model = plan.model.as_ref();
     let calibration = plan.calibration.as_ref().context("a measuring allocator needs the calibration text")?;
     let config = plan.preset.allocator_config();
     let allocator = registry.allocator(&plan.preset.allocator.id)?;
     let mut needs = allocator.needs(&config).union(StatsNeeds { gram: true, ..StatsNeeds::NONE });
-    for lp in plan.layers.values() {
+    for lp in measured.rules.values() {
         needs = needs.union(registry.codec(&lp.codec)?.needs());
     }
     for candidate in &config.candidates {
@@ -455,15 +403,12 @@ pub(crate) fn allocate(plan: &PackPlan, registry: &Registry, tracker: &Tracker<'
         .iter()
         .map(|id| Ok(registry.calibrator(id)?.provides()))
         .collect::<tenpak_api::Result<_>>()?;
-    for kind in &listed {
-        needs = needs.union(match kind {
-            StatKind::ActScale => StatsNeeds { act_scale: true, ..StatsNeeds::NONE },
-            StatKind::HessianDiag => StatsNeeds { hessian_diag: true, ..StatsNeeds::NONE },
-            StatKind::Gram => StatsNeeds { gram: true, ..StatsNeeds::NONE },
-            StatKind::FisherDiag => StatsNeeds::NONE,
-        });
+    // A listed calibrator's statistic is gathered too (the Fisher diagonal comes from the
+    // gradient pass, when the allocator wants it).
+    for &kind in listed.iter().filter(|&&kind| kind != StatKind::FisherDiag) {
+        needs = needs.union(StatsNeeds::of(kind));
     }
-    let layers = plan_infos(model);
+    let layers = roles::layer_infos(model);
     let dir = cache_dir();
     let cache = Cache::open(dir.as_deref(), cache_context(plan, calibration, needs, model)?);
     let cache_path = cache.path.as_ref().map(|p| p.display().to_string());
@@ -490,7 +435,7 @@ pub(crate) fn allocate(plan: &PackPlan, registry: &Registry, tracker: &Tracker<'
     });
     probe.cache.save()?;
     let chosen = chosen?;
-    let mut out = crate::plan::check_plan(chosen, &layers, registry, allocator.id())?;
+    let mut out = check_plan(chosen, &layers, registry, allocator.id())?;
     let mut record_layers = Vec::new();
     for (index, layer) in layers.iter().enumerate() {
         let lp = out.get_mut(&layer.name).expect("checked: one plan per layer");
@@ -514,23 +459,6 @@ pub(crate) fn allocate(plan: &PackPlan, registry: &Registry, tracker: &Tracker<'
         layers: record_layers,
     };
     Ok((out, record))
-}
-
-/// Every 2-D tensor of `model` as an allocator sees it, in block order (tensors outside the
-/// blocks last; the source's order within a block), so a probe walking the list runs each block
-/// once. (Sources list tensors in their own order, often by name: block 10 before block 2.)
-pub(crate) fn plan_infos(model: &dyn ModelSource) -> Vec<LayerInfo> {
-    let mut infos: Vec<LayerInfo> = model
-        .tensors()
-        .iter()
-        .filter(|t| t.shape.len() == 2)
-        .map(|t| {
-            let (role, block) = roles::classify(&t.name, &t.shape);
-            LayerInfo { name: t.name.clone(), role, block, rows: t.shape[0], cols: t.shape[1] }
-        })
-        .collect();
-    infos.sort_by_key(|l| l.block.unwrap_or(usize::MAX));
-    infos
 }
 
 /// Progress steps of measuring `plan`: one per block, and the gradient pass.
