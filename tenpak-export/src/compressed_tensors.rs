@@ -16,10 +16,11 @@
 //! of `g`, or `out` not a multiple of 8) is stored dense in f16, the linears among them listed in
 //! `ignore`.
 //!
-//! The format's zero point is an integer and its scale f16. A tensor stored that way,
-//! `int4_awq` with `zero_point = "integer"` (4-bit codes, `alpha = 0`, no outliers, no
-//! incoherence, the export's group size), is carried over exactly: its codes, scales and zero
-//! points are copied, not re-fitted (the format then rounds each `(q − zp)·s` to f16, which the
+//! The format's zero point is an integer and its scale f16. A tensor whose codec offers its
+//! encoding as such groups ([`tenpak_api::Codec::native`]; of the built-ins, `int4_awq` with
+//! `zero_point = "integer"`: 4-bit codes, `alpha = 0`, no outliers, no incoherence, the export's
+//! group size) is carried over exactly: its codes, scales and zero points are copied, not
+//! re-fitted (the format then rounds each `(q − zp)·s` to f16, which the
 //! reported error includes). Every other grid (a float minimum per group, column scales,
 //! double-quantized headers, other codecs) is re-fitted group by group to the artifact's decoded
 //! values (scale searched around the group's range, the zero point and codes chosen for it, the
@@ -35,8 +36,9 @@ use rayon::prelude::*;
 use serde_json::json;
 use tenpak_api::DType;
 use tenpak_api::registry::Registry;
+use tenpak_api::{NativeForm, NativeTarget};
 
-use tenpak_pack::artifact::Artifact;
+use tenpak_pack::artifact::{Artifact, TensorRecord};
 use tenpak_pack::artifact::safetensors_writer::ShardWriter;
 use tenpak_pack::observe::{PackObserver, Stage, Tracker};
 
@@ -130,7 +132,7 @@ pub fn export_compressed_tensors(
                 && record.shape[0].is_multiple_of(8);
             let entry = if packable {
                 let (rows, cols) = (record.shape[0], record.shape[1]);
-                let exact = exact_form(artifact, record, &values, group_size)?;
+                let exact = native_form(artifact, registry, record, &values, group_size)?;
                 let is_exact = exact.is_some();
                 let packed = match exact {
                     Some(packed) => packed,
@@ -247,52 +249,46 @@ struct GroupFit {
     sq_err: f64,
 }
 
-/// The artifact's own codes in the format, when the tensor is `int4_awq` with 4-bit codes on
-/// integer zero points in groups of `group`, and nothing else stored (no column scales, no
-/// outliers, no rotation). `values` is the artifact's decode, against which the format's f16
-/// arithmetic is measured. The caller has checked the shape (`cols` a multiple of `group` and 8,
-/// `rows` of 8).
-fn exact_form(artifact: &Artifact, record: &tenpak_pack::artifact::TensorRecord, values: &[f32], group: usize) -> Result<Option<Packed>> {
-    let names: Vec<&str> = record.parts.iter().map(|p| p.name.as_str()).collect();
-    let params = &record.params;
-    if record.codec.as_deref() != Some("int4_awq")
-        || names != ["codes", "scale", "zero"]
-        || params.str_or("zero_point", "float").ok() != Some("integer")
-        || params.int_or("bits", 4).ok() != Some(4)
-        || params.int_or("group_size", 0).ok() != Some(group as i64)
-        || params.bool_or("incoherence", false).ok() != Some(false)
-    {
+/// The artifact's own codes, scales and zero points in the format, when the tensor's codec offers
+/// them as 4-bit integer groups of `group` ([`tenpak_api::Codec::native`]; the built-in offer is
+/// `int4_awq` on integer zero points). `values` is the artifact's decode, against which the
+/// format's f16 arithmetic is measured. The caller has checked the shape (`cols` a multiple of
+/// `group` and 8, `rows` of 8).
+fn native_form(artifact: &Artifact, registry: &Registry, record: &TensorRecord, values: &[f32], group: usize) -> Result<Option<Packed>> {
+    let Some(id) = record.codec.as_deref() else { return Ok(None) };
+    let codec = registry.codec(id)?;
+    let encoded = artifact.encoded(&record.name)?;
+    let form = codec.native(&encoded, NativeTarget::CompressedTensors { group_size: group }).with_context(|| format!("{id}'s compressed-tensors form"))?;
+    let Some(NativeForm::IntGroups { bits: 4, group_size, codes, scales, zero_points }) = form else { return Ok(None) };
+    if group_size != group {
         return Ok(None);
     }
-    let encoded = artifact.encoded(&record.name)?;
     let (rows, cols) = (record.shape[0], record.shape[1]);
     let groups = cols / group;
-    let codes = &encoded.part("codes")?.data;
-    let scales = encoded.part("scale")?.to_f16()?;
-    let zeros = &encoded.part("zero")?.data;
-    // 4-bit codes two to a byte, even column low: the format's words, read little-endian.
-    if codes.len() != rows * cols / 2 || scales.len() != rows * groups || zeros.len() != rows * groups.div_ceil(2) {
-        bail!("{}: int4_awq parts have unexpected sizes for [{rows}, {cols}] in groups of {group}", record.name);
+    if codes.len() != rows * cols || scales.len() != rows * groups || zero_points.len() != rows * groups {
+        bail!("{}: {id}'s integer groups have unexpected sizes for [{rows}, {cols}] in groups of {group}", record.name);
     }
-    let weight: Vec<i32> = codes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let zero_of = |r: usize, g: usize| -> i32 { i32::from((zeros[r * groups.div_ceil(2) + g / 2] >> (4 * (g % 2))) & 0xF) };
-    let mut zero_points = vec![0i32; rows / 8 * groups];
+    // `q + 8` with q = code − 8 is the code itself; likewise the zero point. Eight 4-bit codes to
+    // a word, column 8j + i in bits 4i..4i+3 of word j; zero points the same way along rows.
+    let mut weight = vec![0i32; rows * cols / 8];
+    for (i, &code) in codes.iter().enumerate() {
+        weight[i / 8] |= ((u32::from(code) & 0xF) << (4 * (i % 8))) as i32;
+    }
+    let mut packed_zeros = vec![0i32; rows / 8 * groups];
     for r in 0..rows {
         for g in 0..groups {
-            // zp + 8 with zp = z − 8: the stored z itself.
-            zero_points[(r / 8) * groups + g] |= ((zero_of(r, g) as u32 & 0xF) << (4 * (r % 8))) as i32;
+            packed_zeros[(r / 8) * groups + g] |= ((u32::from(zero_points[r * groups + g]) & 0xF) << (4 * (r % 8))) as i32;
         }
     }
     let (mut sq_err, mut norm) = (0f64, 0f64);
     for (i, &v) in values.iter().enumerate() {
-        let (r, c) = (i / cols, i % cols);
-        let q = i32::from((codes[i / 2] >> (4 * (i % 2))) & 0xF);
-        let z = zero_of(r, c / group);
-        sq_err += (f64::from(decode_value(q - 8, z - 8, scales[r * groups + c / group])) - f64::from(v)).powi(2);
+        let g = (i / cols) * groups + (i % cols) / group;
+        let decoded = decode_value(i32::from(codes[i]) - 8, i32::from(zero_points[g]) - 8, scales[g]);
+        sq_err += (f64::from(decoded) - f64::from(v)).powi(2);
         norm += f64::from(v).powi(2);
     }
     let rel_err = if sq_err == 0.0 { 0.0 } else { sq_err / norm.max(f64::MIN_POSITIVE) };
-    Ok(Some(Packed { weight, scales, zero_points, rel_err }))
+    Ok(Some(Packed { weight, scales, zero_points: packed_zeros, rel_err }))
 }
 
 /// What the format decodes `(q, zp, s)` to: `(q − zp) · s` in f16.

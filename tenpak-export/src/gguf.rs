@@ -1,6 +1,9 @@
 //! `tenpak export --format gguf`: an artifact as a GGUF file llama.cpp runs.
 //!
-//! Each tensor goes into the GGUF type that holds its stored codes exactly where one exists:
+//! Each tensor goes into the GGUF type that holds its stored codes exactly where one exists. The
+//! exporter knows GGUF, not the codecs: a raw f32 tensor is F32, and an encoded one is what its
+//! codec offers as its native GGUF form ([`tenpak_api::Codec::native`]); the built-in codecs
+//! offer these (their blocks are built by `tenpak_quant::ggml`):
 //!
 //! | artifact tensor | GGUF type |
 //! |---|---|
@@ -22,22 +25,21 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use tenpak_error::{Context, Result, bail, ensure};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Tensor};
-use half::{bf16, f16};
 use serde_json::Value as Json;
 use tenpak_api::registry::Registry;
+use tenpak_api::{NativeForm, NativeTarget};
+use tenpak_error::{Context, Kind, Result, bail, ensure};
+use tenpak_model::ggml::{self, name_of};
+use tenpak_model::gguf::{gguf_tensor_name, permutes_qk, rope_permuted_row_order};
+use tenpak_model::{ModelConfig, ggml_bits_per_weight};
+use tenpak_pack::artifact::{Artifact, TensorRecord};
+use tenpak_pack::observe::{PackObserver, Stage, Tracker};
 
 use super::gguf_vocab::tokenizer_metadata;
 use super::gguf_writer::{GgufWriter, TensorDecl, data_bytes};
-use tenpak_pack::artifact::{Artifact, TensorRecord};
-use tenpak_error::Kind;
-use tenpak_model::ggml::name_of;
-use tenpak_model::gguf::{gguf_tensor_name, permutes_qk, rope_permuted_row_order};
-use tenpak_model::{ModelConfig, ggml_bits_per_weight};
-use tenpak_pack::observe::{PackObserver, Stage, Tracker};
 
 /// Options of a GGUF export.
 #[derive(Clone, Debug, Default)]
@@ -313,7 +315,7 @@ fn convert(
     requant: Option<GgmlDType>,
 ) -> Result<Converted> {
     let values = artifact.load_f32(&record.name, registry)?;
-    if let Some((dtype, bytes)) = exact_form(artifact, registry, record, &values)? {
+    if let Some((dtype, bytes)) = native_form(artifact, registry, record, &values)? {
         let decoded = dequantize(dtype, &bytes, values.len())?;
         if decoded
             .iter()
@@ -378,210 +380,25 @@ pub fn nearest_type(bits: f64, cols: usize) -> GgmlDType {
     best
 }
 
-/// The GGUF form that holds the tensor's stored codes exactly, if its codec has one (candidate
-/// only: the caller checks the decode).
-fn exact_form(
+/// The tensor in the GGUF type that holds its stored codes exactly, if there is one (a candidate
+/// only: the caller checks its dequantization): raw f32 as F32, an encoded tensor in the form
+/// its codec offers ([`tenpak_api::Codec::native`]).
+fn native_form(
     artifact: &Artifact,
     registry: &Registry,
     record: &TensorRecord,
     values: &[f32],
 ) -> Result<Option<(GgmlDType, Vec<u8>)>> {
-    let Some(codec) = record.codec.as_deref() else {
-        return Ok(Some((
-            GgmlDType::F32,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )));
+    let Some(id) = record.codec.as_deref() else {
+        return Ok(Some((GgmlDType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())));
     };
-    let param = |key: &str| -> Result<Option<i64>> {
-        if let Some(v) = record.params.get(key) {
-            return Ok(Some(
-                record
-                    .params
-                    .int_or(key, 0)
-                    .with_context(|| format!("parameter {key} = {v:?}"))?,
-            ));
-        }
-        let default = registry.codec(codec).ok().and_then(|c| {
-            c.params()
-                .iter()
-                .find(|p| p.name == key)
-                .map(|p| p.default.to_owned())
-        });
-        Ok(default.and_then(|d| d.parse::<i64>().ok()))
-    };
-    let part_names: Vec<&str> = record.parts.iter().map(|p| p.name.as_str()).collect();
-    let [rows, cols] = match record.shape[..] {
-        [r, c] => [r, c],
-        _ => return Ok(None),
-    };
-    if codec == "keep" {
-        let dtype = record.params.str_or("dtype", "f16").unwrap_or("f16");
-        return Ok(Some(match dtype {
-            "f32" => (
-                GgmlDType::F32,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            "bf16" => (
-                GgmlDType::BF16,
-                values
-                    .iter()
-                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            ),
-            _ => (
-                GgmlDType::F16,
-                values
-                    .iter()
-                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            ),
-        }));
-    }
-    if !cols.is_multiple_of(32) {
-        return Ok(None);
-    }
-    // Groups must be whole numbers of 32-weight blocks (or whole rows).
-    let group_of = |group_size: i64| -> Option<usize> {
-        let g = usize::try_from(group_size).ok()?;
-        if g == 0 || g >= cols {
-            Some(cols)
-        } else if g.is_multiple_of(32) {
-            Some(g)
-        } else {
-            None
-        }
-    };
-    if codec == "int8" && part_names == ["codes", "scales"] {
-        let Some(group) = group_of(param("group_size")?.unwrap_or(0)) else {
-            return Ok(None);
-        };
-        let encoded = artifact.encoded(&record.name)?;
-        let codes = &encoded.part("codes")?.data;
-        let scales = &encoded.part("scales")?.data;
-        let groups = cols.div_ceil(group);
-        ensure!(
-            codes.len() == rows * cols && scales.len() == rows * groups * 2,
-            "int8 parts have unexpected sizes"
-        );
-        let mut out = Vec::with_capacity(rows * cols / 32 * 34);
-        for r in 0..rows {
-            for b in 0..cols / 32 {
-                let g = r * groups + b * 32 / group;
-                out.extend_from_slice(&scales[2 * g..2 * g + 2]);
-                out.extend_from_slice(&codes[r * cols + b * 32..r * cols + b * 32 + 32]);
-            }
-        }
-        return Ok(Some((GgmlDType::Q8_0, out)));
-    }
-    if matches!(
-        part_names.as_slice(),
-        ["codes", "scale_min"] | ["scale_min", "codes"]
-    ) && param("bits")?.unwrap_or(4) == 4
-    {
-        let Some(group) = group_of(param("group_size")?.unwrap_or(-1)) else {
-            return Ok(None);
-        };
-        let encoded = artifact.encoded(&record.name)?;
-        let headers = &encoded.part("scale_min")?.data;
-        let groups = cols.div_ceil(group);
-        if headers.len() != rows * groups * 4 {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity(rows * cols / 32 * 20);
-        for r in 0..rows {
-            for b in 0..cols / 32 {
-                let g = r * groups + b * 32 / group;
-                let header = &headers[4 * g..4 * g + 4];
-                let scale = f16::from_le_bytes([header[0], header[1]]).to_f32();
-                let min = f16::from_le_bytes([header[2], header[3]]).to_f32();
-                let block = &values[r * cols + b * 32..r * cols + b * 32 + 32];
-                let q: Vec<u8> = block
-                    .iter()
-                    .map(|&v| {
-                        if scale > 0.0 {
-                            ((v - min) / scale).round().clamp(0.0, 15.0) as u8
-                        } else {
-                            0
-                        }
-                    })
-                    .collect();
-                out.extend_from_slice(header);
-                out.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
-            }
-        }
-        return Ok(Some((GgmlDType::Q4_1, out)));
-    }
-    if matches!(part_names.as_slice(), ["codes", "header_q", "header_super"])
-        && param("bits")?.unwrap_or(4) == 4
-        && param("group_size")? == Some(32)
-        && param("header_bits")? == Some(6)
-        && param("super_group")? == Some(8)
-        && cols.is_multiple_of(256)
-    {
-        return q4_k_form(artifact, record, values, rows, cols);
-    }
-    Ok(None)
-}
-
-/// 4-bit codes in groups of 32 whose (scale, min) are 6-bit integers against an f16 pair per
-/// super-group of 8 groups: llama.cpp's Q4_K block (`d·sc·q − dmin·m`), when every group's min
-/// in a super-group has the same sign (Q4_K's mins are one signed f16 times unsigned 6-bit
-/// integers; TenPak's are signed integers). Rows must be whole 256-weight super-blocks.
-fn q4_k_form(artifact: &Artifact, record: &TensorRecord, values: &[f32], rows: usize, cols: usize) -> Result<Option<(GgmlDType, Vec<u8>)>> {
-    use tenpak_quant::GroupLayout;
-    use tenpak_quant::dq::{DqHeaders, DqLayout};
+    let codec = registry.codec(id)?;
     let encoded = artifact.encoded(&record.name)?;
-    let dq = DqLayout::new(GroupLayout::new(rows, cols, 32)?, 6, 8)?;
-    let grids = DqHeaders::from_parts(dq, encoded.part("header_q")?, encoded.part("header_super")?)?.grids();
-    let supers = &encoded.part("header_super")?.data;
-    let (groups, blocks) = (cols / 32, cols / 256);
-    let mut out = Vec::with_capacity(rows * blocks * 144);
-    for r in 0..rows {
-        for b in 0..blocks {
-            let at = 4 * (r * blocks + b);
-            let (d_bits, m_bits) = ([supers[at], supers[at + 1]], [supers[at + 2], supers[at + 3]]);
-            let (d, m) = (f16::from_le_bytes(d_bits).to_f32(), f16::from_le_bytes(m_bits).to_f32());
-            let group = |j: usize| grids[r * groups + b * 8 + j];
-            let sc: Vec<u8> = (0..8).map(|j| if d > 0.0 { (group(j).scale / d).round() as u8 } else { 0 }).collect();
-            let k: Vec<i32> = (0..8).map(|j| if m > 0.0 { (group(j).min / m).round() as i32 } else { 0 }).collect();
-            // min = m·k = −dmin·|k|: dmin = m when every k ≤ 0, −m when every k ≥ 0.
-            let dmin_bits = if k.iter().all(|&k| k <= 0) {
-                m_bits
-            } else if k.iter().all(|&k| k >= 0) {
-                (-f16::from_le_bytes(m_bits)).to_le_bytes()
-            } else {
-                return Ok(None);
-            };
-            let mq: Vec<u8> = k.iter().map(|k| k.unsigned_abs() as u8).collect();
-            if sc.iter().chain(&mq).any(|&v| v > 63) {
-                return Ok(None);
-            }
-            // Six-bit (scale, min) pairs packed as llama.cpp's quantize_row_q4_K_ref packs them.
-            let mut scales = [0u8; 12];
-            for j in 0..8 {
-                if j < 4 {
-                    scales[j] = sc[j];
-                    scales[j + 4] = mq[j];
-                } else {
-                    scales[j + 4] = (sc[j] & 0xF) | ((mq[j] & 0xF) << 4);
-                    scales[j - 4] |= (sc[j] >> 4) << 6;
-                    scales[j] |= (mq[j] >> 4) << 6;
-                }
-            }
-            let base = r * cols + b * 256;
-            let code = |i: usize| -> u8 {
-                let g = group(i / 32);
-                if g.scale > 0.0 { ((values[base + i] - g.min) / g.scale).round().clamp(0.0, 15.0) as u8 } else { 0 }
-            };
-            out.extend_from_slice(&d_bits);
-            out.extend_from_slice(&dmin_bits);
-            out.extend_from_slice(&scales);
-            for chunk in 0..4 {
-                out.extend((0..32).map(|l| code(64 * chunk + l) | (code(64 * chunk + 32 + l) << 4)));
-            }
-        }
-    }
-    Ok(Some((GgmlDType::Q4K, out)))
+    let form = codec.native(&encoded, NativeTarget::Gguf).with_context(|| format!("{id}'s GGUF form"))?;
+    Ok(match form {
+        Some(NativeForm::Ggml { ggml_type, data }) => ggml::from_type_id(ggml_type).map(|dtype| (dtype, data)),
+        _ => None,
+    })
 }
 
 /// `values` (row-major, `shape`) quantized to `dtype` by candle-core (llama.cpp's reference

@@ -99,6 +99,11 @@ pub fn parse_name(name: &str) -> Option<GgmlDType> {
         .find(|&d| name_of(d).eq_ignore_ascii_case(name))
 }
 
+/// The candle type whose `ggml_type` id is `id`, if candle reads that type.
+pub fn from_type_id(id: u32) -> Option<GgmlDType> {
+    CANDLE_TYPES.into_iter().find(|&d| type_id(d) == id)
+}
+
 /// Tensors of a GGUF file whose type candle-core cannot read, as `(name, type id)`, found by
 /// walking the header without candle (which stops at the first with "unknown dtype for tensor
 /// <id>", naming neither the tensor nor the type). Empty when the header cannot be walked.
@@ -198,6 +203,10 @@ mod tests {
         }
         assert_eq!(type_name(20), Some("IQ4_NL"));
         assert_eq!(type_name(4), None);
+        for dtype in CANDLE_TYPES {
+            assert_eq!(from_type_id(type_id(dtype)), Some(dtype));
+        }
+        assert_eq!(from_type_id(20), None, "IQ4_NL: llama.cpp's, not candle's");
     }
 
     #[test]
