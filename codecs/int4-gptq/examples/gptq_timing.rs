@@ -12,29 +12,12 @@ use tenpak_api::{Gram, LayerStats, Params, WeightView};
 use tenpak_codec_int4_gptq::Int4Gptq;
 use tenpak_quant::gptq::hessian::Hessian;
 use tenpak_quant::gptq::sweep::InverseFactor;
-use tenpak_quant::testing::{Rng, llm_like};
+use tenpak_quant::testing::{ActivationShape, correlated_activations, llm_like};
 
-/// `tokens × cols` activations: log-normal channel scales, one channel in 32 twenty times
-/// larger, channels correlated through eight shared factors, heavy-tailed token magnitudes.
+/// `tokens × cols` activations shaped like an LLM layer's inputs
+/// ([`tenpak_quant::testing::correlated_activations`]).
 fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let channel: Vec<f64> = (0..cols)
-        .map(|j| rng.normal().exp() * if j % 32 == 7 { 20.0 } else { 1.0 })
-        .collect();
-    let loadings: Vec<[f64; 8]> = (0..cols)
-        .map(|_| std::array::from_fn(|_| rng.normal()))
-        .collect();
-    let mut x = Vec::with_capacity(tokens * cols);
-    for _ in 0..tokens {
-        let factors: [f64; 8] = std::array::from_fn(|_| rng.normal());
-        let chi2: f64 = (0..4).map(|_| rng.normal().powi(2)).sum();
-        let magnitude = 1.0 / (chi2 / 4.0).sqrt().max(0.2);
-        for j in 0..cols {
-            let shared: f64 = loadings[j].iter().zip(&factors).map(|(l, f)| l * f).sum();
-            x.push((channel[j] * magnitude * (rng.normal() + 0.5 * shared)) as f32);
-        }
-    }
-    x
+    correlated_activations(tokens, cols, seed, ActivationShape { outlier_every: 32, outlier_at: 7, factors: 8 })
 }
 
 fn gram_of(x: &[f32], cols: usize) -> Vec<f32> {

@@ -305,11 +305,7 @@ impl Codec for Int4Gptq {
 
     fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
         Ok(match target {
-            NativeTarget::Gguf => {
-                let quantized = stored(encoded)?;
-                ggml::q4_1_blocks(&quantized, &quantized.dequantize())
-                    .map(|b| ggml::native_form(&b))
-            }
+            NativeTarget::Gguf => ggml::q4_1_form(&stored(encoded)?),
             _ => None,
         })
     }

@@ -8,30 +8,13 @@ pub use tenpak_quant::testing::{
     Rng, TestMatrix, adversarial, codec_matrices as matrices, gaussian, llm_like, stored_bytes,
     student_t,
 };
+use tenpak_quant::testing::{ActivationShape, correlated_activations};
 use tenpak_quant::{AsymFormat, AsymQuantized, GroupLayout};
 
-/// `tokens × cols` activations, row-major: log-normal channel scales (σ = 1), one channel in 16
-/// an outlier channel 20× larger, channels correlated through four shared factors (so GPTQ has
-/// something to exploit), heavy-tailed per-token magnitudes.
+/// `tokens × cols` activations shaped like an LLM layer's inputs
+/// ([`tenpak_quant::testing::correlated_activations`]).
 pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    let channel: Vec<f64> = (0..cols)
-        .map(|j| rng.normal().exp() * if j % 16 == 5 { 20.0 } else { 1.0 })
-        .collect();
-    let loadings: Vec<[f64; 4]> = (0..cols)
-        .map(|_| std::array::from_fn(|_| rng.normal()))
-        .collect();
-    let mut x = Vec::with_capacity(tokens * cols);
-    for _ in 0..tokens {
-        let factors: [f64; 4] = std::array::from_fn(|_| rng.normal());
-        let chi2: f64 = (0..4).map(|_| rng.normal().powi(2)).sum();
-        let magnitude = 1.0 / (chi2 / 4.0).sqrt().max(0.2);
-        for j in 0..cols {
-            let shared: f64 = loadings[j].iter().zip(&factors).map(|(l, f)| l * f).sum();
-            x.push((channel[j] * magnitude * (rng.normal() + 0.5 * shared)) as f32);
-        }
-    }
-    x
+    correlated_activations(tokens, cols, seed, ActivationShape { outlier_every: 16, outlier_at: 5, factors: 4 })
 }
 
 /// XᵀX / n of `x` (`tokens × cols`), accumulated in f64 and rounded to f32, as the `gram`

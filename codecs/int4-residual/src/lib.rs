@@ -275,9 +275,7 @@ impl Codec for Int4Residual {
     fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
         Ok(match (target, stored(encoded)?) {
             // Stage 1 alone is int4_rtn's grid; a residual stage is a sum no runtime stores.
-            (NativeTarget::Gguf, (stage1, None)) => {
-                ggml::q4_1_blocks(&stage1, &stage1.dequantize()).map(|b| ggml::native_form(&b))
-            }
+            (NativeTarget::Gguf, (stage1, None)) => ggml::q4_1_form(&stage1),
             _ => None,
         })
     }

@@ -7,10 +7,19 @@
 //! `int4_rtn` group on the same weights.
 
 use crate::f16round;
-use crate::grid::{GridF32, GroupHeader, dequantize_value, group_sq_error, quantize_value};
+use crate::grid::{GridF32, GroupHeader, dequantize_value, quantize_value};
+use crate::kernels;
 
 pub mod params;
 pub mod weighted;
+
+/// Σ (w − ŵ)² over `values` for the stored `header`, each weight coded to its nearest level.
+///
+/// Accumulated in f64 in a fixed order, so two headers are ranked by the error the decoder will
+/// really produce, not by float noise.
+pub fn group_sq_error(values: &[f32], header: GroupHeader, nmax: u8) -> f64 {
+    kernels::sq_error(values, header.unpack(), f32::from(nmax))
+}
 
 /// How a group's `(scale, min)` are chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]

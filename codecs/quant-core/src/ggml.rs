@@ -286,6 +286,13 @@ pub fn q4_1_blocks(quantized: &AsymQuantized, values: &[f32]) -> Option<Vec<Bloc
     Some(out)
 }
 
+/// The GGUF form of a bare 4-bit grid with f16 `(scale, min)` headers (`int4_rtn`'s storage,
+/// shared by `int4_gptq` and `int4_residual`'s first stage): its Q4_1 blocks, codes recomputed
+/// from its own decode. `None` where [`q4_1_blocks`] is.
+pub fn q4_1_form(quantized: &AsymQuantized) -> Option<NativeForm> {
+    q4_1_blocks(quantized, &quantized.dequantize()).map(|blocks| native_form(&blocks))
+}
+
 /// Q8_0 blocks of a symmetric int8 grid, row by row: each block's step is its group's f16
 /// scale and its codes the stored codes. `None` unless the rows are whole blocks of 32 and the
 /// groups multiples of 32 (or one per row).

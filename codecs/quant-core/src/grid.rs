@@ -114,14 +114,6 @@ pub fn dequantize_value(q: u8, scale: f32, min: f32) -> f32 {
     scale * f32::from(q) + min
 }
 
-/// Σ (w − ŵ)² over `values` for the stored `header`, each weight coded to its nearest level.
-///
-/// Accumulated in f64 in a fixed order, so two headers are ranked by the error the decoder will
-/// really produce, not by float noise.
-pub fn group_sq_error(values: &[f32], header: GroupHeader, nmax: u8) -> f64 {
-    crate::kernels::sq_error(values, header.unpack(), f32::from(nmax))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,41 +18,15 @@ pub const fn packed_row_bytes(cols: usize, bits: u32) -> usize {
 /// exactly [`packed_row_bytes`] long. Padding bits are zero.
 pub fn pack_row_reference(codes: &[u8], bits: u32, out: &mut [u8]) {
     assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
-    assert_eq!(
-        out.len(),
-        packed_row_bytes(codes.len(), bits),
-        "packed row length"
-    );
-    out.fill(0);
-    for (j, &code) in codes.iter().enumerate() {
-        debug_assert!(
-            u32::from(code) < 1 << bits,
-            "code {code} does not fit {bits} bits"
-        );
-        for b in 0..bits as usize {
-            let bit = j * bits as usize + b;
-            out[bit / 8] |= ((code >> b) & 1) << (bit % 8);
-        }
-    }
+    pack_bits_reference(codes.iter().map(|&c| u32::from(c)), codes.len(), bits, out);
 }
 
 /// Reference unpacker: the inverse of [`pack_row_reference`]; fills all of `out` (one code per
 /// column) from `packed`, which must be exactly [`packed_row_bytes`] long.
 pub fn unpack_row_reference(packed: &[u8], bits: u32, out: &mut [u8]) {
     assert!((1..=8).contains(&bits), "bits must be 1..=8, got {bits}");
-    assert_eq!(
-        packed.len(),
-        packed_row_bytes(out.len(), bits),
-        "packed row length"
-    );
-    for (j, code) in out.iter_mut().enumerate() {
-        let mut value = 0u8;
-        for b in 0..bits as usize {
-            let bit = j * bits as usize + b;
-            value |= ((packed[bit / 8] >> (bit % 8)) & 1) << b;
-        }
-        *code = value;
-    }
+    let n = out.len();
+    unpack_bits_reference(packed, bits, n, |j, value| out[j] = value as u8);
 }
 
 /// Fast packer, same output as [`pack_row_reference`]: byte-at-a-time loops for widths that
@@ -79,24 +53,7 @@ pub fn pack_row(codes: &[u8], bits: u32, out: &mut [u8]) {
         }
         1 => pack_fixed::<8>(codes, 1, out),
         2 => pack_fixed::<4>(codes, 2, out),
-        _ => {
-            let mut acc = 0u64;
-            let mut filled = 0u32;
-            let mut pos = 0;
-            for &code in codes {
-                acc |= u64::from(code) << filled;
-                filled += bits;
-                while filled >= 8 {
-                    out[pos] = acc as u8;
-                    pos += 1;
-                    acc >>= 8;
-                    filled -= 8;
-                }
-            }
-            if filled > 0 {
-                out[pos] = acc as u8;
-            }
-        }
+        _ => pack_stream(codes.iter().map(|&c| u32::from(c)), bits, out),
     }
 }
 
@@ -122,22 +79,7 @@ pub fn unpack_row(packed: &[u8], bits: u32, out: &mut [u8]) {
         }
         1 => unpack_fixed::<8>(packed, 1, out),
         2 => unpack_fixed::<4>(packed, 2, out),
-        _ => {
-            let mask = (1u64 << bits) - 1;
-            let mut acc = 0u64;
-            let mut filled = 0u32;
-            let mut bytes = packed.iter();
-            for code in out.iter_mut() {
-                while filled < bits {
-                    // The length check above guarantees enough bytes for every code.
-                    acc |= u64::from(*bytes.next().unwrap_or(&0)) << filled;
-                    filled += 8;
-                }
-                *code = (acc & mask) as u8;
-                acc >>= bits;
-                filled -= bits;
-            }
-        }
+        _ => unpack_stream(packed, bits, out.iter_mut().map(|code| move |value: u32| *code = value as u8)),
     }
 }
 
@@ -146,17 +88,39 @@ pub fn unpack_row(packed: &[u8], bits: u32, out: &mut [u8]) {
 /// [`packed_row_bytes`] long. Padding bits are zero.
 pub fn pack_row_u16_reference(codes: &[u16], bits: u32, out: &mut [u8]) {
     assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
-    assert_eq!(
-        out.len(),
-        packed_row_bytes(codes.len(), bits),
-        "packed row length"
-    );
+    pack_bits_reference(codes.iter().map(|&c| u32::from(c)), codes.len(), bits, out);
+}
+
+/// Reference unpacker of wide codes: the inverse of [`pack_row_u16_reference`]; fills all of
+/// `out` from `packed`, which must be exactly [`packed_row_bytes`] long.
+pub fn unpack_row_u16_reference(packed: &[u8], bits: u32, out: &mut [u16]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    let n = out.len();
+    unpack_bits_reference(packed, bits, n, |j, value| out[j] = value as u16);
+}
+
+/// Fast packer of wide codes, same output as [`pack_row_u16_reference`]: a 64-bit accumulator
+/// emptied a byte at a time.
+pub fn pack_row_u16(codes: &[u16], bits: u32, out: &mut [u8]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(out.len(), packed_row_bytes(codes.len(), bits), "packed row length");
+    pack_stream(codes.iter().map(|&c| u32::from(c)), bits, out);
+}
+
+/// Fast unpacker of wide codes, same output as [`unpack_row_u16_reference`].
+pub fn unpack_row_u16(packed: &[u8], bits: u32, out: &mut [u16]) {
+    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
+    assert_eq!(packed.len(), packed_row_bytes(out.len(), bits), "packed row length");
+    unpack_stream(packed, bits, out.iter_mut().map(|code| move |value: u32| *code = value as u16));
+}
+
+/// The row's stream bit by bit: code `j`'s bit `b` is stream bit `j·bits + b` (the plain
+/// definition the fast paths are held to). `out` must be exactly [`packed_row_bytes`] long.
+fn pack_bits_reference(codes: impl Iterator<Item = u32>, count: usize, bits: u32, out: &mut [u8]) {
+    assert_eq!(out.len(), packed_row_bytes(count, bits), "packed row length");
     out.fill(0);
-    for (j, &code) in codes.iter().enumerate() {
-        debug_assert!(
-            u32::from(code) < 1 << bits,
-            "code {code} does not fit {bits} bits"
-        );
+    for (j, code) in codes.enumerate() {
+        debug_assert!(code < 1 << bits, "code {code} does not fit {bits} bits");
         for b in 0..bits as usize {
             let bit = j * bits as usize + b;
             out[bit / 8] |= (((code >> b) & 1) as u8) << (bit % 8);
@@ -164,44 +128,28 @@ pub fn pack_row_u16_reference(codes: &[u16], bits: u32, out: &mut [u8]) {
     }
 }
 
-/// Reference unpacker of wide codes: the inverse of [`pack_row_u16_reference`]; fills all of
-/// `out` from `packed`, which must be exactly [`packed_row_bytes`] long.
-pub fn unpack_row_u16_reference(packed: &[u8], bits: u32, out: &mut [u16]) {
-    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
-    assert_eq!(
-        packed.len(),
-        packed_row_bytes(out.len(), bits),
-        "packed row length"
-    );
-    for (j, code) in out.iter_mut().enumerate() {
-        let mut value = 0u16;
+/// The inverse of [`pack_bits_reference`]: `put(j, code)` for each of the `count` codes.
+fn unpack_bits_reference(packed: &[u8], bits: u32, count: usize, mut put: impl FnMut(usize, u32)) {
+    assert_eq!(packed.len(), packed_row_bytes(count, bits), "packed row length");
+    for j in 0..count {
+        let mut value = 0u32;
         for b in 0..bits as usize {
             let bit = j * bits as usize + b;
-            value |= u16::from((packed[bit / 8] >> (bit % 8)) & 1) << b;
+            value |= u32::from((packed[bit / 8] >> (bit % 8)) & 1) << b;
         }
-        *code = value;
+        put(j, value);
     }
 }
 
-/// Fast packer of wide codes, same output as [`pack_row_u16_reference`]: a 32-bit accumulator
-/// emptied a byte at a time.
-pub fn pack_row_u16(codes: &[u16], bits: u32, out: &mut [u8]) {
-    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
-    assert_eq!(
-        out.len(),
-        packed_row_bytes(codes.len(), bits),
-        "packed row length"
-    );
-    out.fill(0);
-    let mut acc = 0u32;
+/// The row's stream through a 64-bit accumulator emptied a byte at a time (codes of up to 16
+/// bits; every byte of `out` is written, the last with zero padding).
+fn pack_stream(codes: impl Iterator<Item = u32>, bits: u32, out: &mut [u8]) {
+    let mut acc = 0u64;
     let mut filled = 0u32;
     let mut pos = 0;
-    for &code in codes {
-        debug_assert!(
-            u32::from(code) < 1 << bits,
-            "code {code} does not fit {bits} bits"
-        );
-        acc |= u32::from(code) << filled;
+    for code in codes {
+        debug_assert!(code < 1 << bits, "code {code} does not fit {bits} bits");
+        acc |= u64::from(code) << filled;
         filled += bits;
         while filled >= 8 {
             out[pos] = acc as u8;
@@ -215,25 +163,19 @@ pub fn pack_row_u16(codes: &[u16], bits: u32, out: &mut [u8]) {
     }
 }
 
-/// Fast unpacker of wide codes, same output as [`unpack_row_u16_reference`].
-pub fn unpack_row_u16(packed: &[u8], bits: u32, out: &mut [u16]) {
-    assert!((1..=16).contains(&bits), "bits must be 1..=16, got {bits}");
-    assert_eq!(
-        packed.len(),
-        packed_row_bytes(out.len(), bits),
-        "packed row length"
-    );
-    let mask = (1u32 << bits) - 1;
-    let mut acc = 0u32;
+/// The inverse of [`pack_stream`]: each of `slots` is called with its code, in order.
+fn unpack_stream<F: FnOnce(u32)>(packed: &[u8], bits: u32, slots: impl Iterator<Item = F>) {
+    let mask = (1u64 << bits) - 1;
+    let mut acc = 0u64;
     let mut filled = 0u32;
     let mut bytes = packed.iter();
-    for code in out.iter_mut() {
+    for slot in slots {
         while filled < bits {
-            // The length check above guarantees enough bytes for every code.
-            acc |= u32::from(*bytes.next().unwrap_or(&0)) << filled;
+            // The callers' length checks guarantee enough bytes for every code.
+            acc |= u64::from(*bytes.next().unwrap_or(&0)) << filled;
             filled += 8;
         }
-        *code = (acc & mask) as u16;
+        slot((acc & mask) as u32);
         acc >>= bits;
         filled -= bits;
     }

@@ -258,16 +258,33 @@ pub fn group_errors(m: &TestMatrix, decoded: &[f32], group_size: usize) -> Vec<f
 /// in 32 an outlier channel 20× larger (as in LLM residual streams), channels correlated through
 /// four shared factors, and per-token magnitudes heavy-tailed (Student-t-like).
 pub fn activations(tokens: usize, cols: usize, seed: u64) -> Vec<f32> {
+    correlated_activations(tokens, cols, seed, ActivationShape { outlier_every: 32, outlier_at: 7, factors: 4 })
+}
+
+/// Where [`correlated_activations`] puts its loud channels and how many shared factors
+/// correlate the channels.
+#[derive(Clone, Copy, Debug)]
+pub struct ActivationShape {
+    /// One channel in this many is 20× louder ...
+    pub outlier_every: usize,
+    /// ... the one at this offset in each run.
+    pub outlier_at: usize,
+    /// Shared factors every channel loads on (the correlation GPTQ exploits).
+    pub factors: usize,
+}
+
+/// `tokens × cols` activations, row-major: log-normal channel scales (σ = 1), the loud channels
+/// of `shape` 20× larger, channels correlated through `shape.factors` shared factors,
+/// heavy-tailed per-token magnitudes.
+pub fn correlated_activations(tokens: usize, cols: usize, seed: u64, shape: ActivationShape) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     let channel: Vec<f64> = (0..cols)
-        .map(|j| rng.normal().exp() * if j % 32 == 7 { 20.0 } else { 1.0 })
+        .map(|j| rng.normal().exp() * if j % shape.outlier_every == shape.outlier_at { 20.0 } else { 1.0 })
         .collect();
-    let loadings: Vec<[f64; 4]> = (0..cols)
-        .map(|_| [rng.normal(), rng.normal(), rng.normal(), rng.normal()])
-        .collect();
+    let loadings: Vec<Vec<f64>> = (0..cols).map(|_| (0..shape.factors).map(|_| rng.normal()).collect()).collect();
     let mut x = Vec::with_capacity(tokens * cols);
     for _ in 0..tokens {
-        let factors = [rng.normal(), rng.normal(), rng.normal(), rng.normal()];
+        let factors: Vec<f64> = (0..shape.factors).map(|_| rng.normal()).collect();
         let chi2: f64 = (0..4).map(|_| rng.normal().powi(2)).sum();
         let magnitude = 1.0 / (chi2 / 4.0).sqrt().max(0.2);
         for j in 0..cols {
