@@ -7,6 +7,12 @@ cd "$ROOT"
 # shellcheck source=scripts/install-deps.sh
 source "$ROOT/scripts/install-deps.sh"
 bash scripts/fetch-assets.sh
+# The house's layering (issue 25): no module imports one that imports it back, implementation
+# crates know tenpak-api and tenpak-quant only, no library uses anyhow, no crate is a third of
+# the code.
+layering_status=0
+python3 scripts/module-cycles.py 2>&1 || layering_status=$?
+python3 scripts/crate-deps.py 2>&1 || layering_status=$?
 cargo_status=0
 cargo test --release --workspace --no-fail-fast 2>&1 || cargo_status=$?
 # The runtime's tests again on candle's matrix products (the kernel of a machine without
@@ -19,9 +25,11 @@ bash scripts/fuzz.sh --seconds 30 2>&1 || fuzz_status=$?
 # playwright-core, builds target/release/tenpak if it is missing, prints `N passed, N failed`.
 browser_status=0
 { bash scripts/install-browser.sh && node tests/browser/studio.test.mjs; } 2>&1 || browser_status=$?
+if ((layering_status != 0)); then echo "test.sh: the layering check failed (exit $layering_status)" >&2; fi
 if ((cargo_status != 0)); then echo "test.sh: cargo test failed (exit $cargo_status)" >&2; fi
 if ((browser_status != 0)); then echo "test.sh: the browser test failed (exit $browser_status)" >&2; fi
 if ((fuzz_status != 0)); then echo "test.sh: fuzzing found a crash (exit $fuzz_status)" >&2; fi
+if ((layering_status != 0)); then exit "$layering_status"; fi
 if ((cargo_status != 0)); then exit "$cargo_status"; fi
 if ((fuzz_status != 0)); then exit "$fuzz_status"; fi
 exit "$browser_status"
