@@ -5,7 +5,8 @@
 //!
 //! Why not `anyhow` in the libraries: a front end must decide from an error alone whether the
 //! request was at fault (exit 2, HTTP 400), named something absent (404), asked for what this
-//! build cannot do (422), was cancelled (130 / 409) or met a failure of the machine (1 / 500).
+//! build cannot do (422), was cancelled (130 / 409), ran out of a resource for now (a full disk,
+//! a database that does not answer: 1 / 503) or met a failure of the machine (1 / 500).
 //! That decision belongs to the code that *knows*, deep inside (a missing model file is "not
 //! found"), and must survive every layer of context added on the way out. So the kind is a field
 //! of the error, not a guess at the boundary; an error nobody classified gets the boundary's
@@ -34,6 +35,10 @@ pub enum Kind {
     Unsupported,
     /// The caller cancelled the work; nothing was left behind.
     Cancelled,
+    /// A resource the work needs is exhausted or out of reach for now (the disk is full, the
+    /// database is read-only or does not answer, the object store is down): not the request's
+    /// fault, and worth trying again once the operator has fixed it.
+    Unavailable,
     /// A failure that is not the request's fault: I/O, a bug.
     Internal,
 }
@@ -46,6 +51,7 @@ impl Kind {
             Kind::NotFound => "not_found",
             Kind::Unsupported => "unsupported",
             Kind::Cancelled => "cancelled",
+            Kind::Unavailable => "unavailable",
             Kind::Internal => "internal",
         }
     }
@@ -57,6 +63,7 @@ impl Kind {
             Kind::NotFound => 404,
             Kind::Unsupported => 422,
             Kind::Cancelled => 409,
+            Kind::Unavailable => 503,
             Kind::Internal => 500,
         }
     }
@@ -67,7 +74,7 @@ impl Kind {
         match self {
             Kind::BadRequest => 2,
             Kind::Cancelled => 130,
-            Kind::NotFound | Kind::Unsupported | Kind::Internal => 1,
+            Kind::NotFound | Kind::Unsupported | Kind::Unavailable | Kind::Internal => 1,
         }
     }
 
@@ -138,9 +145,12 @@ impl Error {
     }
 
     /// This error, classified as `default` if nobody classified it yet (a boundary's default:
-    /// bad request while checking a request, internal while running it).
+    /// bad request while checking a request, internal while running it) — except an I/O error
+    /// of a resource that ran out ([`out_of_resource`]: no space left, a read-only file system),
+    /// which is [`Kind::Unavailable`] wherever it happened.
     pub fn or_kind(mut self, default: Kind) -> Self {
-        self.kind.get_or_insert(default);
+        let fault = self.downcast_ref::<std::io::Error>().is_some_and(out_of_resource);
+        self.kind.get_or_insert(if fault { Kind::Unavailable } else { default });
         self
     }
 
@@ -196,6 +206,15 @@ impl fmt::Debug for Error {
             None => write!(f, "error: {self}"),
         }
     }
+}
+
+/// Whether an I/O error says a resource of the machine ran out or cannot be written, rather than
+/// that the operation was wrong: no space left on the device, a disk quota exceeded, a read-only
+/// file system. Such a failure is [`Kind::Unavailable`]: it goes away when the operator frees
+/// space, and the same request then succeeds.
+pub fn out_of_resource(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(error.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem)
 }
 
 /// Any standard error converts, as with `?` (which is why [`Error`] itself is not one).
@@ -317,6 +336,16 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_unavailable_wherever_it_happens() {
+        let full: Result<()> = Err(std::io::Error::from_raw_os_error(28)).context("writing shard_0.safetensors");
+        assert_eq!(full.unwrap_err().or_kind(Kind::Internal).kind(), Kind::Unavailable);
+        let read_only = Error::new(std::io::Error::from_raw_os_error(30)).or_kind(Kind::BadRequest);
+        assert_eq!(read_only.kind(), Kind::Unavailable);
+        assert_eq!(Error::new(io()).or_kind(Kind::Internal).kind(), Kind::Internal, "a missing file is not a resource fault");
+        assert_eq!(Kind::NotFound.tag(std::io::Error::from_raw_os_error(28)).or_kind(Kind::Internal).kind(), Kind::NotFound);
+    }
+
+    #[test]
     fn macros_and_options() {
         fn check(n: i32) -> Result<i32> {
             ensure!(n > 0, "n must be positive, got {n}");
@@ -338,5 +367,6 @@ mod tests {
         assert_eq!((Kind::BadRequest.exit_code(), Kind::BadRequest.http_status()), (2, 400));
         assert_eq!((Kind::Cancelled.exit_code(), Kind::Cancelled.http_status()), (130, 409));
         assert_eq!(Kind::NotFound.code(), "not_found");
+        assert_eq!((Kind::Unavailable.exit_code(), Kind::Unavailable.http_status(), Kind::Unavailable.code()), (1, 503, "unavailable"));
     }
 }
