@@ -50,7 +50,10 @@ pub fn model_type_of(arch: &str) -> &'static str {
 
 /// A GGUF file opened for reading.
 pub struct GgufModel {
+    /// What messages and [`ModelSource::path`] call the file.
     path: PathBuf,
+    /// The file itself (hashed into manifests).
+    file: PathBuf,
     mmap: Mmap,
     content: Content,
     config: ModelConfig,
@@ -77,14 +80,22 @@ impl GgufModel {
     /// configuration, map every tensor to its HF name and check its data lies inside the file.
     /// No tensor data is read.
     pub fn open(path: &Path) -> tenpak_error::Result<GgufModel> {
-        let file_name = path.display();
+        Self::open_named(path, path)
+    }
+
+    /// [`GgufModel::open`] of the file at `path`, called `shown` in every message and by
+    /// [`ModelSource::path`] (a server shows a name under its model root, never its own paths).
+    pub fn open_named(path: &Path, shown: &Path) -> tenpak_error::Result<GgufModel> {
+        let file_name = shown.display();
         let file = File::open(path).with_context(|| format!("{file_name}: cannot open"))?;
         // SAFETY: the map is read-only and lives as long as `GgufModel`; we never hand out
         // mutable access. As with every file-backed map, another process truncating or rewriting
         // the file while it is open is outside what Rust can guard against (model files are not
         // modified in place by TenPak).
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("{file_name}: cannot memory-map"))?;
-        Self::from_map(path, mmap)
+        let mut model = Self::from_map(shown, mmap)?;
+        model.file = path.to_path_buf();
+        Ok(model)
     }
 
     /// [`GgufModel::open`] on the bytes of a GGUF file (copied into an anonymous map); `path`
@@ -217,6 +228,7 @@ impl GgufModel {
 
         Ok(GgufModel {
             path: path.to_path_buf(),
+            file: path.to_path_buf(),
             mmap,
             content,
             config,
@@ -334,7 +346,7 @@ impl ModelSource for GgufModel {
         Ok(self.config.to_hf_config_json())
     }
     fn files(&self) -> Vec<PathBuf> {
-        vec![self.path.clone()]
+        vec![self.file.clone()]
     }
 }
 

@@ -27,4 +27,4 @@ pub mod tokenize;
 
 pub use config::ModelConfig;
 pub(crate) use source::release_pages;
-pub use source::{ModelSource, SourceDType, TensorInfo, TokenizerSource, ggml_bits_per_weight, open};
+pub use source::{ModelSource, SourceDType, TensorInfo, TokenizerSource, ggml_bits_per_weight, open, open_named};

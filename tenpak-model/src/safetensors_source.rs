@@ -19,8 +19,28 @@ use super::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
 /// safetensors' own limit on the JSON header (100 MB); larger values mean a corrupt length.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Paths under a model directory as messages show them: `real` is where the files are, `shown`
+/// what messages call that directory (itself, for the CLI; a name under a model root, for a
+/// server that must not show its own paths).
+struct Names {
+    real: PathBuf,
+    shown: PathBuf,
+}
+
+impl Names {
+    /// What messages call `path` (a path under the real directory, or the directory itself).
+    fn of(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.real) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.shown.clone(),
+            Ok(rest) => self.shown.join(rest),
+            Err(_) => path.to_path_buf(),
+        }
+    }
+}
+
 /// A safetensors model opened for reading.
 pub struct SafetensorsModel {
+    /// What messages and [`ModelSource::path`] call the model.
     path: PathBuf,
     config: ModelConfig,
     config_text: String,
@@ -77,60 +97,67 @@ impl SafetensorsModel {
     /// Open a Hugging Face model directory: `config.json` plus `model.safetensors.index.json`
     /// (sharded) or `model.safetensors`.
     pub fn open_dir(dir: &Path) -> tenpak_error::Result<SafetensorsModel> {
+        Self::open_dir_named(dir, dir)
+    }
+
+    /// [`SafetensorsModel::open_dir`] of `dir`, called `shown` in every message and by
+    /// [`ModelSource::path`] (its files by their names under `shown`).
+    pub fn open_dir_named(dir: &Path, shown: &Path) -> tenpak_error::Result<SafetensorsModel> {
+        let names = Names { real: dir.to_path_buf(), shown: shown.to_path_buf() };
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             bail!(
                 "{}: no config.json in this directory (a Hugging Face model directory holds config.json beside its *.safetensors)",
-                dir.display()
+                shown.display()
             );
         }
         let index_path = dir.join("model.safetensors.index.json");
         let single_path = dir.join("model.safetensors");
         if index_path.is_file() {
             let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("{}: cannot read", index_path.display()))?;
-            let weight_map = parse_index(&text, &index_path)?;
+                .with_context(|| format!("{}: cannot read", names.of(&index_path).display()))?;
+            let weight_map = parse_index(&text, &names.of(&index_path))?;
             let shard_names: BTreeSet<&String> = weight_map.values().collect();
             let shard_paths: Vec<PathBuf> = shard_names.iter().map(|n| dir.join(n)).collect();
             for (name, file) in &weight_map {
                 if !dir.join(file).is_file() {
                     bail!(
                         "{}: tensor '{name}' is in shard {file}, which does not exist in {}",
-                        index_path.display(),
-                        dir.display()
+                        names.of(&index_path).display(),
+                        shown.display()
                     );
                 }
             }
-            let model = Self::open_parts(dir, &config_path, Some(&index_path), &shard_paths)?;
+            let model = Self::open_parts(&names, &config_path, Some(&index_path), &shard_paths)?;
             for (name, file) in &weight_map {
                 let entry = model.entries.get(name).with_context(|| {
                     format!(
                         "{}: lists tensor '{name}' in {file}, but that shard has no such tensor",
-                        index_path.display()
+                        names.of(&index_path).display()
                     )
                 })?;
                 let actual = &model.shards[entry.shard].path;
                 if actual != &dir.join(file) {
                     bail!(
                         "{}: lists tensor '{name}' in {file}, but it is in {}",
-                        index_path.display(),
-                        actual.display()
+                        names.of(&index_path).display(),
+                        names.of(actual).display()
                     );
                 }
             }
             Ok(model)
         } else if single_path.is_file() {
-            Self::open_parts(dir, &config_path, None, &[single_path])
+            Self::open_parts(&names, &config_path, None, &[single_path])
         } else {
             let found: Vec<String> = std::fs::read_dir(dir)
-                .with_context(|| format!("{}: cannot list", dir.display()))?
+                .with_context(|| format!("{}: cannot list", shown.display()))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.ends_with(".safetensors"))
                 .collect();
             bail!(
                 "{}: neither model.safetensors nor model.safetensors.index.json found ({})",
-                dir.display(),
+                shown.display(),
                 if found.is_empty() {
                     "no *.safetensors files at all".to_owned()
                 } else {
@@ -142,8 +169,14 @@ impl SafetensorsModel {
 
     /// Open one `.safetensors` file; the model's `config.json` must sit in the same directory.
     pub fn open_file(path: &Path) -> tenpak_error::Result<SafetensorsModel> {
+        Self::open_file_named(path, path)
+    }
+
+    /// [`SafetensorsModel::open_file`] of `path`, called `shown` in every message and by
+    /// [`ModelSource::path`] (its `config.json` as the one beside `shown`).
+    pub fn open_file_named(path: &Path, shown: &Path) -> tenpak_error::Result<SafetensorsModel> {
         if !path.is_file() {
-            bail!("{}: no such file", path.display());
+            bail!("{}: no such file", shown.display());
         }
         let dir = path.parent().map_or_else(
             || PathBuf::from("."),
@@ -155,49 +188,49 @@ impl SafetensorsModel {
                 }
             },
         );
+        let names = Names { real: dir.clone(), shown: shown.parent().unwrap_or(Path::new("")).to_path_buf() };
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             bail!(
                 "{}: no config.json beside it (expected {}); a single .safetensors file needs the model's config.json in the same directory",
-                path.display(),
-                config_path.display()
+                shown.display(),
+                names.of(&config_path).display()
             );
         }
-        let mut model = Self::open_parts(&dir, &config_path, None, &[path.to_path_buf()])?;
-        model.path = path.to_path_buf();
+        let mut model = Self::open_parts(&names, &config_path, None, &[path.to_path_buf()])?;
+        model.path = shown.to_path_buf();
         Ok(model)
     }
 
     fn open_parts(
-        dir: &Path,
+        names: &Names,
         config_path: &Path,
         index_path: Option<&Path>,
         shard_paths: &[PathBuf],
     ) -> tenpak_error::Result<SafetensorsModel> {
-        let config_text =
-            std::fs::read_to_string(config_path).with_context(|| format!("{}: cannot read", config_path.display()))?;
-        let config = ModelConfig::from_hf_config_json(&config_text, config_path)?;
+        let dir = &names.real;
+        let config_text = std::fs::read_to_string(config_path)
+            .with_context(|| format!("{}: cannot read", names.of(config_path).display()))?;
+        let config = ModelConfig::from_hf_config_json(&config_text, &names.of(config_path))?;
 
         let mut shards = Vec::with_capacity(shard_paths.len());
         let mut tensors = Vec::new();
         let mut entries: HashMap<String, Entry> = HashMap::new();
         for (shard_index, shard_path) in shard_paths.iter().enumerate() {
-            let file = File::open(shard_path).with_context(|| format!("{}: cannot open", shard_path.display()))?;
+            let shown = names.of(shard_path);
+            let file = File::open(shard_path).with_context(|| format!("{}: cannot open", shown.display()))?;
             // SAFETY: the map is read-only and lives as long as the model; we never hand out
             // mutable access. Another process truncating or rewriting the file while it is open
             // is outside what Rust can guard against (TenPak never modifies model files).
             let mmap =
-                unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", shard_path.display()))?;
-            let header = read_header(&mmap, shard_path)?;
+                unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot memory-map", shown.display()))?;
+            let header = read_header(&mmap, &shown)?;
             for (name, dtype, shape, start, len) in header.tensors {
                 if let Some(previous) = entries.get(&name) {
                     bail!(
                         "tensor '{name}' appears in both {} and {}",
-                        shards
-                            .get(previous.shard)
-                            .map_or(shard_path, |s: &Shard| &s.path)
-                            .display(),
-                        shard_path.display()
+                        names.of(shards.get(previous.shard).map_or(shard_path, |s: &Shard| &s.path)).display(),
+                        shown.display()
                     );
                 }
                 tensors.push(TensorInfo {
@@ -231,7 +264,7 @@ impl SafetensorsModel {
         files.extend(index_path.map(Path::to_path_buf));
         files.extend(shard_paths.iter().cloned());
         Ok(SafetensorsModel {
-            path: dir.to_path_buf(),
+            path: names.shown.clone(),
             config,
             config_text,
             files,

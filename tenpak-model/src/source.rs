@@ -91,7 +91,8 @@ pub enum TokenizerSource {
 
 /// A model opened for reading, tensor by tensor.
 pub trait ModelSource: Send + Sync {
-    /// Path the model was opened from.
+    /// Path the model was opened from, as messages show it (its name under a server's model
+    /// root when opened by [`open_named`]); for reading, see [`ModelSource::files`].
     fn path(&self) -> &Path;
     /// Format name ("safetensors", "gguf").
     fn format(&self) -> &'static str;
@@ -123,18 +124,25 @@ pub trait ModelSource: Send + Sync {
 /// `model.safetensors.index.json` or not), a single `.safetensors` file (with `config.json`
 /// beside it), or a `.gguf` file.
 pub fn open(path: &Path) -> tenpak_error::Result<Box<dyn ModelSource>> {
+    open_named(path, path)
+}
+
+/// [`open`] the model at `path`, called `shown` in every message and by [`ModelSource::path`]:
+/// a server opens `/srv/models/m.gguf` as `models/m.gguf`, the name its client gave, so no
+/// message it returns shows where its files are.
+pub fn open_named(path: &Path, shown: &Path) -> tenpak_error::Result<Box<dyn ModelSource>> {
     if !path.exists() {
-        return Err(tenpak_error::Kind::NotFound.error(format!("{}: no such file or directory", path.display())));
+        return Err(tenpak_error::Kind::NotFound.error(format!("{}: no such file or directory", shown.display())));
     }
     if path.is_dir() {
-        return Ok(Box::new(safetensors_source::SafetensorsModel::open_dir(path)?));
+        return Ok(Box::new(safetensors_source::SafetensorsModel::open_dir_named(path, shown)?));
     }
     match path.extension().and_then(|e| e.to_str()) {
-        Some("gguf") => Ok(Box::new(gguf::GgufModel::open(path)?)),
-        Some("safetensors") => Ok(Box::new(safetensors_source::SafetensorsModel::open_file(path)?)),
+        Some("gguf") => Ok(Box::new(gguf::GgufModel::open_named(path, shown)?)),
+        Some("safetensors") => Ok(Box::new(safetensors_source::SafetensorsModel::open_file_named(path, shown)?)),
         _ => tenpak_error::bail!(
             "{}: not a model (expected a directory with config.json and *.safetensors, a .safetensors file, or a .gguf file)",
-            path.display()
+            shown.display()
         ),
     }
 }

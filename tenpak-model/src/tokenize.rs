@@ -15,8 +15,10 @@ use crate::{ModelSource, TokenizerSource};
 /// Load the tokenizer `source` describes. `model` names the model in errors.
 pub fn load(source: &TokenizerSource, model: &str) -> tenpak_error::Result<Tokenizer> {
     let tokenizer = match source {
-        TokenizerSource::File(path) => Tokenizer::from_file(path)
-            .map_err(|e| tenpak_error::err!("{}: cannot load the tokenizer: {e}", path.display()))?,
+        TokenizerSource::File(path) => Tokenizer::from_file(path).map_err(|e| {
+            let file = path.file_name().map_or_else(|| "tokenizer.json".into(), |n| n.to_string_lossy());
+            tenpak_error::err!("{model}: cannot load its tokenizer ({file}): {e}")
+        })?,
         TokenizerSource::Json(json) => Tokenizer::from_str(json)
             .map_err(|e| tenpak_error::err!("{model}: the tokenizer built from the GGUF vocabulary does not load: {e}"))?,
         TokenizerSource::Missing => {
