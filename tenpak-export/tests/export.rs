@@ -269,7 +269,7 @@ fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
     assert_gguf_py_reads_what_tenpak_reads(&gguf_path, &report);
     let score = |model: &Path| {
         let request = EvalRequest {
-            model: model.to_owned(),
+            model: model.to_owned().into(),
             text: TextSpec::Inline { name: "eval".into(), text: text.clone() },
             options: PplOptions { ctx: 64, samples: Some(4), batch: 1 },
             protocol: Default::default(),
@@ -406,7 +406,7 @@ fn real_model_int4_g32_exports_exactly_and_scores_the_same() {
 
     let score = |model: &Path| {
         let request = EvalRequest {
-            model: model.to_owned(),
+            model: model.to_owned().into(),
             text: TextSpec::File(util::asset("eval.txt")),
             options: PplOptions {
                 ctx: 512,
@@ -535,7 +535,7 @@ fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers
     assert_eq!(report.tensors.iter().filter(|t| t.quantized && t.exact).count(), 210, "every block linear exact");
     let ours = eval::run(
         &EvalRequest {
-            model: artifact_dir.clone(),
+            model: artifact_dir.clone().into(),
             text: TextSpec::File(util::asset("eval.txt")),
             options: PplOptions { ctx: 512, samples: Some(4), batch: 1 },
             protocol: Default::default(),

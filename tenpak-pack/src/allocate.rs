@@ -31,7 +31,7 @@ use tenpak_error::{Context, Kind, Result, bail};
 use tenpak_model::ModelSource;
 use tenpak_quant::quadratic::{quadratic_form, quadratic_form_rows};
 
-use crate::artifact::safetensors_writer::{hex, sha256_file};
+use crate::artifact::safetensors_writer::{hex, sha256_file_named};
 use crate::artifact::{AllocationRecord, ChosenLayer};
 use crate::calibrate::{self, Watched};
 use crate::encode::reconstruction_error;
@@ -363,7 +363,9 @@ fn cache_context(plan: &PackPlan, calibration: &Calibration, needs: StatsNeeds, 
     let mut context = BTreeMap::new();
     context.insert("tool".into(), format!("tenpak {}", env!("CARGO_PKG_VERSION")));
     for f in model.files() {
-        context.insert(format!("model {}", f.file_name().and_then(|n| n.to_str()).unwrap_or_default()), sha256_file(&f)?);
+        let file = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let sha256 = sha256_file_named(&f, &format!("{}, file {file}", model.path().display()))?;
+        context.insert(format!("model {file}"), sha256);
     }
     context.insert("calibration text sha256".into(), calibration.text.sha256.clone());
     context.insert("calibration windows".into(), format!("{} x {}", calibration.windows, calibration.ctx));

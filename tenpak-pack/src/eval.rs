@@ -7,19 +7,20 @@
 //! of each window, and transformers' stride = ctx evaluation without a BOS token, so a figure
 //! here can be reproduced with either by following [`PplReport::protocol`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tenpak_error::{Context, bail, ensure};
 use tenpak_api::registry::Registry;
 
-use crate::artifact::{ArtifactSource, EvaluationRecord};
+use crate::artifact::EvaluationRecord;
+use crate::limits::Limits;
+use crate::model::ModelSpec;
 use tenpak_error::{Error, Kind};
-use tenpak_model::{self as model, ModelSource};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::text::{Text, TextSpec};
-use tenpak_model::ModelConfig;
+use tenpak_model::{ModelConfig, ModelSource};
 use tenpak_model::runtime::{self, Block, Head, LlamaModel, RopeTables};
 use tenpak_model::tokenize::{self, Tokenizer};
 
@@ -105,7 +106,7 @@ pub fn window_count(text_tokens: usize, ctx: usize, samples: Option<usize>, text
     if available == 0 {
         bail!(
             "{text_name}: {text_tokens} tokens, fewer than one window of {ctx} tokens; \
-             use a longer text or a smaller --ctx"
+             use a longer text or a smaller ctx"
         );
     }
     Ok(samples.map_or(available, |cap| cap.min(available)))
@@ -339,7 +340,7 @@ pub fn perplexity_of_text(
 #[derive(Clone, Debug)]
 pub struct EvalRequest {
     /// The model or artifact.
-    pub model: PathBuf,
+    pub model: ModelSpec,
     /// The text to score.
     pub text: TextSpec,
     /// Windows, length, batch.
@@ -349,23 +350,52 @@ pub struct EvalRequest {
 }
 
 /// A TenPak artifact (a directory with `manifest.json`) or any model source.
-pub fn open_any(path: &Path, registry: Arc<Registry>) -> tenpak_error::Result<Box<dyn ModelSource>> {
-    if path.join("manifest.json").exists() {
-        Ok(Box::new(ArtifactSource::open(path, registry)?))
-    } else {
-        model::open(path)
-    }
+pub fn open_any(path: &Path, registry: Arc<Registry>) -> tenpak_error::Result<Arc<dyn ModelSource>> {
+    ModelSpec::Path(path.to_path_buf()).open_any(registry)
+}
+
+/// Check an evaluation before any weight is loaded, from what the model's configuration and
+/// tokenizer say (a server runs this before it accepts the request): the window settings within
+/// `limits` and within the model's context, a configuration the runtime runs, and a text that
+/// holds at least one window. `model` names the model in errors. Returns the text, read. Errors
+/// are [`Kind::BadRequest`] unless they say otherwise.
+pub fn check(request: &EvalRequest, config: &ModelConfig, tokenizer: &Tokenizer, model: &str, limits: &Limits) -> Result<Text, Error> {
+    let checked = || -> tenpak_error::Result<Text> {
+        let PplOptions { ctx, samples, batch } = request.options;
+        limits.check_ctx(ctx, "ctx")?;
+        if let Some(windows) = samples {
+            ensure!(windows >= 1, "windows must be at least 1");
+            limits.check_windows(windows, "windows")?;
+        }
+        ensure!(batch >= 1, "batch must be at least 1 window");
+        let limit = config.max_position_embeddings;
+        ensure!(ctx <= limit, "ctx {ctx} exceeds the model's max_position_embeddings {limit} ({model})");
+        config.validate().with_context(|| model.to_owned())?;
+        let text = request.text.load("text", "pass --text FILE")?;
+        // Enough of the text for the windows asked (one, when all are): the check stays cheap on
+        // a long text, and a text shorter than that is tokenized whole, so the count is exact.
+        let ids = tokenize::encode_prefix(tokenizer, &text.content, ctx * samples.unwrap_or(1)).context(text.name.clone())?;
+        window_count(ids.len(), ctx, samples, &text.name)?;
+        Ok(text)
+    };
+    checked().map_err(|e| e.or_kind(Kind::BadRequest))
 }
 
 /// Perplexity of the request's model on its text. The text and window settings are checked
-/// before any weight is loaded; the model is then run block by block ([`perplexity_streamed`]),
-/// so memory stays bounded by one block and the windows' hidden states, whatever the model's
-/// size. Errors are [`Kind::BadRequest`] unless they say otherwise.
+/// before any weight is loaded ([`check`]); the model is then run block by block
+/// ([`perplexity_streamed`]), so memory stays bounded by one block and the windows' hidden
+/// states, whatever the model's size. Errors are [`Kind::BadRequest`] unless they say otherwise.
 pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, Error> {
+    run_within(request, registry, observer, &Limits::default())
+}
+
+/// [`run`] under `limits`.
+pub fn run_within(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver, limits: &Limits) -> Result<PplReport, Error> {
     let checked = || -> tenpak_error::Result<_> {
-        let source = open_any(&request.model, registry.clone())?;
-        let text = request.text.load("text", "pass --text FILE")?;
+        let source = request.model.open_any(registry.clone())?;
+        let name = source.path().display().to_string();
         let tokenizer = tokenize::for_model(source.as_ref())?;
+        let text = check(request, source.config(), &tokenizer, &name, limits)?;
         let (ids, bos) = match request.protocol {
             Protocol::Tenpak => (tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?, None),
             Protocol::LlamaCpp => {
@@ -377,11 +407,7 @@ pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackO
                 (with_specials(&text.content).context(text.name.clone())?, bos)
             }
         };
-        ensure!(request.options.batch >= 1, "batch must be at least 1 window");
         window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
-        let limit = source.config().max_position_embeddings;
-        ensure!(request.options.ctx <= limit, "ctx {} exceeds the model's max_position_embeddings {limit}", request.options.ctx);
-        source.config().validate().with_context(|| source.path().display().to_string())?;
         Ok((source, text, ids, bos))
     };
     let (source, text, ids, bos) = checked().map_err(|e| e.or_kind(Kind::BadRequest))?;

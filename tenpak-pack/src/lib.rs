@@ -27,6 +27,8 @@ pub mod encode;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
+pub mod model;
 pub mod observe;
 pub mod pack;
 pub mod pipeline;

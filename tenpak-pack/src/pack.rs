@@ -19,7 +19,7 @@ use tenpak_api::registry::Registry;
 use tenpak_error::{Context, Error, Kind};
 use tenpak_model::{ModelSource, TokenizerSource};
 
-use crate::artifact::safetensors_writer::sha256_file;
+use crate::artifact::safetensors_writer::sha256_file_named;
 use crate::artifact::{
     ArtifactSource, ArtifactWriter, EvaluationRecord, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord,
     SourceRecord, TensorRecord, Totals,
@@ -39,10 +39,12 @@ fn source_record(model: &dyn ModelSource) -> tenpak_error::Result<SourceRecord> 
         .files()
         .iter()
         .map(|f| {
+            let file = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let shown = format!("{}, file {file}", model.path().display());
             Ok(FileRecord {
-                file: f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
-                bytes: std::fs::metadata(f).with_context(|| format!("{}", f.display()))?.len(),
-                sha256: sha256_file(f)?,
+                bytes: std::fs::metadata(f).with_context(|| shown.clone())?.len(),
+                sha256: sha256_file_named(f, &shown)?,
+                file,
             })
         })
         .collect::<tenpak_error::Result<_>>()?;

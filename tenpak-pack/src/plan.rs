@@ -16,10 +16,12 @@ use std::sync::Arc;
 use tenpak_api::registry::Registry;
 use tenpak_api::{LayerInfo, LayerPlan, LayerStats, Params, Plan, Probe, ProbeResult, StatKind, StatsNeeds, WeightView};
 use tenpak_error::{Context, Error, Kind, Result, bail, ensure};
-use tenpak_model::{self as model, ModelSource, roles, tokenize};
+use tenpak_model::{ModelSource, roles, tokenize};
 
 use crate::encode::reconstruction_error;
 use crate::eval::{self, PplOptions};
+use crate::limits::Limits;
+pub use crate::model::ModelSpec;
 use crate::preset::{BUILTIN, Preset};
 use crate::text::{Text, TextSpec};
 
@@ -51,6 +53,11 @@ impl PresetSpec {
 
     /// Parse the preset, returning it with its text (for the manifest).
     pub fn load(&self) -> Result<(Preset, String)> {
+        self.load_within(&Limits::default())
+    }
+
+    /// [`PresetSpec::load`], refusing a text longer than `limits` allow before parsing it.
+    pub fn load_within(&self, limits: &Limits) -> Result<(Preset, String)> {
         match self {
             PresetSpec::Builtin(name) => Preset::builtin(name).ok_or_else(|| {
                 Kind::NotFound.error(format!("no built-in preset `{name}` (built-in: {})", builtin_names()))
@@ -64,9 +71,13 @@ impl PresetSpec {
                     )));
                 }
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading preset {}", path.display()))?;
+                limits.check_preset_text(&text, &path.display().to_string())?;
                 Ok((Preset::parse(&text, &path.display().to_string())?, text))
             }
-            PresetSpec::Inline { origin, text } => Ok((Preset::parse(text, origin)?, text.clone())),
+            PresetSpec::Inline { origin, text } => {
+                limits.check_preset_text(text, origin)?;
+                Ok((Preset::parse(text, origin)?, text.clone()))
+            }
         }
     }
 }
@@ -74,31 +85,6 @@ impl PresetSpec {
 /// The built-in preset names, comma-separated (for errors).
 fn builtin_names() -> String {
     BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
-}
-
-/// Which model to pack.
-#[derive(Clone)]
-pub enum ModelSpec {
-    /// An HF directory, a `.safetensors` file or a `.gguf` file (the server resolves a name under
-    /// its model roots into this path).
-    Path(PathBuf),
-    /// A source the caller opened itself (a custom host's own format, a test's in-memory model).
-    Source(Arc<dyn ModelSource>),
-}
-
-impl std::fmt::Debug for ModelSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelSpec::Path(path) => f.debug_tuple("Path").field(path).finish(),
-            ModelSpec::Source(source) => f.debug_tuple("Source").field(&source.path()).finish(),
-        }
-    }
-}
-
-impl From<PathBuf> for ModelSpec {
-    fn from(path: PathBuf) -> Self {
-        ModelSpec::Path(path)
-    }
 }
 
 /// What to pack, as the user asked for it: nothing here is checked yet.
@@ -209,15 +195,22 @@ impl PackPlan {
     /// they say otherwise (a missing model or text is [`Kind::NotFound`], an architecture the
     /// runtime does not run is [`Kind::Unsupported`]).
     pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, Error> {
-        Self::build_inner(request, registry).map_err(|e| e.or_kind(Kind::BadRequest))
+        Self::build_within(request, registry, &Limits::default())
     }
 
-    fn build_inner(request: &PackRequest, registry: &Registry) -> Result<PackPlan> {
-        let (mut preset, preset_text) = request.preset.load()?;
+    /// [`PackPlan::build`] under `limits` (checked first, before the model is opened).
+    pub fn build_within(request: &PackRequest, registry: &Registry, limits: &Limits) -> std::result::Result<PackPlan, Error> {
+        Self::build_inner(request, registry, limits).map_err(|e| e.or_kind(Kind::BadRequest))
+    }
+
+    fn build_inner(request: &PackRequest, registry: &Registry, limits: &Limits) -> Result<PackPlan> {
+        let (mut preset, preset_text) = request.preset.load_within(limits)?;
+        preset.check_limits(limits)?;
         if let Some(bpw) = request.target_bpw {
+            ensure!(bpw.is_finite() && bpw > 0.0, "target_bpw = {bpw}: expected a positive number of bits per weight");
             if registry.allocator(&preset.allocator.id)?.needs(&preset.allocator_config()).is_none() {
                 bail!(
-                    "--target-bpw needs a preset whose allocator measures (`bit_budget`); preset `{}` uses `{}`",
+                    "target_bpw needs a preset whose allocator measures (`bit_budget`); preset `{}` uses `{}`",
                     preset.name,
                     preset.allocator.id
                 );
@@ -229,10 +222,7 @@ impl PackPlan {
         if request.output.exists() && !request.force {
             bail!("{} already exists (pass --force to replace it)", request.output.display());
         }
-        let model: Arc<dyn ModelSource> = match &request.model {
-            ModelSpec::Path(path) => model::open(path)?.into(),
-            ModelSpec::Source(source) => source.clone(),
-        };
+        let model = request.model.open()?;
         let config = model.config();
         let allocator_config = preset.allocator_config();
         let measuring = !registry.allocator(&preset.allocator.id)?.needs(&allocator_config).is_none();
@@ -272,7 +262,7 @@ impl PackPlan {
         let max_ctx = config.max_position_embeddings;
         let calibration = match (calibrating, &request.calib) {
             (false, _) => None,
-            (true, None) => bail!("preset `{}` calibrates and needs a calibration text: pass --calib FILE", preset.name),
+            (true, None) => bail!("preset `{}` calibrates and needs a calibration text (or use the calibration-free preset `fast`)", preset.name),
             (true, Some(spec)) => {
                 let (windows, ctx) = (preset.calibration.windows, preset.calibration.ctx);
                 ensure!(windows > 0, "preset `{}`: [calibration] windows must be at least 1", preset.name);

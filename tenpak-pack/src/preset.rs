@@ -35,7 +35,9 @@ use std::collections::BTreeMap;
 use tenpak_error::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tenpak_api::registry::Registry;
-use tenpak_api::{AllocatorConfig, CodecChoice, Override, Params};
+use tenpak_api::{AllocatorConfig, CodecChoice, Override, ParamValue, Params};
+
+use crate::limits::Limits;
 
 /// The presets shipped inside the binary, as `(name, TOML text)`.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -200,6 +202,48 @@ impl Preset {
         }
     }
 
+    /// Refuse a preset that asks for more than `limits` allow, naming the table and the limit.
+    pub fn check_limits(&self, limits: &Limits) -> Result<()> {
+        let preset = self;
+        let refuse = |what: String| Err(tenpak_error::Kind::BadRequest.error(format!("preset `{}`, {what}", preset.name)));
+        if preset.overrides.len() > limits.overrides {
+            return refuse(format!("[[overrides]]: {} entries; at most {} are accepted (limit `overrides`)", preset.overrides.len(), limits.overrides));
+        }
+        if let Some((i, o)) = preset.overrides.iter().enumerate().find(|(_, o)| o.pattern.len() > limits.pattern_bytes) {
+            return refuse(format!(
+                "[[overrides]] #{}: a pattern of {} bytes; at most {} are accepted (limit `pattern_bytes`)",
+                i + 1,
+                o.pattern.len(),
+                limits.pattern_bytes
+            ));
+        }
+        let candidates = preset.allocator.candidates.len();
+        if candidates > limits.candidates {
+            return refuse(format!("[[allocator.candidates]]: {candidates} entries; at most {} are accepted (limit `candidates`)", limits.candidates));
+        }
+        let tables = std::iter::once(("[codec]".to_owned(), &preset.codec))
+            .chain(preset.roles.iter().map(|(role, t)| (format!("[roles.{role}]"), t)))
+            .chain(preset.overrides.iter().enumerate().map(|(i, o)| (format!("[[overrides]] #{}", i + 1), &o.table)))
+            .chain(preset.allocator.candidates.iter().enumerate().map(|(i, c)| (format!("[[allocator.candidates]] #{}", i + 1), c)));
+        for (what, table) in tables {
+            if let Some((key, value)) = oversized_group(table, limits.group_size) {
+                return refuse(format!(
+                    "{what}: {key} = {value}; at most {} is accepted (limit `group_size`; a group as long as a row is already \
+                     one group per row)",
+                    limits.group_size
+                ));
+            }
+        }
+        for (table, windows, ctx) in [
+            ("[calibration]", preset.calibration.windows, preset.calibration.ctx),
+            ("[evaluation]", preset.evaluation.windows, preset.evaluation.ctx),
+        ] {
+            limits.check_windows(windows, &format!("{table} windows")).with_context(|| format!("preset `{}`", preset.name))?;
+            limits.check_ctx(ctx, &format!("{table} ctx")).with_context(|| format!("preset `{}`", preset.name))?;
+        }
+        Ok(())
+    }
+
     /// Check every id and every codec parameter against `registry`, before any work starts.
     pub fn validate(&self, registry: &Registry) -> Result<()> {
         let ctx = |what: &str| format!("preset `{}`, {what}", self.name);
@@ -234,5 +278,43 @@ impl Preset {
             bail!("{}: ctx must be at least 2 tokens", ctx("[evaluation]/[calibration]"));
         }
         Ok(())
+    }
+}
+
+/// The first integer parameter of `table` named `group_size` or `*_group_size` above `limit`.
+fn oversized_group(table: &CodecTable, limit: u64) -> Option<(&str, i64)> {
+    table.params.iter().find_map(|(key, value)| match value {
+        ParamValue::Int(v) if key.ends_with("group_size") && u64::try_from(*v).is_ok_and(|v| v > limit) => Some((key, *v)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+
+    fn preset(extra: &str) -> Preset {
+        let text = format!("name = \"t\"\n[allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_rtn\"\ngroup_size = 64\n{extra}");
+        Preset::parse(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn each_limit_is_named_when_it_refuses() {
+        let limits = Limits::default();
+        assert!(preset("").check_limits(&limits).is_ok());
+        let refused = |extra: &str| preset(extra).check_limits(&limits).unwrap_err().to_string();
+        let many: String = (0..257).map(|i| format!("[[overrides]]\npattern = \"x{i}\"\ncodec = \"keep\"\n")).collect();
+        assert!(refused(&many).contains("257 entries; at most 256"), "{}", refused(&many));
+        let huge = "[roles.attention]\ngroup_size = 1000000000\n";
+        assert!(refused(huge).contains("[roles.attention]: group_size = 1000000000; at most 65536"), "{}", refused(huge));
+        let residual = "[[overrides]]\npattern = \"*\"\nresidual_group_size = 99999999\n";
+        assert!(refused(residual).contains("residual_group_size"), "{}", refused(residual));
+        assert!(refused("[calibration]\nwindows = 100000\n").contains("[calibration] windows = 100000"));
+        assert!(refused("[evaluation]\nctx = 0\n").contains("at least 2 tokens"));
+        assert!(refused("[evaluation]\nctx = 99999999999\n").contains("limit `ctx`"));
+        let long = format!("[[overrides]]\npattern = \"{}\"\ncodec = \"keep\"\n", "*".repeat(300));
+        assert!(refused(&long).contains("limit `pattern_bytes`"));
+        assert!(limits.check_preset_text(&"#".repeat(70_000), "`x`").unwrap_err().to_string().contains("limit `preset_bytes`"));
     }
 }

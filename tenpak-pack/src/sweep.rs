@@ -596,7 +596,7 @@ fn score_gguf(
 ) -> std::result::Result<SweepRow, Error> {
     let started = Instant::now();
     let eval_request =
-        EvalRequest { model: point.path.clone(), text: request.eval.clone(), options: options.clone(), protocol: Protocol::Tenpak };
+        EvalRequest { model: point.path.clone().into(), text: request.eval.clone(), options: options.clone(), protocol: Protocol::Tenpak };
     let report = eval::run(&eval_request, registry, observer)?;
     if eval_windows.is_some_and(|w| w != report.windows) {
         observer.warning(&format!(

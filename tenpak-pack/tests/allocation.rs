@@ -91,5 +91,5 @@ fn bad_targets_are_refused_with_the_reason() {
     // --target-bpw on a rule-based preset.
     let request = PackRequest { preset: PresetSpec::Builtin("balanced".into()), ..job(&t, "", Some(4.0)) };
     let e = err(&request);
-    assert!(e.contains("--target-bpw") && e.contains("role_rules"), "{e}");
+    assert!(e.contains("target_bpw needs a preset whose allocator measures") && e.contains("role_rules"), "{e}");
 }

@@ -69,7 +69,7 @@ fn round_trip(source: &Path, work: &Path, model_type: &str, registry: &Arc<Regis
 
     let rescored = eval::run(
         &EvalRequest {
-            model: out.clone(),
+            model: out.clone().into(),
             text: text(),
             options: PplOptions {
                 ctx: 64,

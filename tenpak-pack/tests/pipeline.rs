@@ -525,3 +525,42 @@ fn inline_texts_pack_as_files() {
     assert_eq!((a.baseline_ppl, a.compressed_ppl), (b.baseline_ppl, b.compressed_ppl));
     assert_eq!(from_files.totals.bits, from_request.totals.bits);
 }
+
+/// A model and texts given by name (as the server gives them: `root/path`, the file elsewhere)
+/// are shown by those names only: in the manifest (`source.path`, the texts, the protocol) and
+/// in the refusals about them, never by the paths they were read from.
+#[test]
+fn named_inputs_are_shown_by_their_names() {
+    let t = tiny(59);
+    let preset = preset("int4_residual", &["act_scale"], 4);
+    let secret = t.model.parent().unwrap().to_str().unwrap().to_owned();
+    let named = PackRequest {
+        model: tenpak_pack::model::ModelSpec::Named { name: "models/tiny".into(), path: t.model.clone() },
+        calib: Some(TextSpec::Named { name: "texts/calib.txt".into(), path: t.calib.clone() }),
+        eval: Some(TextSpec::Named { name: "texts/eval.txt".into(), path: t.eval.clone() }),
+        ..job(&preset, &t)
+    };
+    let manifest = run_observed(&named, &Recorder::default()).unwrap();
+    assert_eq!(manifest.source.path, "models/tiny");
+    assert_eq!(manifest.calibration.as_ref().unwrap().text, "texts/calib.txt");
+    let protocol = &manifest.evaluation.as_ref().unwrap().protocol;
+    assert!(protocol.starts_with("texts/eval.txt tokenized whole"), "{protocol}");
+    let text = serde_json::to_string(&manifest).unwrap();
+    assert!(!text.contains(&secret), "the manifest shows {secret}");
+
+    let missing = PackRequest {
+        model: tenpak_pack::model::ModelSpec::Named { name: "models/none".into(), path: t.model.with_file_name("none") },
+        ..named.clone()
+    };
+    let err = PackPlan::build(&missing, &registry()).err().expect("refused").to_string();
+    assert!(err.contains("models/none") && !err.contains(&secret), "{err}");
+    let no_config = t.model.with_file_name("empty");
+    std::fs::create_dir_all(&no_config).unwrap();
+    let empty = PackRequest { model: tenpak_pack::model::ModelSpec::Named { name: "models/empty".into(), path: no_config }, ..named.clone() };
+    let err = PackPlan::build(&empty, &registry()).err().expect("refused").to_string();
+    assert!(err.starts_with("models/empty: no config.json") && !err.contains(&secret), "{err}");
+    let short = PackRequest { eval: Some(TextSpec::Named { name: "texts/short.txt".into(), path: t.calib.with_file_name("short.txt") }), ..named };
+    std::fs::write(t.calib.with_file_name("short.txt"), "a few words").unwrap();
+    let err = PackPlan::build(&short, &registry()).err().expect("refused").to_string();
+    assert!(err.contains("texts/short.txt") && !err.contains(&secret) && !err.contains("--"), "{err}");
+}

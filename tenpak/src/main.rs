@@ -302,13 +302,17 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
         Command::Eval { model, text, samples, ctx, batch, protocol } => {
-            let request =
-                EvalRequest { model, text: TextSpec::File(text), options: PplOptions { ctx, samples, batch }, protocol: protocol.into() };
+            let request = EvalRequest {
+                model: model.clone().into(),
+                text: TextSpec::File(text),
+                options: PplOptions { ctx, samples, batch },
+                protocol: protocol.into(),
+            };
             let bar = Bar::new("eval", true);
             let report = eval::run(&request, &registry, &bar);
             bar.finish();
             let report = report?;
-            println!("model         {}", request.model.display());
+            println!("model         {}", model.display());
             println!("ppl           {:.4}", report.ppl);
             println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
             println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);

@@ -13,11 +13,13 @@ use tenpak_error::{Context, Result, bail};
 use tenpak_model::{ModelConfig, ModelSource, TensorInfo, TokenizerSource};
 
 use super::manifest::{FORMAT, FORMAT_VERSION, Manifest, PartRecord, TensorRecord};
-use super::safetensors_writer::{dtype_from_safetensors, sha256_file};
+use super::safetensors_writer::{dtype_from_safetensors, sha256_file_named};
 
 /// An artifact opened for reading, its shards verified.
 pub struct Artifact {
     dir: PathBuf,
+    /// What messages call `dir` (itself, or a name a server shows instead of its own paths).
+    shown: PathBuf,
     manifest: Manifest,
     shards: Vec<Mmap>,
     /// Per shard: key -> (dtype, shape, byte range).
@@ -28,10 +30,16 @@ impl Artifact {
     /// Open `dir`: read the manifest, check its format and version, and verify every shard's size
     /// and sha256 before trusting anything in it.
     pub fn open(dir: &Path) -> Result<Self> {
-        let manifest_path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-            format!("{}: not a TenPak artifact (cannot read manifest.json)", dir.display())
+        Self::open_named(dir, dir)
+    }
+
+    /// [`Artifact::open`] of `dir`, called `shown` in every message (its files by their names
+    /// under `shown`).
+    pub fn open_named(dir: &Path, shown: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(dir.join("manifest.json")).with_context(|| {
+            format!("{}: not a TenPak artifact (cannot read manifest.json)", shown.display())
         })?;
+        let manifest_path = shown.join("manifest.json");
         let probe: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", manifest_path.display()))?;
         if probe.get("format").and_then(|v| v.as_str()) != Some(FORMAT) {
@@ -50,11 +58,11 @@ impl Artifact {
         let mut shards = Vec::new();
         let mut index = Vec::new();
         for shard in &manifest.shards {
-            let path = dir.join(&shard.file);
             if shard.file.contains("..") || Path::new(&shard.file).is_absolute() {
                 bail!("{}: shard path `{}` escapes the artifact", manifest_path.display(), shard.file);
             }
-            let len = std::fs::metadata(&path).with_context(|| format!("shard {}: missing", path.display()))?.len();
+            let (file_path, path) = (dir.join(&shard.file), shown.join(&shard.file));
+            let len = std::fs::metadata(&file_path).with_context(|| format!("shard {}: missing", path.display()))?.len();
             if len != shard.bytes {
                 bail!(
                     "shard {}: size {len} bytes, the manifest says {} ({})",
@@ -63,7 +71,7 @@ impl Artifact {
                     if len < shard.bytes { "the file is truncated" } else { "the file has extra bytes" }
                 );
             }
-            let sha = sha256_file(&path)?;
+            let sha = sha256_file_named(&file_path, &format!("shard {}", path.display()))?;
             if sha != shard.sha256 {
                 bail!(
                     "shard {}: sha256 {sha} does not match the manifest's {}: the file is corrupt or was modified",
@@ -71,7 +79,7 @@ impl Artifact {
                     shard.sha256
                 );
             }
-            let file = File::open(&path)?;
+            let file = File::open(&file_path).with_context(|| format!("shard {}: cannot open", path.display()))?;
             // SAFETY: the map is read-only and the file was just verified; TenPak never writes to
             // a finished artifact. A concurrent external writer could still change the bytes
             // under us, which is the usual caveat of memory-mapped reads.
@@ -79,7 +87,7 @@ impl Artifact {
             index.push(parse_index(&map, &path)?);
             shards.push(map);
         }
-        Ok(Self { dir: dir.to_owned(), manifest, shards, index })
+        Ok(Self { dir: dir.to_owned(), shown: shown.to_owned(), manifest, shards, index })
     }
 
     /// The manifest.
@@ -98,7 +106,7 @@ impl Artifact {
             .tensors
             .iter()
             .find(|t| t.name == name)
-            .with_context(|| format!("{}: no tensor `{name}` in the artifact", self.dir.display()))
+            .with_context(|| format!("{}: no tensor `{name}` in the artifact", self.shown.display()))
     }
 
     fn part_bytes(&self, part: &PartRecord) -> Result<(DType, Vec<usize>, &[u8])> {
@@ -106,7 +114,7 @@ impl Artifact {
             .index
             .get(part.shard)
             .and_then(|i| i.get(&part.key))
-            .with_context(|| format!("{}: shard {} has no tensor `{}`", self.dir.display(), part.shard, part.key))?;
+            .with_context(|| format!("{}: shard {} has no tensor `{}`", self.shown.display(), part.shard, part.key))?;
         Ok((*dtype, shape.clone(), &self.shards[part.shard][range.clone()]))
     }
 
@@ -182,13 +190,19 @@ impl ArtifactSource {
     /// Open `dir` and check that every codec it uses is registered, so a missing codec is
     /// reported before any work rather than halfway through.
     pub fn open(dir: &Path, registry: std::sync::Arc<Registry>) -> Result<Self> {
-        let artifact = Artifact::open(dir)?;
+        Self::open_named(dir, dir, registry)
+    }
+
+    /// [`ArtifactSource::open`] of `dir`, called `shown` in every message and by
+    /// [`ModelSource::path`].
+    pub fn open_named(dir: &Path, shown: &Path, registry: std::sync::Arc<Registry>) -> Result<Self> {
+        let artifact = Artifact::open_named(dir, shown)?;
         for t in &artifact.manifest.tensors {
             if let Some(id) = &t.codec {
                 registry.codec(id).with_context(|| {
                     format!(
                         "{}: tensor `{}` needs codec `{id}`{}",
-                        dir.display(),
+                        shown.display(),
                         t.name,
                         t.codec_source.as_ref().map_or(String::new(), |s| format!(" (written by {s})"))
                     )
@@ -216,7 +230,7 @@ impl ArtifactSource {
 
 impl ModelSource for ArtifactSource {
     fn path(&self) -> &Path {
-        &self.artifact.dir
+        &self.artifact.shown
     }
     fn format(&self) -> &'static str {
         "tenpak-artifact"
@@ -236,7 +250,7 @@ impl ModelSource for ArtifactSource {
     }
     fn config_json(&self) -> Result<String> {
         let path = self.artifact.dir.join("config.json");
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", self.artifact.shown.join("config.json").display()))
     }
     fn files(&self) -> Vec<PathBuf> {
         self.artifact.manifest.shards.iter().map(|s| self.artifact.dir.join(&s.file)).collect()

@@ -167,11 +167,16 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// sha256 of a file, streamed, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    sha256_file_named(path, &path.display().to_string())
+}
+
+/// [`sha256_file`] of `path`, called `shown` in errors.
+pub fn sha256_file_named(path: &Path, shown: &str) -> Result<String> {
+    let mut file = BufReader::new(File::open(path).with_context(|| format!("opening {shown}"))?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = file.read(&mut buf).with_context(|| format!("reading {shown}"))?;
         if n == 0 {
             break;
         }
