@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tenpak_error::{Context, Result, bail};
+use tenpak_error::{Context, Kind, Result, bail};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -52,6 +52,17 @@ pub struct ArtifactStore {
     cache: PathBuf,
     /// For messages.
     shown: String,
+}
+
+/// An object store failure as a TenPak error: a missing object is [`Kind::NotFound`], anything
+/// else (a store that does not answer, refuses the credentials, times out) is
+/// [`Kind::Unavailable`]: not the request's fault, and gone once the store is back.
+fn store_error(error: object_store::Error) -> tenpak_error::Error {
+    let kind = match error {
+        object_store::Error::NotFound { .. } => Kind::NotFound,
+        _ => Kind::Unavailable,
+    };
+    kind.tag(error)
 }
 
 /// One file of an artifact: its path inside the artifact and its size.
@@ -108,7 +119,7 @@ impl ArtifactStore {
         }
         let this = ArtifactStore { store, prefix, work, local, cache, shown };
         // Fail at start, not at the first finished job, when the store does not answer.
-        this.store.list_with_delimiter(Some(&this.prefix)).await.with_context(|| format!("artifact store {}", this.shown))?;
+        this.store.list_with_delimiter(Some(&this.prefix)).await.map_err(store_error).with_context(|| format!("artifact store {}", this.shown))?;
         Ok(this)
     }
 
@@ -131,22 +142,72 @@ impl ArtifactStore {
     }
 
     /// Put the pack in [`Self::work_dir`] into the store (nothing to do on the filesystem store).
+    /// An upload cut short (the store went away) removes what it uploaded and the staged pack:
+    /// a failed job leaves nothing behind, here or there.
     pub async fn publish(&self, id: &str) -> Result<()> {
         if self.local {
             return Ok(());
         }
         let dir = self.work_dir(id);
-        let mut names = list_files(&dir)?;
+        let uploaded = self.upload(id, &dir).await;
+        if uploaded.is_err() {
+            self.discard(id).await;
+            return uploaded;
+        }
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the staged pack of {id}"))?;
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str, dir: &Path) -> Result<()> {
+        let mut names = list_files(dir).with_context(|| format!("listing the staged pack of {id}"))?;
         // The manifest last: an upload cut short leaves an artifact that is not there.
         names.sort_by_key(|name| (name == "manifest.json", name.clone()));
         for name in &names {
-            let mut file = tokio::fs::File::open(dir.join(name)).await.with_context(|| format!("reading {}", dir.join(name).display()))?;
+            let mut file = tokio::fs::File::open(dir.join(name)).await.with_context(|| format!("reading {name} of the staged pack of {id}"))?;
             let mut upload = BufWriter::new(self.store.clone(), self.object(id, name));
-            tokio::io::copy(&mut file, &mut upload).await.with_context(|| format!("uploading {name} of {id} to {}", self.shown))?;
-            upload.shutdown().await.with_context(|| format!("uploading {name} of {id} to {}", self.shown))?;
+            let copied = tokio::io::copy(&mut file, &mut upload).await;
+            let shut = upload.shutdown().await;
+            copied.and(shut).kind(Kind::Unavailable).with_context(|| format!("uploading {name} of {id} to the artifact store"))?;
         }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         Ok(())
+    }
+
+    /// Remove whatever job `id` left of an artifact (a failed job must leave none): its local
+    /// directory (the artifact itself on the filesystem store, the staged pack otherwise) and
+    /// its objects in a remote store. Best effort: what cannot be removed now is logged (an
+    /// object without `manifest.json` is not an artifact, and is never served).
+    pub async fn discard(&self, id: &str) {
+        let dir = self.work_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("studio: removing what job {id} left in {}: {e}", dir.display());
+        }
+        if self.local {
+            return;
+        }
+        let root = self.prefix.clone().join(format!("{id}.tenpak"));
+        let objects: Vec<_> = self.store.list(Some(&root)).collect().await;
+        for meta in objects {
+            let removed = match meta {
+                Ok(meta) => self.store.delete(&meta.location).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                eprintln!("studio: removing what job {id} left in {}: {e}", self.shown);
+                return;
+            }
+        }
+    }
+
+    /// The bytes of one file of job `id`'s artifact (`manifest.json`, `tokenizer.json`), read
+    /// through the store; `None` if the store has no such object.
+    pub async fn read(&self, id: &str, name: &str) -> Result<Option<bytes::Bytes>> {
+        match self.store.get(&self.object(id, name)).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(store_error).with_context(|| format!("reading {name} of {id}"))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(e)).with_context(|| format!("reading {name} of {id}")),
+        }
     }
 
     /// The files of job `id`'s artifact, sorted by name; `None` if it has no manifest.
@@ -155,7 +216,7 @@ impl ArtifactStore {
         let mut listing = self.store.list(Some(&root));
         let mut entries = Vec::new();
         while let Some(meta) = listing.next().await {
-            let meta = meta.with_context(|| format!("listing {id} in {}", self.shown))?;
+            let meta = meta.map_err(store_error).with_context(|| format!("listing {id} in the artifact store"))?;
             let Some(parts) = meta.location.prefix_match(&root) else { continue };
             let name = parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/");
             entries.push(Entry { name, size: meta.size });
@@ -171,7 +232,7 @@ impl ArtifactStore {
             return Ok(Box::new(std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?));
         }
         let handle = tokio::runtime::Handle::current();
-        let got = handle.block_on(self.store.get(&self.object(id, name))).with_context(|| format!("reading {name} of {id} from {}", self.shown))?;
+        let got = handle.block_on(self.store.get(&self.object(id, name))).map_err(store_error).with_context(|| format!("reading {name} of {id} from the artifact store"))?;
         Ok(Box::new(StreamReader { handle, stream: got.into_stream(), chunk: bytes::Bytes::new() }))
     }
 
@@ -189,24 +250,35 @@ impl ArtifactStore {
         let Some(entries) = self.entries(id).await? else { return Ok(None) };
         let temporary = self.cache.join(format!(".{id}.tenpak.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&temporary);
-        for entry in &entries {
-            let path = temporary.join(&entry.name);
-            std::fs::create_dir_all(path.parent().expect("inside the temporary"))?;
-            let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("creating {}", path.display()))?;
-            let mut stream = self.store.get(&self.object(id, &entry.name)).await?.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.with_context(|| format!("fetching {} of {id} from {}", entry.name, self.shown))?;
-                file.write_all(&chunk).await?;
-            }
-            file.sync_all().await?;
+        // A copy cut short (the store or the disk failed) leaves no temporary behind.
+        if let Err(e) = self.fetch(id, &entries, &temporary).await {
+            let _ = std::fs::remove_dir_all(&temporary);
+            return Err(e);
         }
         if let Err(e) = std::fs::rename(&temporary, &dir) {
             let _ = std::fs::remove_dir_all(&temporary);
             if !dir.join("manifest.json").is_file() {
-                return Err(e).with_context(|| format!("moving the copy of {id} into {}", dir.display()));
+                return Err(e).with_context(|| format!("moving the copy of {id} into the cache"));
             } // else another job fetched it first
         }
         Ok(Some(dir))
+    }
+
+    async fn fetch(&self, id: &str, entries: &[Entry], temporary: &Path) -> Result<()> {
+        for entry in entries {
+            let path = temporary.join(&entry.name);
+            let name = &entry.name;
+            std::fs::create_dir_all(path.parent().expect("inside the temporary")).with_context(|| format!("copying {id} into the cache"))?;
+            let mut file = tokio::fs::File::create(&path).await.with_context(|| format!("copying {name} of {id} into the cache"))?;
+            let got = self.store.get(&self.object(id, name)).await.map_err(store_error).with_context(|| format!("fetching {name} of {id}"))?;
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(store_error).with_context(|| format!("fetching {name} of {id}"))?;
+                file.write_all(&chunk).await.with_context(|| format!("copying {name} of {id} into the cache"))?;
+            }
+            file.sync_all().await.with_context(|| format!("copying {name} of {id} into the cache"))?;
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,16 @@
 //! max_queued = 16                    # queued jobs beyond this are refused (429)
 //! max_body_bytes = 33554432          # request bodies beyond this are refused (413)
 //! max_text_bytes = 16777216          # inline texts beyond this are refused (413)
+//! max_header_bytes = 65536           # a request head beyond this is refused (431)
 //! plugins = []                       # plugin libraries (codecs, calibrators, allocators), loaded at start
+//!
+//! [limits]                           # what one request may ask for (tenpak_pack::limits::Limits)
+//! preset_bytes = 65536               # inline preset text
+//! overrides = 256                    # [[overrides]] per preset (pattern_bytes = 256 each)
+//! candidates = 64                    # [[allocator.candidates]] per preset
+//! group_size = 65536                 # any codec table's group_size
+//! windows = 4096                     # calibration / evaluation windows
+//! ctx = 32768                        # tokens per window (and the model's own maximum)
 //!
 //! [model_roots]                      # where models and texts may come from: `assets/calib.txt`
 //! assets = "assets"
@@ -26,6 +35,7 @@ use tenpak_error::{Context, Result, bail};
 use serde::Deserialize;
 
 use super::artifacts::ArtifactsConfig;
+use tenpak_pack::limits::Limits;
 
 /// The server's configuration, as in the file (paths relative to the file's directory).
 #[derive(Clone, Debug, Deserialize)]
@@ -58,6 +68,12 @@ pub struct StudioConfig {
     /// Largest inline text.
     #[serde(default = "default_max_text")]
     pub max_text_bytes: u64,
+    /// Largest request head (request line and headers), in bytes.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// What one request may ask for: preset size and entries, group sizes, windows, ctx.
+    #[serde(default)]
+    pub limits: Limits,
     /// Plugin libraries (codecs, calibrators, allocators), loaded at start (never from a request).
     #[serde(default)]
     pub plugins: Vec<PathBuf>,
@@ -86,6 +102,9 @@ fn default_max_body() -> u64 {
 }
 fn default_max_text() -> u64 {
     16 << 20
+}
+fn default_max_header() -> usize {
+    64 << 10
 }
 
 impl Default for StudioConfig {

@@ -2,8 +2,8 @@
 
 use std::convert::Infallible;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -13,10 +13,13 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::artifacts::write_tar;
-use super::jobs::{CompressBody, EvaluateBody};
+use super::jobs::{CompressBody, EvalModel, EvaluateBody};
 use super::store::{self, QUEUED, RUNNING};
 use super::{ApiError, App};
-use tenpak_error::{Error, Kind};
+use tenpak_error::{Context, Error, Kind};
+use tenpak_model::{ModelConfig, TokenizerSource, tokenize};
+use tenpak_pack::artifact::Manifest;
+use tenpak_pack::model::{ModelSpec, is_artifact};
 use tenpak_pack::plan::PackPlan;
 use tenpak_pack::preset::{BUILTIN, Preset};
 
@@ -87,15 +90,18 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .recover(refusal)
 }
 
-/// `Authorization: Bearer <token>`, compared in constant time; no token configured: open.
+/// `Authorization: Bearer <token>`, compared in constant time; no token configured: open. The
+/// header is compared as bytes: a value that is not text (not UTF-8, say) is a wrong token, 401
+/// like any other.
 fn auth(token: Option<Arc<String>>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |header: Option<String>| {
+    warp::header::headers_cloned()
+        .and_then(move |headers: warp::http::HeaderMap| {
             let token = token.clone();
             async move {
                 let Some(token) = token else { return Ok(()) };
-                let given = header.as_deref().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-                if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                let header = headers.get("authorization").map_or(&b""[..], |v| v.as_bytes());
+                let given = header.strip_prefix(b"Bearer ").unwrap_or(b"");
+                if bool::from(given.ct_eq(token.as_bytes())) {
                     Ok(())
                 } else {
                     Err(warp::reject::custom(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")))
@@ -115,7 +121,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Refuse a new job when `max_queued` jobs are waiting or running.
 async fn check_capacity(app: &App) -> Result<(), ApiError> {
-    let active = app.worker.store.active().await.map_err(ApiError::internal)?;
+    let active = app.worker.store.active().await.map_err(|e| app.refusal(e, "counting jobs"))?;
     if active >= app.max_queued as i64 {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -126,14 +132,33 @@ async fn check_capacity(app: &App) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Run a request's checks on a blocking thread, at most one per core at a time: a burst of
+/// requests that are costly to check waits here (and is refused with 429 after a while) rather
+/// than taking every core from the jobs.
+async fn check<T: Send + 'static>(app: &App, what: &str, work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, ApiError> {
+    let busy = || ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", "the server is checking other requests; try again in a moment");
+    let permit = tokio::time::timeout(CHECK_WAIT, app.checking.clone().acquire_owned()).await.map_err(|_| busy())?.map_err(|_| busy())?;
+    let checked = tokio::task::spawn_blocking(move || {
+        let checked = work();
+        drop(permit);
+        checked
+    })
+    .await
+    .map_err(|e| app.refusal(tenpak_error::err!("{what}: the check panicked: {e}"), what))?;
+    checked.map_err(|e| app.refusal(e.or_kind(Kind::BadRequest), what))
+}
+
+/// How long a request waits for a free core to be checked on before it is refused.
+const CHECK_WAIT: Duration = Duration::from_secs(10);
+
 /// Record the job and queue its task.
 async fn enqueue(app: &App, id: ulid::Ulid, kind: &str, request: String) -> Result<warp::reply::Response, ApiError> {
     let id_text = id.to_string();
-    app.worker.store.insert(&id_text, kind, &request).await.map_err(ApiError::internal)?;
+    app.worker.store.insert(&id_text, kind, &request).await.map_err(|e| app.refusal(e, "recording the job"))?;
     if let Err(e) = app.queue.push(&id_text, Some(id)).await {
-        let message = format!("could not queue the job: {e:#}");
-        let _ = app.worker.store.fail(&id_text, "internal", &message).await;
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message));
+        let refusal = app.refusal(e, "queueing the job");
+        let _ = app.worker.store.fail(&id_text, refusal.code.as_str(), &format!("could not queue the job: {}", refusal.message)).await;
+        return Err(refusal);
     }
     Ok(accepted(json!({"id": id_text, "state": QUEUED, "status": format!("/status/{id_text}")})))
 }
@@ -142,30 +167,89 @@ async fn compress(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     let body: CompressBody = parse(&body)?;
     check_capacity(&app).await?;
     let id = ulid::Ulid::generate();
-    let request = app.worker.limits.pack_request(&body, app.worker.limits.artifacts.work_dir(&id.to_string()))?;
+    let requests = &app.worker.requests;
+    let request = requests.pack_request(&body, requests.artifacts.work_dir(&id.to_string()))?;
     // The same checks as `tenpak pack`, before the job is accepted.
-    let registry = app.worker.registry.clone();
-    let checked = tokio::task::spawn_blocking(move || PackPlan::build(&request, &registry).map(drop))
-        .await
-        .map_err(|e| ApiError::internal(tenpak_error::err!("validating the request: {e}")))?;
-    checked.map_err(ApiError::from_host)?;
-    enqueue(&app, id, "compress", serde_json::to_string(&body).map_err(|e| ApiError::internal(e.into()))?).await
+    let (registry, limits) = (app.worker.registry.clone(), requests.limits.clone());
+    check(&app, "checking the request", move || PackPlan::build_within(&request, &registry, &limits).map(drop)).await?;
+    enqueue(&app, id, "compress", serde_json::to_string(&body).map_err(|e| app.refusal(e.into(), "recording the job"))?).await
 }
 
+/// `POST /evaluate`: everything an evaluation needs is checked before it is accepted — the model
+/// or job (a finished compress job's artifact: 404 if there is none, 409 if it is not done yet),
+/// the window settings within the limits and the model's context, and a text holding at least
+/// one window — from the model's configuration and tokenizer, without loading its weights.
 async fn evaluate(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
     let body: EvaluateBody = parse(&body)?;
     check_capacity(&app).await?;
-    // Whether the job's artifact is there; it is fetched (from S3, say) when the job runs.
-    let there = match &body.job {
-        Some(job) if ulid::Ulid::from_string(job).is_ok() => app.worker.limits.artifacts.entries(job).await.map_err(ApiError::internal)?.is_some(),
-        _ => false,
+    let requests = &app.worker.requests;
+    let (config, tokenizer, name) = match requests.eval_model(&body)? {
+        EvalModel::Job(job) => {
+            let Some(record) = app.worker.store.get(&job).await.map_err(|e| app.refusal(e, "reading the job"))? else {
+                return Err(ApiError::not_found(format!("no job `{job}`")));
+            };
+            if record.kind != "compress" {
+                return Err(ApiError::not_found(format!("job `{job}` is an evaluation; it has no artifact")));
+            }
+            if record.state != store::DONE {
+                return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{job}` is {}, not done: it has no artifact yet", record.state)));
+            }
+            let read = |file: &'static str| {
+                let (artifacts, job) = (requests.artifacts.clone(), job.clone());
+                async move { artifacts.read(&job, file).await }
+            };
+            let gone = || ApiError::not_found(format!("the artifact of job `{job}` is gone from the artifact store"));
+            let manifest = read("manifest.json").await.map_err(|e| app.refusal(e, "reading the artifact"))?.ok_or_else(gone)?;
+            let tokenizer = read("tokenizer.json").await.map_err(|e| app.refusal(e, "reading the artifact"))?;
+            let name = format!("job {job}");
+            let shown = name.clone();
+            let facts = check(&app, "reading the artifact", move || artifact_facts(&manifest, tokenizer.as_deref(), &shown)).await?;
+            (facts.0, facts.1, name)
+        }
+        EvalModel::Root { name, path } => {
+            let shown = name.clone();
+            let facts = check(&app, "opening the model", move || model_facts(&path, &shown)).await?;
+            (facts.0, facts.1, name)
+        }
     };
-    app.worker.limits.eval_request(&body, |_| Ok(there.then(PathBuf::new)))?;
-    enqueue(&app, ulid::Ulid::generate(), "evaluate", serde_json::to_string(&body).map_err(|e| ApiError::internal(e.into()))?).await
+    // The text and windows, as `tenpak eval` checks them (the model is a placeholder here: the
+    // job resolves it again when it runs).
+    let request = requests.eval_request(&body, ModelSpec::Named { name: name.clone(), path: Default::default() })?;
+    let limits = requests.limits.clone();
+    check(&app, "checking the request", move || tenpak_pack::eval::check(&request, &config, &tokenizer, &name, &limits).map(drop)).await?;
+    enqueue(&app, ulid::Ulid::generate(), "evaluate", serde_json::to_string(&body).map_err(|e| app.refusal(e.into(), "recording the job"))?).await
+}
+
+/// The configuration and tokenizer of the model or artifact directory at `path`, called `name`,
+/// without reading weights (an artifact's shards are verified when the job runs).
+fn model_facts(path: &std::path::Path, name: &str) -> Result<(ModelConfig, tokenize::Tokenizer), Error> {
+    if is_artifact(path) {
+        let manifest = std::fs::read(path.join("manifest.json")).with_context(|| format!("{name}: reading manifest.json"))?;
+        let tokenizer = match std::fs::read(path.join("tokenizer.json")) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::new(e).context(format!("{name}: reading tokenizer.json"))),
+        };
+        return artifact_facts(&manifest, tokenizer.as_deref(), name);
+    }
+    let model = tenpak_model::open_named(path, std::path::Path::new(name))?;
+    let tokenizer = tokenize::for_model(model.as_ref())?;
+    Ok((model.config().clone(), tokenizer))
+}
+
+/// The configuration (from its manifest) and tokenizer of an artifact called `name`.
+fn artifact_facts(manifest: &[u8], tokenizer: Option<&[u8]>, name: &str) -> Result<(ModelConfig, tokenize::Tokenizer), Error> {
+    let manifest: Manifest = serde_json::from_slice(manifest).with_context(|| format!("{name}: manifest.json is not a TenPak manifest"))?;
+    let source = match tokenizer {
+        Some(bytes) => TokenizerSource::Json(String::from_utf8_lossy(bytes).into_owned()),
+        None => TokenizerSource::Missing,
+    };
+    let tokenizer = tokenize::load(&source, name)?;
+    Ok((manifest.model_config, tokenizer))
 }
 
 async fn status(id: String, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
-    match app.worker.store.get(&id).await.map_err(ApiError::internal)? {
+    match app.worker.store.get(&id).await.map_err(|e| app.refusal(e, "reading the job"))? {
         Some(job) => Ok(warp::reply::json(&job).into_response()),
         None => Err(ApiError::not_found(format!("no job `{id}`"))),
     }
@@ -191,12 +275,12 @@ async fn jobs(query: JobsQuery, app: Arc<App>) -> Result<warp::reply::Response, 
     if !(1..=100).contains(&limit) || offset < 0 {
         return Err(ApiError::bad_request("`limit` must be 1..=100 and `offset` at least 0"));
     }
-    let (jobs, total) = app.worker.store.list(query.state.as_deref(), limit, offset).await.map_err(ApiError::internal)?;
+    let (jobs, total) = app.worker.store.list(query.state.as_deref(), limit, offset).await.map_err(|e| app.refusal(e, "listing jobs"))?;
     Ok(warp::reply::json(&json!({"jobs": jobs, "total": total, "limit": limit, "offset": offset})).into_response())
 }
 
 async fn cancel(id: String, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
-    match app.worker.store.cancel(&id).await.map_err(ApiError::internal)?.as_deref() {
+    match app.worker.store.cancel(&id).await.map_err(|e| app.refusal(e, "cancelling the job"))?.as_deref() {
         None => Err(ApiError::not_found(format!("no job `{id}`"))),
         Some(QUEUED) => Ok(warp::reply::json(&json!({"id": id, "state": store::CANCELLED})).into_response()),
         Some(RUNNING) => Ok(accepted(json!({"id": id, "state": RUNNING, "cancel_requested": true}))),
@@ -235,7 +319,7 @@ impl Write for ChunkWriter {
 }
 
 async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
-    let Some(job) = app.worker.store.get(&id).await.map_err(ApiError::internal)? else {
+    let Some(job) = app.worker.store.get(&id).await.map_err(|e| app.refusal(e, "reading the job"))? else {
         return Err(ApiError::not_found(format!("no job `{id}`")));
     };
     if job.kind != "compress" {
@@ -244,8 +328,8 @@ async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, Ap
     let Some(result) = job.result.filter(|_| job.state == store::DONE) else {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{id}` is {}, not done", job.state)));
     };
-    let artifacts = app.worker.limits.artifacts.clone();
-    let Some(entries) = artifacts.entries(&id).await.map_err(ApiError::internal)? else {
+    let artifacts = app.worker.requests.artifacts.clone();
+    let Some(entries) = artifacts.entries(&id).await.map_err(|e| app.refusal(e, "listing the artifact"))? else {
         return Err(ApiError::not_found(format!("the artifact of job `{id}` is gone from the artifact store")));
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -261,12 +345,12 @@ async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, Ap
     let headers = response.headers_mut();
     headers.insert("content-type", "application/x-tar".parse().expect("static"));
     let disposition = format!("attachment; filename=\"{id}.tenpak.tar\"");
-    headers.insert("content-disposition", disposition.parse().map_err(|e| ApiError::internal(tenpak_error::err!("{e}")))?);
+    headers.insert("content-disposition", disposition.parse().map_err(|e| app.refusal(tenpak_error::err!("{e}"), "naming the tar"))?);
     if let Some(bytes) = result["artifact"]["tar_bytes"].as_u64() {
         headers.insert("content-length", bytes.into());
     }
     if let Some(sha) = result["artifact"]["tar_sha256"].as_str() {
-        headers.insert("x-tenpak-sha256", sha.parse().map_err(|e| ApiError::internal(tenpak_error::err!("{e}")))?);
+        headers.insert("x-tenpak-sha256", sha.parse().map_err(|e| app.refusal(tenpak_error::err!("{e}"), "the tar digest"))?);
     }
     Ok(response)
 }
@@ -300,7 +384,9 @@ fn presets(app: &App) -> warp::reply::Json {
     warp::reply::json(&json!({"presets": presets}))
 }
 
-/// Every refusal as `{"error": {"code", "message"}}` with its status.
+/// Every refusal as `{"error": {"code", "message"}}` with its status. No response carries a
+/// Rust debug rendering: a rejection this server does not know is logged and answered in
+/// general terms.
 async fn refusal(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
     let error = if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
@@ -310,12 +396,19 @@ async fn refusal(rejection: Rejection) -> Result<warp::reply::Response, Infallib
         ApiError::too_large("the request body is larger than this server's max_body_bytes")
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length")
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::bad_request(format!("query string: {e}"))
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::bad_request("the query string is not valid for this route (see /openapi.json)")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(format!("header `{}` is not valid", e.name()))
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::bad_request(format!("header `{}` is missing", e.name()))
+    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send application/json")
     } else {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{rejection:?}"))
+        eprintln!("studio: unhandled rejection: {rejection:?}");
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request could not be read (the server's log has the details)")
     };
     let body = warp::reply::json(&json!({"error": {"code": error.code, "message": error.message}}));
     Ok(warp::reply::with_status(body, error.status).into_response())
@@ -328,9 +421,16 @@ impl ApiError {
         let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self { status, code: kind.code().to_owned(), message: e.to_string() }
     }
+}
 
-    /// 500, for a failure of the server rather than of the request.
-    pub fn internal(e: tenpak_error::Error) -> Self {
-        Self::from_host(e.or_kind(Kind::Internal))
+impl App {
+    /// The refusal for a failure while serving a request (`what` it was doing, for the log): its
+    /// status by its kind (internal unless someone said otherwise: 503 when a resource is out,
+    /// 500 for a bug), and a message that shows none of the server's own files.
+    pub fn refusal(&self, e: Error, what: &str) -> ApiError {
+        let e = e.or_kind(Kind::Internal);
+        let kind = e.kind();
+        let status = StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code: kind.code().to_owned(), message: self.worker.requests.for_client(&e, what) }
     }
 }

@@ -3,7 +3,8 @@
 //! client), and the worker that runs them under a [`PackObserver`] whose progress goes to the job
 //! record and whose cancellation comes from it.
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,8 @@ use super::roots::Roots;
 use super::store::{STALE_SECONDS, Start, Store};
 use tenpak_error::{Error, Kind};
 use tenpak_pack::eval::{self, EvalRequest, PplOptions};
+use tenpak_pack::limits::Limits as PackLimits;
+use tenpak_pack::model::ModelSpec;
 use tenpak_pack::observe::{PackObserver, Update};
 use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec};
 use tenpak_pack::text::TextSpec;
@@ -81,21 +84,40 @@ fn default_ctx() -> usize {
     eval::DEFAULT_CTX
 }
 
-/// What a request may name and how big inline texts may be.
+/// How a request body becomes a job: the roots its names resolve under (shown to clients by
+/// those names, never by the server's paths), the sizes and counts it may ask for, and where
+/// artifacts are kept.
 #[derive(Clone)]
-pub struct Limits {
+pub struct Requests {
     /// Model and text roots.
     pub roots: Roots,
     /// Largest inline text.
     pub max_text_bytes: u64,
+    /// What one request may ask for (preset size and entries, group sizes, windows, ctx).
+    pub limits: PackLimits,
     /// Where artifacts are kept.
     pub artifacts: Arc<ArtifactStore>,
+    /// The server's data directory (the job database, artifacts, staging): never shown.
+    pub data_dir: PathBuf,
 }
 
-impl Limits {
+/// Which model an evaluation scores.
+pub enum EvalModel {
+    /// `root/path` of a model or an artifact directory: its name and where it is.
+    Root {
+        /// The name the client gave.
+        name: String,
+        /// Where it is.
+        path: PathBuf,
+    },
+    /// The artifact of compress job `id`.
+    Job(String),
+}
+
+impl Requests {
     fn text(&self, field: &str, value: &Value) -> Result<TextSpec, ApiError> {
         match value {
-            Value::String(name) => Ok(TextSpec::File(self.resolve(field, name)?)),
+            Value::String(name) => Ok(TextSpec::Named { name: name.clone(), path: self.resolve(field, name)? }),
             Value::Object(map) if map.len() == 1 && map.contains_key("inline") => {
                 let Some(text) = map["inline"].as_str() else {
                     return Err(ApiError::bad_request(format!("`{field}.inline` must be a string")));
@@ -126,6 +148,15 @@ impl Limits {
                 None => return Err(ApiError::bad_request("`preset.toml` must be a string")),
             },
             Value::Object(_) => {
+                // Bounded before it is converted: the TOML text is checked again when parsed.
+                let json = serde_json::to_vec(&body.preset).map_err(|e| ApiError::bad_request(format!("`preset`: {e}")))?;
+                if json.len() > self.limits.preset_bytes {
+                    return Err(ApiError::bad_request(format!(
+                        "`preset` is {} bytes of JSON; at most {} bytes are accepted (limit `preset_bytes`)",
+                        json.len(),
+                        self.limits.preset_bytes
+                    )));
+                }
                 let text = toml::to_string(&body.preset)
                     .map_err(|e| ApiError::bad_request(format!("`preset` is not a preset: {e}")))?;
                 PresetSpec::Inline { origin: "`preset` of the request".into(), text }
@@ -133,7 +164,7 @@ impl Limits {
             _ => return Err(ApiError::bad_request("`preset` must be a built-in name, {\"toml\": \"...\"} or a preset object")),
         };
         Ok(PackRequest {
-            model: self.resolve("model", &body.model)?.into(),
+            model: ModelSpec::Named { name: body.model.clone(), path: self.resolve("model", &body.model)? },
             preset,
             output,
             force: true,
@@ -143,28 +174,56 @@ impl Limits {
         })
     }
 
-    /// The evaluation request of an evaluate body; `artifact` gives a local directory holding
-    /// job `id`'s artifact, `None` if there is none.
-    pub fn eval_request(
-        &self,
-        body: &EvaluateBody,
-        artifact: impl FnOnce(&str) -> tenpak_error::Result<Option<PathBuf>>,
-    ) -> Result<EvalRequest, ApiError> {
-        let model = match (&body.model, &body.job) {
-            (Some(name), None) => self.resolve("model", name)?,
-            (None, Some(job)) => {
-                let missing = || ApiError::not_found(format!("no finished compress job `{job}`"));
-                if ulid::Ulid::from_string(job).is_err() {
-                    return Err(missing());
-                }
-                artifact(job).map_err(ApiError::internal)?.ok_or_else(missing)?
-            }
-            _ => return Err(ApiError::bad_request("give exactly one of `model` and `job`")),
-        };
+    /// Which model an evaluate body names: exactly one of `model` (resolved under the roots) and
+    /// `job` (a job id; whether it has an artifact is the caller's to check).
+    pub fn eval_model(&self, body: &EvaluateBody) -> Result<EvalModel, ApiError> {
+        match (&body.model, &body.job) {
+            (Some(name), None) => Ok(EvalModel::Root { name: name.clone(), path: self.resolve("model", name)? }),
+            (None, Some(job)) if ulid::Ulid::from_string(job).is_ok() => Ok(EvalModel::Job(job.clone())),
+            (None, Some(job)) => Err(ApiError::not_found(format!("no job `{}`", job.escape_debug()))),
+            _ => Err(ApiError::bad_request("give exactly one of `model` and `job`")),
+        }
+    }
+
+    /// The evaluation request of an evaluate body, scoring `model`.
+    pub fn eval_request(&self, body: &EvaluateBody, model: ModelSpec) -> Result<EvalRequest, ApiError> {
         if body.windows == Some(0) {
             return Err(ApiError::bad_request("`windows` must be at least 1"));
         }
-        Ok(EvalRequest { model, text: self.text("text", &body.text)?, options: PplOptions { ctx: body.ctx, samples: body.windows, batch: 1 }, protocol: Default::default() })
+        Ok(EvalRequest {
+            model,
+            text: self.text("text", &body.text)?,
+            options: PplOptions { ctx: body.ctx, samples: body.windows, batch: 1 },
+            protocol: Default::default(),
+        })
+    }
+
+    /// What a client is told about a failure: the error's message, except that a resource fault
+    /// is said in general terms (its root cause, which names no file), and a message that
+    /// would show one of the server's own directories (a bug: names should have been given
+    /// relative to their root) is withheld and written to the server's log instead.
+    pub fn for_client(&self, error: &Error, what: &str) -> String {
+        if error.kind() == Kind::Unavailable {
+            let cause = error.chain().pop().unwrap_or_default();
+            eprintln!("studio: {what}: {error}");
+            return format!(
+                "the server could not write or reach what this needs ({cause}); nothing half-written is kept, and the same \
+                 request can be sent again once the operator has fixed it"
+            );
+        }
+        let message = error.to_string();
+        if self.shows_server_paths(&message) {
+            eprintln!("studio: {what}: {message}");
+            return format!("{}: the reason names the server's own files; it is in the server's log", error.kind().code());
+        }
+        message
+    }
+
+    /// Whether `text` holds one of the server's own directories (its data directory or a root's
+    /// real path).
+    pub fn shows_server_paths(&self, text: &str) -> bool {
+        let shown = |dir: &Path| dir.to_str().is_some_and(|d| !d.is_empty() && text.contains(d));
+        shown(&self.data_dir) || self.roots.real_dirs().any(shown)
     }
 }
 
@@ -196,21 +255,57 @@ pub struct Worker {
     /// Job records.
     pub store: Store,
     /// Names, limits, artifact paths.
-    pub limits: Limits,
+    pub requests: Requests,
     /// Codecs and friends, plugins included.
     pub registry: Arc<Registry>,
 }
 
+/// How long a worker waits before it tries an unavailable database again: doubling from one
+/// second up to this.
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// Run `op` until it does not fail for want of a resource ([`Kind::Unavailable`]: a full disk,
+/// a database that does not answer), waiting between tries; any other error is returned. A
+/// worker that cannot record what happened waits for the database rather than dropping the
+/// record: a job never stays "running" because a write failed once.
+pub async fn patiently<T, F, Fut>(what: &str, mut op: F) -> tenpak_error::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = tenpak_error::Result<T>>,
+{
+    let mut wait = Duration::from_secs(1);
+    let mut logged = false;
+    loop {
+        match op().await {
+            Err(e) if e.kind() == Kind::Unavailable => {
+                if !logged {
+                    eprintln!("studio: {what}: {e}; trying again until it answers");
+                    logged = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+            done => {
+                if logged && done.is_ok() {
+                    eprintln!("studio: {what}: done");
+                }
+                return done;
+            }
+        }
+    }
+}
+
 impl Worker {
-    /// Run job `id` if it is still queued; record its outcome. An `Err` is a failure of the job
-    /// database, which apalis retries; a failed pack is recorded and is not an `Err`.
+    /// Run job `id` if it is still queued; record its outcome. A database that cannot be written
+    /// for now is waited for ([`patiently`]); an `Err` is any other failure of the job database,
+    /// which apalis retries. A failed job is recorded and is not an `Err`.
     pub async fn run(self: Arc<Self>, id: String) -> tenpak_error::Result<()> {
         let me = self.name.as_str();
         // A job running elsewhere is handed over only once that worker's heartbeat is stale:
         // apalis re-delivers a task when the worker stops beating, which can be a little sooner.
         let mut waited = 0.0;
         let attempt = loop {
-            match self.store.start(&id, me).await? {
+            match patiently(&format!("job {id}: starting"), || self.store.start(&id, me)).await? {
                 Start::Started(attempt) => break attempt,
                 Start::Skip => return Ok(()),
                 Start::Busy if waited > 2.0 * STALE_SECONDS => return Ok(()), // alive: not ours
@@ -222,10 +317,11 @@ impl Worker {
         };
         if attempt > MAX_ATTEMPTS {
             let message = format!("interrupted {} times by server stops; not tried again", attempt - 1);
-            self.store.finish(&id, me, Err(("interrupted".into(), message))).await?;
-            return Ok(());
+            let outcome = Err(("interrupted".to_owned(), message));
+            return patiently(&format!("job {id}: recording its end"), || self.store.finish(&id, me, outcome.clone())).await;
         }
-        let (kind, request) = self.store.request(&id).await?.context("the job record vanished")?;
+        let (kind, request) =
+            patiently(&format!("job {id}: reading its request"), || self.store.request(&id)).await?.context("the job record vanished")?;
         let observer = Arc::new(JobObserver::default());
         let job = {
             let (worker, observer, id) = (self.clone(), observer.clone(), id.clone());
@@ -234,6 +330,7 @@ impl Worker {
         // Mirror progress into the record, beat, and bring cancellation back, until the job ends.
         let mut job = std::pin::pin!(job);
         let mut last: Option<Update> = None;
+        let mut failing = false;
         let outcome = loop {
             tokio::select! {
                 outcome = &mut job => break outcome,
@@ -242,17 +339,31 @@ impl Worker {
             let latest = observer.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let fresh = latest.filter(|u| last.as_ref() != Some(u));
             let update = fresh.as_ref().map(|u| (u.stage.name(), u.detail.as_str(), u.fraction()));
-            // A failed write is logged and tried again at the next beat: the job goes on.
+            // A failed write is logged (once per run of failures) and tried again at the next
+            // beat: the job goes on.
             match self.store.beat(&id, me, update).await {
-                Ok(cancel) => {
+                Ok(None) => {
+                    // Not ours any more: another worker took it over while this one could not
+                    // beat (the database was out of reach for longer than the stale limit).
+                    // Stop here; the record is the other worker's to write.
+                    if !observer.cancel.swap(true, Ordering::SeqCst) {
+                        eprintln!("studio: job {id}: taken over by another worker; stopping this run");
+                    }
+                }
+                Ok(Some(cancel)) => {
                     if cancel {
                         observer.cancel.store(true, Ordering::SeqCst);
                     }
                     if fresh.is_some() {
                         last = fresh;
                     }
+                    failing = false;
                 }
-                Err(e) => eprintln!("studio: job {id}: recording progress: {e:#}"),
+                Err(e) if !failing => {
+                    eprintln!("studio: job {id}: recording progress: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
             }
         };
         let outcome = match outcome {
@@ -261,26 +372,37 @@ impl Worker {
                 result["warnings"] = json!(warnings);
                 Ok(result)
             }
-            Ok(Err(e)) => Err((e.kind().code().to_owned(), e.to_string())),
+            Ok(Err(e)) => Err((e.kind().code().to_owned(), self.requests.for_client(&e, &format!("job {id}")))),
             Err(panic) => Err(("internal".to_owned(), format!("the job panicked: {panic}"))),
         };
-        self.store.finish(&id, me, outcome).await
+        patiently(&format!("job {id}: recording its end"), || self.store.finish(&id, me, outcome.clone())).await
     }
 
     /// Run a job on this (blocking) thread.
     fn execute(&self, id: &str, kind: &str, request: &str, observer: &dyn PackObserver) -> Result<Value, Error> {
         let bad = |e: serde_json::Error| Kind::Internal.tag(tenpak_error::err!("stored request of job {id}: {e}"));
         let refused = |e: ApiError| e.kind().tag(tenpak_error::err!("{}", e.message));
+        let runtime = tokio::runtime::Handle::current();
+        let artifacts = &self.requests.artifacts;
         match kind {
             "compress" => {
                 let body: CompressBody = serde_json::from_str(request).map_err(bad)?;
-                let output = self.limits.artifacts.work_dir(id);
-                let request = self.limits.pack_request(&body, output.clone()).map_err(refused)?;
-                let plan = PackPlan::build(&request, &self.registry)?;
+                let output = artifacts.work_dir(id);
+                let request = self.requests.pack_request(&body, output.clone()).map_err(refused)?;
+                let plan = PackPlan::build_within(&request, &self.registry, &self.requests.limits)?;
                 let manifest = tenpak_pack::pack::run(&plan, &self.registry, observer)?;
-                let (tar_bytes, tar_sha256) = tar_digest(&output, id).map_err(|e| Kind::Internal.tag(e))?;
-                let runtime = tokio::runtime::Handle::current();
-                runtime.block_on(self.limits.artifacts.publish(id)).map_err(|e| Kind::Internal.tag(e))?;
+                // The pack is in place (in the store, or staged for it): from here a failure
+                // removes it, so a failed job leaves no artifact behind.
+                let published = tar_digest(&output, id)
+                    .map_err(|e| tenpak_error::Error::new(e).context("measuring the artifact's tar").or_kind(Kind::Internal))
+                    .and_then(|digest| runtime.block_on(artifacts.publish(id)).map(|()| digest).map_err(|e| e.or_kind(Kind::Internal)));
+                let (tar_bytes, tar_sha256) = match published {
+                    Ok(digest) => digest,
+                    Err(e) => {
+                        runtime.block_on(artifacts.discard(id));
+                        return Err(e);
+                    }
+                };
                 let t = &manifest.totals;
                 Ok(json!({
                     "model": body.model,
@@ -299,10 +421,16 @@ impl Worker {
             }
             "evaluate" => {
                 let body: EvaluateBody = serde_json::from_str(request).map_err(bad)?;
-                let artifacts = &self.limits.artifacts;
-                let runtime = tokio::runtime::Handle::current();
-                let request = self.limits.eval_request(&body, |job| runtime.block_on(artifacts.local_copy(job))).map_err(refused)?;
-                let report = eval::run(&request, &self.registry, observer)?;
+                let model = match self.requests.eval_model(&body).map_err(refused)? {
+                    EvalModel::Root { name, path } => ModelSpec::Named { name, path },
+                    EvalModel::Job(job) => {
+                        let dir = runtime.block_on(artifacts.local_copy(&job))?;
+                        let dir = dir.ok_or_else(|| Kind::NotFound.error(format!("the artifact of job `{job}` is gone from the artifact store")))?;
+                        ModelSpec::Named { name: format!("job {job}"), path: dir }
+                    }
+                };
+                let request = self.requests.eval_request(&body, model).map_err(refused)?;
+                let report = eval::run_within(&request, &self.registry, observer, &self.requests.limits)?;
                 Ok(json!({
                     "model": body.model,
                     "job": body.job,

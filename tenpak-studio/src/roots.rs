@@ -41,6 +41,11 @@ impl Roots {
         self.roots.keys().map(String::as_str)
     }
 
+    /// The roots' real directories (never shown to a client).
+    pub fn real_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.roots.values().map(PathBuf::as_path)
+    }
+
     /// The real path of `name` (`root/rest`), inside its root.
     pub fn resolve(&self, name: &str) -> Result<PathBuf> {
         let bad = |why: &str| Kind::BadRequest.error(format!("name `{}`: {why}", name.escape_debug()));

@@ -6,13 +6,53 @@
 //! A running job belongs to one worker (a server process), which refreshes the row's `heartbeat`
 //! a few times a second. apalis hands the task of a worker that stopped sending its own
 //! heartbeats to another worker; that worker takes the job over only once the row's heartbeat is
-//! [`STALE_SECONDS`] old, so a job never runs in two places at once.
+//! [`STALE_SECONDS`] old, so a job never runs in two places at once. Heartbeats are stamped and
+//! compared on the *database's* clock, never a server's: two servers whose clocks disagree by
+//! more than those ten seconds would otherwise each see the other's job as abandoned.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tenpak_error::Result;
+use tenpak_error::{Kind, Result};
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
+
+/// A database failure as a TenPak error: [`Kind::Unavailable`] when the database cannot be
+/// written or reached for now (SQLite's disk full, read-only or I/O errors; PostgreSQL's
+/// connection, resource and shutdown errors; a pool that timed out), so a request meets 503 and a
+/// worker waits and tries again; [`Kind::Internal`] otherwise (a bug in a query).
+pub fn db_error(error: sqlx::Error) -> tenpak_error::Error {
+    let unavailable = match &error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| unavailable_code(&code)),
+        _ => false,
+    };
+    let kind = if unavailable { Kind::Unavailable } else { Kind::Internal };
+    kind.tag(tenpak_error::Error::new(error).context("the job database"))
+}
+
+/// Whether a database error code says "not now" rather than "wrong": a PostgreSQL SQLSTATE
+/// (always five characters: connection exceptions 08…, insufficient resources 53…, operator
+/// intervention 57P0…, system errors 58…, read-only transaction 25006) or an SQLite extended
+/// result code (at most four digits; the primary code is its low byte: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, CORRUPT 11, FULL 13,
+/// CANTOPEN 14, NOTADB 26).
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return ["08", "53", "57P0", "58", "25006"].iter().any(|prefix| code.starts_with(prefix));
+    }
+    code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 11 | 13 | 14 | 26))
+}
+
+/// `.db()?`: a query's error as [`db_error`] classifies it.
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(db_error)
+    }
+}
 
 /// A job's state.
 pub const QUEUED: &str = "queued";
@@ -28,10 +68,20 @@ pub const CANCELLED: &str = "cancelled";
 /// A running job whose heartbeat is this old belongs to a worker that is gone.
 pub const STALE_SECONDS: f64 = 10.0;
 
-/// Seconds since the epoch.
+/// Seconds since the epoch, on this server's clock (the times a job record shows).
+///
+/// `TENPAK_STUDIO_CLOCK_SKEW` (seconds, may be negative) shifts this clock: the fault bench
+/// (`scripts/studio-faults.py`) sets it to run two servers whose clocks disagree, without
+/// faketime. Nothing else should.
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    static SKEW: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let skew = *SKEW.get_or_init(|| std::env::var("TENPAK_STUDIO_CLOCK_SKEW").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0));
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()) + skew
 }
+
+/// The database's clock in seconds since the epoch, as SQL (one clock for every server).
+const SQLITE_NOW: &str = "((julianday('now') - 2440587.5) * 86400.0)";
+const POSTGRES_NOW: &str = "CAST(EXTRACT(EPOCH FROM CLOCK_TIMESTAMP()) AS DOUBLE PRECISION)";
 
 /// One job, as `/status/{id}` and `/jobs` show it.
 #[derive(Clone, Debug, Serialize)]
@@ -99,6 +149,8 @@ fn record(row: &sqlx::any::AnyRow) -> Result<JobRecord> {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The database's clock, as SQL.
+    clock: &'static str,
 }
 
 /// Whether job `id` was started by this worker.
@@ -112,8 +164,8 @@ pub enum Start {
 }
 
 impl Store {
-    /// Create the table if needed.
-    pub async fn open(pool: AnyPool) -> Result<Self> {
+    /// Create the table if needed; `postgres` says which SQL dialect tells the time.
+    pub async fn open(pool: AnyPool, postgres: bool) -> Result<Self> {
         // Types both databases accept (SQLite maps them to REAL and INTEGER affinity).
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS studio_jobs (
@@ -137,9 +189,10 @@ impl Store {
             )",
         )
         .execute(&pool)
-        .await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS studio_jobs_state ON studio_jobs (state, created)").execute(&pool).await?;
-        Ok(Self { pool })
+        .await
+        .db()?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS studio_jobs_state ON studio_jobs (state, created)").execute(&pool).await.db()?;
+        Ok(Self { pool, clock: if postgres { POSTGRES_NOW } else { SQLITE_NOW } })
     }
 
     /// Record a new queued job.
@@ -151,19 +204,20 @@ impl Store {
             .bind(QUEUED)
             .bind(now())
             .execute(&self.pool)
-            .await?;
+            .await
+            .db()?;
         Ok(())
     }
 
     /// The job `id`.
     pub async fn get(&self, id: &str) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM studio_jobs WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM studio_jobs WHERE id = $1")).bind(id).fetch_optional(&self.pool).await.db()?;
         row.as_ref().map(record).transpose()
     }
 
     /// The request a job was accepted with, and its kind.
     pub async fn request(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT kind, request FROM studio_jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT kind, request FROM studio_jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await.db()?;
         Ok(row.map(|r| (r.get("kind"), r.get("request"))))
     }
 
@@ -178,11 +232,13 @@ impl Store {
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .db()?;
         let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM studio_jobs WHERE (CAST($1 AS TEXT) IS NULL OR state = $1)")
             .bind(state)
             .fetch_one(&self.pool)
-            .await?
+            .await
+            .db()?
             .get("n");
         Ok((rows.iter().map(record).collect::<Result<_>>()?, total))
     }
@@ -193,27 +249,29 @@ impl Store {
             .bind(QUEUED)
             .bind(RUNNING)
             .fetch_one(&self.pool)
-            .await?;
+            .await
+            .db()?;
         Ok(row.get("n"))
     }
 
     /// Start job `id` in `worker`: a queued job, or a running one whose worker is gone (its
     /// heartbeat is [`STALE_SECONDS`] old).
     pub async fn start(&self, id: &str, worker: &str) -> Result<Start> {
-        let now = now();
-        let row = sqlx::query(
-            "UPDATE studio_jobs SET state = $1, started = $2, heartbeat = $2, worker = $3, attempts = attempts + 1,
+        let clock = self.clock;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE studio_jobs SET state = $1, started = $2, heartbeat = {clock}, worker = $3, attempts = attempts + 1,
              stage = NULL, progress = 0
-             WHERE id = $4 AND (state = $5 OR (state = $1 AND (heartbeat IS NULL OR heartbeat < $6))) RETURNING attempts",
-        )
+             WHERE id = $4 AND (state = $5 OR (state = $1 AND (heartbeat IS NULL OR heartbeat < {clock} - $6))) RETURNING attempts",
+        )))
         .bind(RUNNING)
-        .bind(now)
+        .bind(now())
         .bind(worker)
         .bind(id)
         .bind(QUEUED)
-        .bind(now - STALE_SECONDS)
+        .bind(STALE_SECONDS)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .db()?;
         if let Some(row) = row {
             return Ok(Start::Started(row.get("attempts")));
         }
@@ -223,38 +281,43 @@ impl Store {
         })
     }
 
-    /// Store progress and refresh the heartbeat; returns whether a cancellation was asked for.
-    /// `update` is `None` when only the heartbeat is due.
-    pub async fn beat(&self, id: &str, worker: &str, update: Option<(&str, &str, f64)>) -> Result<bool> {
+    /// Store progress and refresh the heartbeat; returns whether a cancellation was asked for,
+    /// or `None` if the job is not this worker's any more (another worker took it over after
+    /// this one's heartbeat went stale, or it ended). `update` is `None` when only the heartbeat
+    /// is due.
+    pub async fn beat(&self, id: &str, worker: &str, update: Option<(&str, &str, f64)>) -> Result<Option<bool>> {
         // Two statements rather than COALESCE over NULL parameters: through sqlx's Any driver a
         // NULL bound for a DOUBLE PRECISION column reaches PostgreSQL in the wrong binary format.
+        let clock = self.clock;
         let row = match update {
             Some((stage, detail, fraction)) => {
-                sqlx::query(
-                    "UPDATE studio_jobs SET stage = $1, detail = $2, progress = $3, heartbeat = $4
-                     WHERE id = $5 AND state = $6 AND worker = $7 RETURNING cancel_requested",
-                )
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE studio_jobs SET stage = $1, detail = $2, progress = $3, heartbeat = {clock}
+                     WHERE id = $4 AND state = $5 AND worker = $6 RETURNING cancel_requested",
+                )))
                 .bind(stage)
                 .bind(detail)
                 .bind(fraction)
-                .bind(now())
                 .bind(id)
                 .bind(RUNNING)
                 .bind(worker)
                 .fetch_optional(&self.pool)
-                .await?
+                .await
+                .db()?
             }
             None => {
-                sqlx::query("UPDATE studio_jobs SET heartbeat = $1 WHERE id = $2 AND state = $3 AND worker = $4 RETURNING cancel_requested")
-                    .bind(now())
-                    .bind(id)
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE studio_jobs SET heartbeat = {clock} WHERE id = $1 AND state = $2 AND worker = $3 RETURNING cancel_requested"
+                )))
+                .bind(id)
                     .bind(RUNNING)
                     .bind(worker)
                     .fetch_optional(&self.pool)
-                    .await?
+                    .await
+                    .db()?
             }
         };
-        Ok(row.is_some_and(|r| r.get::<i64, _>("cancel_requested") != 0))
+        Ok(row.map(|r| r.get::<i64, _>("cancel_requested") != 0))
     }
 
     /// Finish job `id` running in `worker`: done with `result`, or ended with an error `code`
@@ -280,13 +343,17 @@ impl Store {
         .bind(worker)
         .bind(RUNNING)
         .execute(&self.pool)
-        .await?;
+        .await
+        .db()?;
         Ok(())
     }
 
     /// Fail a job that is not running any more (given up on after restarts, or never queued).
     pub async fn fail(&self, id: &str, code: &str, message: &str) -> Result<()> {
-        sqlx::query("UPDATE studio_jobs SET state = $1, error_code = $2, error = $3, finished = $4 WHERE id = $5 AND state IN ($6, $7)")
+        sqlx::query(
+            "UPDATE studio_jobs SET state = $1, error_code = $2, error = $3, finished = $4, detail = $1
+             WHERE id = $5 AND state IN ($6, $7)",
+        )
             .bind(FAILED)
             .bind(code)
             .bind(message)
@@ -295,7 +362,8 @@ impl Store {
             .bind(QUEUED)
             .bind(RUNNING)
             .execute(&self.pool)
-            .await?;
+            .await
+            .db()?;
         Ok(())
     }
 
@@ -314,10 +382,11 @@ impl Store {
                 .bind(id)
                 .bind(QUEUED)
                 .execute(&self.pool)
-                .await?;
+                .await
+                .db()?;
             }
             RUNNING => {
-                sqlx::query("UPDATE studio_jobs SET cancel_requested = 1 WHERE id = $1").bind(id).execute(&self.pool).await?;
+                sqlx::query("UPDATE studio_jobs SET cancel_requested = 1 WHERE id = $1").bind(id).execute(&self.pool).await.db()?;
             }
             _ => {}
         }
@@ -325,17 +394,50 @@ impl Store {
     }
 
     /// After a restart of the only server on an SQLite database: jobs left running were
-    /// interrupted by the stop; they go back to queued, with a note. Returns their ids and
-    /// attempts so far.
-    pub async fn requeue_interrupted(&self) -> Result<Vec<(String, i64)>> {
+    /// interrupted by the stop. Those tried fewer than `max_attempts` times go back to queued,
+    /// with a note, and their ids are returned; the others are given up, failed with the reason
+    /// (and no note that promises another run).
+    pub async fn requeue_interrupted(&self, max_attempts: i64) -> Result<Vec<String>> {
+        sqlx::query(
+            "UPDATE studio_jobs SET state = $1, error_code = 'interrupted', detail = $1, finished = $2,
+             error = 'interrupted ' || CAST(attempts AS TEXT) || ' times by server stops; not tried again'
+             WHERE state = $3 AND attempts >= $4",
+        )
+        .bind(FAILED)
+        .bind(now())
+        .bind(RUNNING)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await
+        .db()?;
         let rows = sqlx::query(
             "UPDATE studio_jobs SET state = $1, detail = 'interrupted by a server stop; queued to run again'
-             WHERE state = $2 RETURNING id, attempts",
+             WHERE state = $2 RETURNING id",
         )
         .bind(QUEUED)
         .bind(RUNNING)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (r.get("id"), r.get("attempts"))).collect())
+        .await
+        .db()?;
+        Ok(rows.iter().map(|r| r.get("id")).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable_code;
+
+    #[test]
+    fn database_codes_that_mean_not_now() {
+        // SQLite: FULL, READONLY, IOERR_WRITE (778), CANTOPEN, BUSY; PostgreSQL: disk full,
+        // connection failure, admin shutdown, read-only transaction.
+        for code in ["13", "8", "778", "14", "5", "53100", "08006", "57P01", "25006"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // SQLite: constraint (2067: UNIQUE), no such table is a plain error (1); PostgreSQL:
+        // unique violation, undefined table, syntax error.
+        for code in ["2067", "1", "23505", "42P01", "42601"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
     }
 }

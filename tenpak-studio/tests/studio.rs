@@ -25,7 +25,12 @@ fn studio_config_refuses_unsafe_settings() {
     assert!(load("workers = 0\n").unwrap_err().to_string().contains("workers"));
     let err = load("listne = \"127.0.0.1:1\"\n").unwrap_err().to_string();
     assert!(err.contains("listne"), "{err}");
+    let (config, _) = load("[limits]\noverrides = 10\nctx = 4096\n").unwrap();
+    assert_eq!((config.limits.overrides, config.limits.ctx, config.limits.candidates), (10, 4096, 64), "unset limits keep their defaults");
+    let err = load("[limits]\noveriddes = 10\n").unwrap_err().to_string();
+    assert!(err.contains("overiddes"), "{err}");
     let defaults = StudioConfig::default();
+    assert_eq!(defaults.max_header_bytes, 65536);
     assert_eq!(defaults.listen.to_string(), "127.0.0.1:8686");
     assert!(defaults.token().unwrap().is_none(), "loopback without a token is allowed");
 }
