@@ -3,6 +3,8 @@
 
 #![cfg(feature = "studio")]
 
+mod faults;
+
 use tenpak_testkit as util;
 
 use std::io::{BufRead, BufReader};
