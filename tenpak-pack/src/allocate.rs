@@ -103,8 +103,13 @@ impl Cache {
         let dir = path.parent().expect("a file under the cache directory");
         std::fs::create_dir_all(dir).with_context(|| format!("creating the measurement cache {}", dir.display()))?;
         let temp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&temp, serde_json::to_vec(&self.file)?).with_context(|| format!("writing {}", temp.display()))?;
-        std::fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display()))?;
+        let written = std::fs::write(&temp, serde_json::to_vec(&self.file)?)
+            .with_context(|| format!("writing {}", temp.display()))
+            .and_then(|()| std::fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display())));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
         self.dirty = false;
         Ok(())
     }
@@ -413,7 +418,9 @@ pub(crate) fn allocate(
     let layers = roles::layer_infos(model);
     let dir = cache_dir();
     let cache = Cache::open(dir.as_deref(), cache_context(plan, calibration, needs, model)?);
-    let cache_path = cache.path.as_ref().map(|p| p.display().to_string());
+    // The file's name only: the cache directory is the machine's, and a served artifact must not
+    // show it.
+    let cache_path = cache.path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let mut probe = CalibratedProbe {
         plan,
         calibration,

@@ -7,7 +7,6 @@
 //! of each window, and transformers' stride = ctx evaluation without a BOS token, so a figure
 //! here can be reproduced with either by following [`PplReport::protocol`].
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ use crate::model::ModelSpec;
 use tenpak_error::{Error, Kind};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::text::{Text, TextSpec};
-use tenpak_model::{ModelConfig, ModelSource};
+use tenpak_model::ModelConfig;
 use tenpak_model::runtime::{self, Block, Head, LlamaModel, RopeTables};
 use tenpak_model::tokenize::{self, Tokenizer};
 
@@ -349,11 +348,6 @@ pub struct EvalRequest {
     pub protocol: Protocol,
 }
 
-/// A TenPak artifact (a directory with `manifest.json`) or any model source.
-pub fn open_any(path: &Path, registry: Arc<Registry>) -> tenpak_error::Result<Arc<dyn ModelSource>> {
-    ModelSpec::Path(path.to_path_buf()).open_any(registry)
-}
-
 /// Check an evaluation before any weight is loaded, from what the model's configuration and
 /// tokenizer say (a server runs this before it accepts the request): the window settings within
 /// `limits` and within the model's context, a configuration the runtime runs, and a text that
@@ -386,7 +380,7 @@ pub fn check(request: &EvalRequest, config: &ModelConfig, tokenizer: &Tokenizer,
 /// ([`perplexity_streamed`]), so memory stays bounded by one block and the windows' hidden
 /// states, whatever the model's size. Errors are [`Kind::BadRequest`] unless they say otherwise.
 pub fn run(request: &EvalRequest, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, Error> {
-    run_within(request, registry, observer, &Limits::default())
+    run_within(request, registry, observer, &Limits::none())
 }
 
 /// [`run`] under `limits`.

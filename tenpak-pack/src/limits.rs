@@ -6,9 +6,12 @@
 //! the check itself the attack (200,000 overrides took 12.7 s of CPU to refuse). Window counts
 //! and `ctx` size the token buffers and activations a job holds (`windows · ctx` tokens), and a
 //! `group_size` far beyond any row only hides a typo (a group longer than a row is one group per
-//! row). So [`PackPlan::build`](crate::plan::PackPlan::build) and
-//! [`eval::run`](crate::eval::run) check these first ([`crate::preset::Preset::check_limits`]), before any model is opened; a server can
-//! raise or lower each one in its configuration (`[limits]` in `studio.toml`).
+//! row). So [`PackPlan::build_within`](crate::plan::PackPlan::build_within) and
+//! [`eval::run_within`](crate::eval::run_within) check these first
+//! ([`crate::preset::Preset::check_limits`]), before any model is opened; a server applies
+//! [`Limits::default`] or its own (`[limits]` in `studio.toml`). The local CLI's
+//! [`PackPlan::build`](crate::plan::PackPlan::build) and [`eval::run`](crate::eval::run) apply
+//! [`Limits::none`].
 
 use serde::{Deserialize, Serialize};
 use tenpak_error::{Kind, Result};
@@ -41,6 +44,21 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// No bounds: the local CLI's (its user owns the machine, and a per-layer preset of an
+    /// 80-layer model has some 560 overrides). Only what no job can run with is refused (a
+    /// window under 2 tokens, a ctx past the model's `max_position_embeddings`).
+    pub fn none() -> Self {
+        Limits {
+            preset_bytes: usize::MAX,
+            overrides: usize::MAX,
+            pattern_bytes: usize::MAX,
+            candidates: usize::MAX,
+            group_size: u64::MAX,
+            windows: usize::MAX,
+            ctx: usize::MAX,
+        }
+    }
+
     /// Refuse a preset text longer than [`Limits::preset_bytes`] before it is parsed; `origin`
     /// names it.
     pub fn check_preset_text(&self, text: &str, origin: &str) -> Result<()> {

@@ -53,7 +53,7 @@ impl PresetSpec {
 
     /// Parse the preset, returning it with its text (for the manifest).
     pub fn load(&self) -> Result<(Preset, String)> {
-        self.load_within(&Limits::default())
+        self.load_within(&Limits::none())
     }
 
     /// [`PresetSpec::load`], refusing a text longer than `limits` allow before parsing it.
@@ -191,19 +191,28 @@ pub struct PackPlan {
 }
 
 impl PackPlan {
-    /// Check `request` against `registry` and prepare it. Errors are [`Kind::BadRequest`] unless
+    /// Check `request` against `registry` and prepare it, without [`Limits`] (the local CLI; a
+    /// server calls [`PackPlan::build_within`]). Errors are [`Kind::BadRequest`] unless
     /// they say otherwise (a missing model or text is [`Kind::NotFound`], an architecture the
     /// runtime does not run is [`Kind::Unsupported`]).
     pub fn build(request: &PackRequest, registry: &Registry) -> std::result::Result<PackPlan, Error> {
-        Self::build_within(request, registry, &Limits::default())
+        Self::build_within(request, registry, &Limits::none())
     }
 
     /// [`PackPlan::build`] under `limits` (checked first, before the model is opened).
     pub fn build_within(request: &PackRequest, registry: &Registry, limits: &Limits) -> std::result::Result<PackPlan, Error> {
-        Self::build_inner(request, registry, limits).map_err(|e| e.or_kind(Kind::BadRequest))
+        Self::build_inner(request, registry, limits, false).map_err(|e| e.or_kind(Kind::BadRequest))
     }
 
-    fn build_inner(request: &PackRequest, registry: &Registry, limits: &Limits) -> Result<PackPlan> {
+    /// Every check of [`PackPlan::build_within`], at a cost that does not grow with the
+    /// evaluation text: only as much of it is tokenized as the evaluation's windows need (the
+    /// plan a job runs tokenizes it whole, for its figures). A server checks requests this way
+    /// before accepting them.
+    pub fn check_within(request: &PackRequest, registry: &Registry, limits: &Limits) -> std::result::Result<(), Error> {
+        Self::build_inner(request, registry, limits, true).map(drop).map_err(|e| e.or_kind(Kind::BadRequest))
+    }
+
+    fn build_inner(request: &PackRequest, registry: &Registry, limits: &Limits, checking: bool) -> Result<PackPlan> {
         let (mut preset, preset_text) = request.preset.load_within(limits)?;
         preset.check_limits(limits)?;
         if let Some(bpw) = request.target_bpw {
@@ -300,7 +309,13 @@ impl PackPlan {
                 );
                 let text = spec.load("evaluation text", "run scripts/fetch-assets.sh, or pass --eval FILE or --no-eval")?;
                 let tokenizer = tokenizer.as_ref().expect("made when evaluating");
-                let ids = tokenize::encode(tokenizer, &text.content).context(text.name.clone())?;
+                let ids = if checking {
+                    let wanted = options.ctx.saturating_mul(options.samples.unwrap_or(1));
+                    tokenize::encode_prefix(tokenizer, &text.content, wanted)
+                } else {
+                    tokenize::encode(tokenizer, &text.content)
+                }
+                .context(text.name.clone())?;
                 let windows = eval::window_count(ids.len(), options.ctx, options.samples, &text.name)?;
                 let warning = calibration.as_ref().filter(|c| c.text.sha256 == text.sha256).map(|c| {
                     format!(

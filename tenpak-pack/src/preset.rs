@@ -281,10 +281,12 @@ impl Preset {
     }
 }
 
-/// The first integer parameter of `table` named `group_size` or `*_group_size` above `limit`.
+/// The first parameter of `table` named `group_size` or `*_group_size` above `limit`: an
+/// integer, or a float (JSON's `1e9`; a plugin codec may take one), shown as an integer.
 fn oversized_group(table: &CodecTable, limit: u64) -> Option<(&str, i64)> {
     table.params.iter().find_map(|(key, value)| match value {
         ParamValue::Int(v) if key.ends_with("group_size") && u64::try_from(*v).is_ok_and(|v| v > limit) => Some((key, *v)),
+        ParamValue::Float(v) if key.ends_with("group_size") && *v > limit as f64 => Some((key, *v as i64)),
         _ => None,
     })
 }
@@ -306,8 +308,13 @@ mod tests {
         let refused = |extra: &str| preset(extra).check_limits(&limits).unwrap_err().to_string();
         let many: String = (0..257).map(|i| format!("[[overrides]]\npattern = \"x{i}\"\ncodec = \"keep\"\n")).collect();
         assert!(refused(&many).contains("257 entries; at most 256"), "{}", refused(&many));
+        // The local CLI's: none of them.
+        assert!(preset(&many).check_limits(&Limits::none()).is_ok());
+        assert!(preset("[roles.attention]\ngroup_size = 1000000000\n").check_limits(&Limits::none()).is_ok());
         let huge = "[roles.attention]\ngroup_size = 1000000000\n";
         assert!(refused(huge).contains("[roles.attention]: group_size = 1000000000; at most 65536"), "{}", refused(huge));
+        let float = "[roles.attention]\ngroup_size = 1e9\n";
+        assert!(refused(float).contains("[roles.attention]: group_size = 1000000000; at most 65536"), "{}", refused(float));
         let residual = "[[overrides]]\npattern = \"*\"\nresidual_group_size = 99999999\n";
         assert!(refused(residual).contains("residual_group_size"), "{}", refused(residual));
         assert!(refused("[calibration]\nwindows = 100000\n").contains("[calibration] windows = 100000"));

@@ -43,6 +43,10 @@ fn bit_budget_meets_its_target_with_measured_bits_and_caches_measurements() {
         assert_eq!(linears, 14);
         let expected = if run == 0 { (5 * linears, 0) } else { (0, 5 * linears) };
         assert_eq!((allocation.measured, allocation.cached), expected, "run {run}");
+        // The cache file by its name alone: the manifest (served by Studio) shows no directory.
+        let file = allocation.cache.as_deref().expect("a cache was used");
+        assert!(file.ends_with(".json") && !file.contains('/'), "{file}");
+        assert!(cache.path().join("probes").join(file).is_file(), "{file}");
         // What was measured is what was stored: the same codec configuration, the same bits.
         assert_eq!(allocation.layers.len(), linears);
         let mut predicted = 0.0;

@@ -165,9 +165,16 @@ impl ArtifactStore {
         for name in &names {
             let mut file = tokio::fs::File::open(dir.join(name)).await.with_context(|| format!("reading {name} of the staged pack of {id}"))?;
             let mut upload = BufWriter::new(self.store.clone(), self.object(id, name));
-            let copied = tokio::io::copy(&mut file, &mut upload).await;
-            let shut = upload.shutdown().await;
-            copied.and(shut).kind(Kind::Unavailable).with_context(|| format!("uploading {name} of {id} to the artifact store"))?;
+            // A copy cut short aborts the upload (a multipart upload shut down would be
+            // completed, truncated); only a whole copy is finished.
+            let uploaded = match tokio::io::copy(&mut file, &mut upload).await {
+                Ok(_) => upload.shutdown().await,
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    Err(e)
+                }
+            };
+            uploaded.kind(Kind::Unavailable).with_context(|| format!("uploading {name} of {id} to the artifact store"))?;
         }
         Ok(())
     }

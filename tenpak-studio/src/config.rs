@@ -7,7 +7,7 @@
 //! workers = 1                        # jobs run at once in this process
 //! max_queued = 16                    # queued jobs beyond this are refused (429)
 //! max_body_bytes = 33554432          # request bodies beyond this are refused (413)
-//! max_text_bytes = 16777216          # inline texts beyond this are refused (413)
+//! max_text_bytes = 16777216          # texts (inline or named) beyond this are refused (413)
 //! max_header_bytes = 65536           # a request head beyond this is refused (431)
 //! plugins = []                       # plugin libraries (codecs, calibrators, allocators), loaded at start
 //!
@@ -65,7 +65,7 @@ pub struct StudioConfig {
     /// Largest request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
-    /// Largest inline text.
+    /// Largest text, inline or a named file.
     #[serde(default = "default_max_text")]
     pub max_text_bytes: u64,
     /// Largest request head (request line and headers), in bytes.

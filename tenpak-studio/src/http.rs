@@ -171,7 +171,7 @@ async fn compress(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     let request = requests.pack_request(&body, requests.artifacts.work_dir(&id.to_string()))?;
     // The same checks as `tenpak pack`, before the job is accepted.
     let (registry, limits) = (app.worker.registry.clone(), requests.limits.clone());
-    check(&app, "checking the request", move || PackPlan::build_within(&request, &registry, &limits).map(drop)).await?;
+    check(&app, "checking the request", move || PackPlan::check_within(&request, &registry, &limits)).await?;
     enqueue(&app, id, "compress", serde_json::to_string(&body).map_err(|e| app.refusal(e.into(), "recording the job"))?).await
 }
 
@@ -185,15 +185,7 @@ async fn evaluate(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     let requests = &app.worker.requests;
     let (config, tokenizer, name) = match requests.eval_model(&body)? {
         EvalModel::Job(job) => {
-            let Some(record) = app.worker.store.get(&job).await.map_err(|e| app.refusal(e, "reading the job"))? else {
-                return Err(ApiError::not_found(format!("no job `{job}`")));
-            };
-            if record.kind != "compress" {
-                return Err(ApiError::not_found(format!("job `{job}` is an evaluation; it has no artifact")));
-            }
-            if record.state != store::DONE {
-                return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{job}` is {}, not done: it has no artifact yet", record.state)));
-            }
+            done_compress_job(&app, &job).await?;
             let read = |file: &'static str| {
                 let (artifacts, job) = (requests.artifacts.clone(), job.clone());
                 async move { artifacts.read(&job, file).await }
@@ -318,16 +310,25 @@ impl Write for ChunkWriter {
     }
 }
 
-async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
-    let Some(job) = app.worker.store.get(&id).await.map_err(|e| app.refusal(e, "reading the job"))? else {
+/// The record of compress job `id` if it is done (so it has an artifact): 404 for no such job or
+/// an evaluation, 409 for a compress job in any other state.
+async fn done_compress_job(app: &App, id: &str) -> Result<store::JobRecord, ApiError> {
+    let Some(job) = app.worker.store.get(id).await.map_err(|e| app.refusal(e, "reading the job"))? else {
         return Err(ApiError::not_found(format!("no job `{id}`")));
     };
     if job.kind != "compress" {
         return Err(ApiError::not_found(format!("job `{id}` is an evaluation; it has no artifact")));
     }
-    let Some(result) = job.result.filter(|_| job.state == store::DONE) else {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{id}` is {}, not done", job.state)));
-    };
+    if job.state != store::DONE || job.result.is_none() {
+        let why = if matches!(job.state.as_str(), store::QUEUED | store::RUNNING) { "it has no artifact yet" } else { "it has no artifact" };
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("job `{id}` is {}, not done: {why}", job.state)));
+    }
+    Ok(job)
+}
+
+async fn artifact(id: String, app: Arc<App>) -> Result<warp::reply::Response, ApiError> {
+    let job = done_compress_job(&app, &id).await?;
+    let result = job.result.expect("checked: a done compress job has its result");
     let artifacts = app.worker.requests.artifacts.clone();
     let Some(entries) = artifacts.entries(&id).await.map_err(|e| app.refusal(e, "listing the artifact"))? else {
         return Err(ApiError::not_found(format!("the artifact of job `{id}` is gone from the artifact store")));

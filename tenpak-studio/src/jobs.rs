@@ -91,7 +91,7 @@ fn default_ctx() -> usize {
 pub struct Requests {
     /// Model and text roots.
     pub roots: Roots,
-    /// Largest inline text.
+    /// Largest text, inline or a named file.
     pub max_text_bytes: u64,
     /// What one request may ask for (preset size and entries, group sizes, windows, ctx).
     pub limits: PackLimits,
@@ -117,7 +117,19 @@ pub enum EvalModel {
 impl Requests {
     fn text(&self, field: &str, value: &Value) -> Result<TextSpec, ApiError> {
         match value {
-            Value::String(name) => Ok(TextSpec::Named { name: name.clone(), path: self.resolve(field, name)? }),
+            Value::String(name) => {
+                let path = self.resolve(field, name)?;
+                // Checking reads the text whole: a named file is held to the inline bound too (a
+                // model file named as a text is refused here, not read into memory).
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if bytes > self.max_text_bytes {
+                    return Err(ApiError::too_large(format!(
+                        "`{field}` ({name}) is {bytes} bytes; this server takes texts up to {} bytes",
+                        self.max_text_bytes
+                    )));
+                }
+                Ok(TextSpec::Named { name: name.clone(), path })
+            }
             Value::Object(map) if map.len() == 1 && map.contains_key("inline") => {
                 let Some(text) = map["inline"].as_str() else {
                     return Err(ApiError::bad_request(format!("`{field}.inline` must be a string")));
@@ -219,11 +231,14 @@ impl Requests {
         message
     }
 
-    /// Whether `text` holds one of the server's own directories (its data directory or a root's
-    /// real path).
+    /// Whether `text` holds one of the server's own directories (its data directory, a root's
+    /// real path, a local artifact store's directories or the measurement cache).
     pub fn shows_server_paths(&self, text: &str) -> bool {
         let shown = |dir: &Path| dir.to_str().is_some_and(|d| !d.is_empty() && text.contains(d));
-        shown(&self.data_dir) || self.roots.real_dirs().any(shown)
+        shown(&self.data_dir)
+            || self.roots.real_dirs().any(shown)
+            || self.artifacts.local_dirs().into_iter().any(shown)
+            || tenpak_pack::allocate::cache_dir().is_some_and(|dir| shown(&dir))
     }
 }
 
@@ -258,6 +273,33 @@ pub struct Worker {
     pub requests: Requests,
     /// Codecs and friends, plugins included.
     pub registry: Arc<Registry>,
+    /// The jobs this process runs now. Jobs run in tasks of their own (they outlive an apalis
+    /// worker stopped by a database fault), so a task delivered again for one of them, by the
+    /// worker started next or after beats that could not be written, must leave it alone.
+    pub running: Mutex<std::collections::HashSet<String>>,
+    /// `workers` permits: jobs run at once in this process, whichever apalis worker delivered
+    /// them (one started again after a fault finds the old one's jobs still running).
+    pub slots: tokio::sync::Semaphore,
+}
+
+/// A job id in [`Worker::running`] for as long as this lives.
+struct RunningHere<'a> {
+    running: &'a Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl<'a> RunningHere<'a> {
+    /// `None` when the job already runs in this process.
+    fn enter(running: &'a Mutex<std::collections::HashSet<String>>, id: &str) -> Option<Self> {
+        let fresh = running.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned());
+        fresh.then(|| RunningHere { running, id: id.to_owned() })
+    }
+}
+
+impl Drop for RunningHere<'_> {
+    fn drop(&mut self) {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 /// How long a worker waits before it tries an unavailable database again: doubling from one
@@ -301,6 +343,8 @@ impl Worker {
     /// which apalis retries. A failed job is recorded and is not an `Err`.
     pub async fn run(self: Arc<Self>, id: String) -> tenpak_error::Result<()> {
         let me = self.name.as_str();
+        let Some(_here) = RunningHere::enter(&self.running, &id) else { return Ok(()) };
+        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         // A job running elsewhere is handed over only once that worker's heartbeat is stale:
         // apalis re-delivers a task when the worker stops beating, which can be a little sooner.
         let mut waited = 0.0;

@@ -198,7 +198,6 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
         tenpak_pack::artifact::remove_stale_temporaries(dir, None)?;
     }
 
-
     // One process name: apalis re-queues the tasks of a worker that stopped sending heartbeats
     // and refuses a new worker under a name seen alive a moment ago; the job table records which
     // worker runs a job under the same name.
@@ -257,6 +256,8 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
         store,
         requests: Requests { roots, max_text_bytes: config.max_text_bytes, limits: config.limits.clone(), artifacts, data_dir: data_dir.clone() },
         registry,
+        running: Default::default(),
+        slots: tokio::sync::Semaphore::new(config.workers.max(1)),
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let app = Arc::new(App {
@@ -374,4 +375,3 @@ async fn keep_database_file(database: std::path::PathBuf, shutdown: tokio_util::
     }
     let _ = std::fs::remove_file(&keep);
 }
-

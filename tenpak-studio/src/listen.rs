@@ -1,13 +1,14 @@
 //! Accepting connections: hyper's HTTP/1 server over the routes, each request head bounded by
-//! `max_header_bytes`, and every answer in the JSON error form — the one hyper gives itself too.
+//! `max_header_bytes`, and every answer in the JSON error form — those hyper gives itself too.
 //!
-//! A request head larger than the bound never reaches the routes: hyper answers it on its own
-//! with `431 Request Header Fields Too Large`, an empty body, and closes the connection. That
-//! answer is the only response hyper writes without the routes, and the only 431 with an empty
-//! body this server sends (its own refusals all carry a JSON body), so [`Guarded`] recognises
-//! it in the outgoing bytes and writes the JSON form in its place. Recognising it there, rather
-//! than pre-reading request heads, keeps memory per connection at hyper's bound for requests
-//! of any size and on every request of a kept-alive connection.
+//! A request hyper cannot parse never reaches the routes: hyper answers it on its own with an
+//! empty body and closes the connection — `431 Request Header Fields Too Large` for a head over
+//! the bound, `414 URI Too Long`, `400 Bad Request` for a malformed request line or header.
+//! Those are the only responses hyper writes without the routes, and the only 400, 414 or 431
+//! with an empty body this server sends (its own refusals all carry a JSON body), so
+//! [`Guarded`] recognises them in the outgoing bytes and writes the JSON form in their place.
+//! Recognising them there, rather than pre-reading request heads, keeps memory per connection
+//! at hyper's bound for requests of any size and on every request of a kept-alive connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,19 +23,33 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
-/// How hyper starts its automatic answer to an oversized request head.
-const AUTOMATIC_431: &[u8] = b"HTTP/1.1 431 ";
+/// hyper's automatic answers: how each starts, and the JSON refusal written instead.
+type Automatic = Vec<(&'static [u8], Vec<u8>)>;
 
-/// The answer written instead: the refusal in the form every other refusal has.
-fn json_431(max_header_bytes: usize) -> Vec<u8> {
-    let body = serde_json::json!({"error": {
-        "code": "header_too_large",
-        "message": format!("the request line and headers exceed this server's max_header_bytes ({max_header_bytes} bytes)"),
-    }})
-    .to_string();
+fn automatic_answers(max_header_bytes: usize) -> Automatic {
+    vec![
+        (
+            b"HTTP/1.1 431 ".as_slice(),
+            json_answer(
+                "431 Request Header Fields Too Large",
+                "header_too_large",
+                &format!("the request line and headers exceed this server's max_header_bytes ({max_header_bytes} bytes)"),
+            ),
+        ),
+        (b"HTTP/1.1 414 ".as_slice(), json_answer("414 URI Too Long", "uri_too_long", "the request's path and query are too long")),
+        (
+            b"HTTP/1.1 400 ".as_slice(),
+            json_answer("400 Bad Request", "bad_request", "the request line or a header is not valid HTTP/1.1"),
+        ),
+    ]
+}
+
+/// A whole HTTP answer with `status` and the refusal `{"error": {code, message}}`; the
+/// connection closes after it.
+fn json_answer(status: &str, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     format!(
-        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -47,7 +62,7 @@ where
     R: Reply,
 {
     let graceful = GracefulShutdown::new();
-    let answer = std::sync::Arc::new(json_431(max_header_bytes));
+    let answers = std::sync::Arc::new(automatic_answers(max_header_bytes));
     loop {
         let (stream, _peer): (TcpStream, SocketAddr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -61,7 +76,7 @@ where
             },
             _ = shutdown.cancelled() => break,
         };
-        let io = TokioIo::new(Guarded { inner: stream, answer: answer.clone(), pending: None });
+        let io = TokioIo::new(Guarded { inner: stream, answers: answers.clone(), pending: None });
         let service = TowerToHyperService::new(warp::service(routes.clone()));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.max_header_size(max_header_bytes).timer(hyper_util::rt::TokioTimer::new());
@@ -75,12 +90,13 @@ where
     graceful.shutdown().await;
 }
 
-/// A connection whose outgoing automatic 431 is replaced by the JSON refusal.
+/// A connection whose outgoing automatic answers are replaced by their JSON refusals.
 struct Guarded {
     inner: TcpStream,
-    answer: std::sync::Arc<Vec<u8>>,
-    /// The replacement still to write, and the length of hyper's bytes it stands for.
-    pending: Option<(usize, usize)>,
+    answers: std::sync::Arc<Automatic>,
+    /// The replacement being written: its index in `answers`, how much of it is out, and the
+    /// length of hyper's bytes it stands for.
+    pending: Option<(usize, usize, usize)>,
 }
 
 impl AsyncRead for Guarded {
@@ -92,20 +108,23 @@ impl AsyncRead for Guarded {
 impl AsyncWrite for Guarded {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.pending.is_none() && buf.starts_with(AUTOMATIC_431) && is_empty_bodied(buf) {
-            this.pending = Some((0, buf.len()));
+        if this.pending.is_none()
+            && let Some(index) = this.answers.iter().position(|(start, _)| buf.starts_with(start))
+            && is_empty_bodied(buf)
+        {
+            this.pending = Some((index, 0, buf.len()));
         }
-        let Some((written, stands_for)) = this.pending else {
+        let Some((index, mut written, stands_for)) = this.pending else {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
-        let mut written = written;
-        while written < this.answer.len() {
-            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.answer[written..]))?;
+        let answer = &this.answers[index].1;
+        while written < answer.len() {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &answer[written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             written += n;
-            this.pending = Some((written, stands_for));
+            this.pending = Some((index, written, stands_for));
         }
         // The whole answer is out; hyper's own bytes count as written. The connection closes
         // next (hyper closes it after this answer), so nothing follows on it.
@@ -140,13 +159,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_empty_431_is_replaced() {
+    fn only_an_empty_automatic_answer_is_replaced() {
         assert!(is_empty_bodied(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n"));
         assert!(!is_empty_bodied(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 120\r\n\r\n{}"));
-        let answer = String::from_utf8(json_431(65536)).unwrap();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-        let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(parsed["error"]["code"], "header_too_large");
+        for ((start, answer), code) in automatic_answers(65536).iter().zip(["header_too_large", "uri_too_long", "bad_request"]) {
+            let answer = String::from_utf8(answer.clone()).unwrap();
+            assert!(answer.as_bytes().starts_with(start), "{answer}");
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+            let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(parsed["error"]["code"], code);
+        }
     }
 }

@@ -210,7 +210,7 @@ pub struct AllocationRecord {
     pub measured: usize,
     /// Measurements read from the cache.
     pub cached: usize,
-    /// The cache file, when one was used.
+    /// The cache file's name (in the probe cache directory, `TENPAK_CACHE_DIR`), when one was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
     /// Wall time of measuring and choosing, in seconds.

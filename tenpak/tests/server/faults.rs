@@ -61,8 +61,8 @@ fn content_length(head: &str) -> Option<usize> {
 }
 
 /// What the bearer check and the HTTP layer refuse themselves is in the JSON error form too: a
-/// token that is not UTF-8 is a wrong token (401), a 1 MB request head is 431; neither shows
-/// Rust debug text.
+/// token that is not UTF-8 is a wrong token (401), a 1 MB request head is 431, a request hyper
+/// cannot parse is 400; none shows Rust debug text.
 #[test]
 fn studio_refuses_a_bad_header_in_json() {
     let tmp = tempfile::tempdir().unwrap();
@@ -79,6 +79,14 @@ fn studio_refuses_a_bad_header_in_json() {
     let big = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nX-Filler: {}\r\nConnection: close\r\n\r\n", "a".repeat(1 << 20));
     let (status, body) = raw(&server, big.as_bytes());
     assert_eq!((status, body["error"]["code"].as_str()), (431, Some("header_too_large")), "{body}");
+
+    // What hyper refuses to parse (a control byte in a header value, a request line that is not
+    // HTTP) is its automatic 400, in the JSON form too.
+    let control = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nX-Bad: a\x01b\r\nConnection: close\r\n\r\n");
+    let (status, body) = raw(&server, control.as_bytes());
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) = raw(&server, b"GARBAGE\r\n\r\n");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
 
     // The server is still there, and a normal request on a fresh connection is served.
     assert_eq!(call(client().get(server.url("/health"))).0, 200);
@@ -219,6 +227,7 @@ fn studio_bounds_what_checking_a_request_costs() {
         (as_object, "limit `preset_bytes`"),
         (json!({"toml": preset(&few_hundred)}), "limit `overrides`"),
         (json!({"toml": preset("[roles.attention]\ngroup_size = 1000000000\n")}), "group_size = 1000000000"),
+        (json!({"name": "p", "allocator": {"id": "role_rules"}, "codec": {"codec": "int4_residual", "group_size": 1e9}}), "group_size = 1000000000"),
         (json!({"toml": preset("[evaluation]\nwindows = 1000000\n")}), "limit `windows`"),
         (json!({"toml": preset("[calibration]\nctx = 99999999999\n")}), "limit `ctx`"),
     ] {
@@ -229,6 +238,26 @@ fn studio_bounds_what_checking_a_request_costs() {
         assert!(reply["error"]["message"].as_str().unwrap().contains(says), "{reply} should say {says:?}");
         // Loose on purpose (a busy 2-core machine; sending 11 MB counts too): it was 12.7 s.
         assert!(seconds < 3.0, "refused in {seconds:.2} s: {reply}");
+    }
+}
+
+/// Texts are bounded whole, inline or named: a named file over `max_text_bytes` (a model named
+/// as a text, say) is refused with 413 before it is read, by its name, not its path.
+#[test]
+fn studio_bounds_texts_inline_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), "max_text_bytes = 1000");
+    let inline = json!({"inline": "word ".repeat(300)});
+    for (path, body) in [
+        ("/compress", json!({"model": MODEL, "preset": "fast", "eval_text": inline})),
+        ("/compress", json!({"model": MODEL, "preset": "fast", "eval_text": "assets/eval.txt"})),
+        ("/compress", json!({"model": MODEL, "preset": "balanced", "calib_text": MODEL})),
+        ("/evaluate", json!({"model": MODEL, "text": MODEL})),
+    ] {
+        let (status, reply) = call(authed(client().post(server.url(path))).json(&body));
+        assert_eq!(status, 413, "{body}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("up to 1000 bytes") && !message.contains(tmp.path().to_str().unwrap()), "{message}");
     }
 }
 
@@ -251,19 +280,21 @@ fn studio_gives_up_a_job_and_says_so() {
     assert!(!job.to_string().contains("queued to run again"), "{job}");
 }
 
-/// A small file system mounted for one test (root only: `mount -t tmpfs`), unmounted when
-/// dropped, also when the test fails.
+/// A small file system mounted for one test (root only: `mount -t tmpfs`; CI runs as root, and
+/// elsewhere the test fails saying so rather than passing unchecked), unmounted when dropped,
+/// also when the test fails.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output().unwrap();
-        if !out.status.success() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root ({})", String::from_utf8_lossy(&out.stderr).trim());
-            return None;
-        }
-        Some(Tmpfs(dir.to_owned()))
+        assert!(
+            out.status.success(),
+            "a full disk is simulated with a tmpfs, and mounting one needs root: run the tests as root ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs(dir.to_owned())
     }
 }
 
@@ -291,7 +322,7 @@ fn fill(dir: &Path) -> PathBuf {
 fn studio_survives_a_full_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let Some(_mount) = Tmpfs::mount(&data, "5m") else { return };
+    let _mount = Tmpfs::mount(&data, "5m");
     let mut server = Server::start(tmp.path(), "");
 
     // An artifact of 70 MB does not fit in 5 MB.
