@@ -55,6 +55,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// apalis worker heartbeat; a worker silent for three is taken for gone.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// How long a pooled SQLite connection is kept. SQLite opens a database it may not write (made
+/// read-only, or immutable, for a while) read-only without saying so, and such a connection
+/// stays read-only after the file is writable again: retiring connections after this long
+/// makes the service write again within about this long once the operator has fixed the file.
+const SQLITE_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
 /// A refusal: status, stable code, message.
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -221,6 +227,7 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
         let options: SqliteConnectOptions = url.parse().with_context(|| format!("database_url {shown}"))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .max_lifetime(SQLITE_CONNECTION_LIFETIME)
             .after_release(no_open_transaction!())
             .connect_with(options.create_if_missing(true))
             .await
@@ -231,7 +238,7 @@ async fn serve(config: StudioConfig, registry: Arc<Registry>, ready: impl FnOnce
     };
     let mut records = sqlx::any::AnyPoolOptions::new().max_connections(4);
     if !postgres {
-        records = records.after_release(no_open_transaction!());
+        records = records.max_lifetime(SQLITE_CONNECTION_LIFETIME).after_release(no_open_transaction!());
     }
     let records = records.connect(&url).await.with_context(|| format!("database {shown}"))?;
     let store = Store::open(records, postgres).await?;
