@@ -310,11 +310,11 @@ impl Store {
                     "UPDATE studio_jobs SET heartbeat = {clock} WHERE id = $1 AND state = $2 AND worker = $3 RETURNING cancel_requested"
                 )))
                 .bind(id)
-                    .bind(RUNNING)
-                    .bind(worker)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .db()?
+                .bind(RUNNING)
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await
+                .db()?
             }
         };
         Ok(row.map(|r| r.get::<i64, _>("cancel_requested") != 0))
