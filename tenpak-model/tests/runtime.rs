@@ -607,9 +607,12 @@ fn tokenizer_errors_name_the_source() {
     assert!(err.to_string().contains("models/x") && err.to_string().contains("no tokenizer"), "{err}");
     let err = tokenize::load(&TokenizerSource::Json("{\"not\": \"a tokenizer\"}".into()), "m.gguf").unwrap_err();
     assert!(err.to_string().contains("m.gguf"), "{err}");
+    // A tokenizer.json beside the model is named by the model as shown (a server's root/path)
+    // and the file's name, never by its full path.
     let missing = std::path::PathBuf::from("/nonexistent/tokenizer.json");
-    let err = tokenize::load(&TokenizerSource::File(missing), "m").unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+    let err = tokenize::load(&TokenizerSource::File(missing), "models/m").unwrap_err();
+    assert!(err.to_string().contains("models/m: cannot load its tokenizer (tokenizer.json)"), "{err}");
+    assert!(!err.to_string().contains("/nonexistent"), "{err}");
 }
 
 #[allow(dead_code)]
