@@ -46,7 +46,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 if [[ ! -d fuzz/seeds ]]; then
     echo "fuzz.sh: building the seed corpus" >&2
-    TENPAK_FUZZ_SEEDS="$ROOT/fuzz/seeds" cargo test --release -p tenpak-pack --test pack \
+    # --workspace, not -p: the features of a workspace build, so test.sh's build is reused.
+    TENPAK_FUZZ_SEEDS="$ROOT/fuzz/seeds" cargo test --release --workspace --test pack \
         fuzz_regressions::fuzz_seeds_reach_the_code_they_are_for >&2
 fi
 # Optimised, with overflow checks and debug assertions on (a size computed from a file that

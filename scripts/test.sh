@@ -16,8 +16,9 @@ python3 scripts/crate-deps.py 2>&1 || layering_status=$?
 cargo_status=0
 cargo test --release --workspace --no-fail-fast 2>&1 || cargo_status=$?
 # The runtime's tests again on candle's matrix products (the kernel of a machine without
-# OpenBLAS), against the same reference forward and reference figures.
-TENPAK_MATMUL=candle cargo test --release -p tenpak-model --test model runtime:: 2>&1 || cargo_status=$?
+# OpenBLAS), against the same reference forward and reference figures. `--workspace` (not `-p`):
+# the same dependency features as the run above, so nothing is built again.
+TENPAK_MATMUL=candle cargo test --release --workspace --test model runtime:: 2>&1 || cargo_status=$?
 # Every fuzz target for 30 s (cargo-fuzz, libFuzzer + AddressSanitizer): a new crash fails the run.
 fuzz_status=0
 bash scripts/fuzz.sh --seconds 30 2>&1 || fuzz_status=$?
