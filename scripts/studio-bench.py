@@ -21,80 +21,23 @@ per kind, and whether any answer was not the expected 400. Needs a quiet machine
 """
 import argparse
 import http.client
-import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "tenpak")
-MODEL = "assets/SmolLM2-135M-Instruct.Q4_1.gguf"
-TOKEN = "bench-token"
+from studio_server import BIN, MODEL, TOKEN, Server
+
 SLOW = {"toml": "name = \"slow\"\n[evaluation]\nwindows = 8\nctx = 512\n[allocator]\nid = \"role_rules\"\n"
                 "[codec]\ncodec = \"int4_residual\"\ngroup_size = 64\n"}
-
-
-class Server:
-    def __init__(self, directory):
-        self.directory = directory
-        config = os.path.join(directory, "studio.toml")
-        if not os.path.exists(config):
-            with open(config, "w") as f:
-                f.write(f'data_dir = "data"\ntoken = "{TOKEN}"\nmax_queued = 64\n'
-                        f'[model_roots]\nassets = "{os.path.join(ROOT, "assets")}"\n')
-        log = open(os.path.join(directory, "serve.log"), "a")
-        self.process = subprocess.Popen([BIN, "serve", "--config", config, "--listen", "127.0.0.1:0"],
-                                        stdout=subprocess.PIPE, stderr=log, text=True)
-        line = self.process.stdout.readline().strip()
-        if not line.startswith("listening on http://"):
-            sys.exit(f"tenpak serve did not start: {line!r}")
-        host, port = line.removeprefix("listening on http://").split(":")
-        self.host, self.port = host, int(port)
-
-    def request(self, method, path, body=None, timeout=60):
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=data, headers=headers)
-        response = connection.getresponse()
-        payload = response.read()
-        connection.close()
-        return response.status, (json.loads(payload) if payload else None)
-
-    def submit(self, body):
-        status, reply = self.request("POST", "/compress", body)
-        if status != 202:
-            sys.exit(f"submit refused: {status} {reply}")
-        return reply["id"]
-
-    def status(self, job):
-        return self.request("GET", f"/status/{job}")[1]
-
-    def kill9(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill9()
 
 
 def wait_for(server, job, predicate, seconds):
     deadline = time.time() + seconds
     while time.time() < deadline:
         state = server.status(job)
-        if state and predicate(state):
+        if isinstance(state, dict) and "state" in state and predicate(state):
             return state
         time.sleep(0.25)
     return server.status(job)
