@@ -8,18 +8,22 @@
 //! here can be reproduced with either by following [`PplReport::protocol`].
 
 use std::sync::Arc;
+
+use candle_core::Tensor;
 use std::time::Instant;
 
 use tenpak_error::{Context, bail, ensure};
 use tenpak_api::registry::Registry;
 
-use crate::artifact::EvaluationRecord;
+use crate::artifact::{DivergenceRecord, EvaluationRecord};
 use crate::limits::Limits;
 use crate::model::ModelSpec;
 use tenpak_error::{Error, Kind};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::text::{Text, TextSpec};
-use tenpak_model::ModelConfig;
+
+pub mod kld;
+use tenpak_model::{ModelConfig, ModelSource};
 use tenpak_model::runtime::{self, Block, Head, LlamaModel, RopeTables};
 use tenpak_model::tokenize::{self, Tokenizer};
 
@@ -61,7 +65,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The first scored prediction of a window (index into its `ctx − 1` NLLs).
-    fn first_scored(self, ctx: usize) -> usize {
+    pub fn first_scored(self, ctx: usize) -> usize {
         match self {
             Protocol::Tenpak => 0,
             Protocol::LlamaCpp => ctx / 2,
@@ -179,22 +183,7 @@ pub fn perplexity_streamed(
     let scoring = Scoring::new(ids, text_name, options, protocol, bos, config)?;
     let started = Instant::now();
     let total = config.num_hidden_layers + 1;
-    let embed_tokens = runtime::llama::load_tensor(weights, "model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
-    let mut hidden = scoring
-        .batches
-        .iter()
-        .map(|(_, window_ids)| runtime::llama::embed(&embed_tokens, window_ids, window_ids.len() / options.ctx))
-        .collect::<tenpak_error::Result<Vec<_>>>()?;
-    let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
-    let embed_tokens = tied.then_some(embed_tokens);
-    let rope = RopeTables::new(config, options.ctx)?;
-    for index in 0..config.num_hidden_layers {
-        let block = Block::load(config, index, weights).with_context(|| format!("loading block {index}"))?;
-        hidden = runtime::llama::forward_windows(&block, &hidden, &rope)?;
-        step(index + 1, total)?;
-    }
-    let head = Head::load(config, weights, embed_tokens.as_ref())?;
-    drop(embed_tokens);
+    let (hidden, head) = run_blocks(config, weights, &scoring, &mut |done| step(done, total))?;
     let ids: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
     let nlls = runtime::llama::token_nll_windows(&head, &hidden, &ids)?;
     let mut nll_sum = 0.0f64;
@@ -203,6 +192,34 @@ pub fn perplexity_streamed(
     }
     step(total, total)?;
     Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+}
+
+/// The hidden states of `scoring`'s batches after the last block, and the model's head, with one
+/// block of `weights` in memory at a time (see [`perplexity_streamed`]). `step(blocks done)` is
+/// called after each block.
+fn run_blocks(
+    config: &ModelConfig,
+    weights: &(impl runtime::WeightLoader + ?Sized),
+    scoring: &Scoring<'_>,
+    step: &mut dyn FnMut(usize) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<(Vec<Tensor>, Head)> {
+    let ctx = scoring.ctx;
+    let embed_tokens = runtime::llama::load_tensor(weights, "model.embed_tokens.weight", &[config.vocab_size, config.hidden_size])?;
+    let mut hidden = scoring
+        .batches
+        .iter()
+        .map(|(_, window_ids)| runtime::llama::embed(&embed_tokens, window_ids, window_ids.len() / ctx))
+        .collect::<tenpak_error::Result<Vec<_>>>()?;
+    let tied = config.tie_word_embeddings || weights.tensor_shape("lm_head.weight").is_none();
+    let embed_tokens = tied.then_some(embed_tokens);
+    let rope = RopeTables::new(config, ctx)?;
+    for index in 0..config.num_hidden_layers {
+        let block = Block::load(config, index, weights).with_context(|| format!("loading block {index}"))?;
+        hidden = runtime::llama::forward_windows(&block, &hidden, &rope)?;
+        step(index + 1)?;
+    }
+    let head = Head::load(config, weights, embed_tokens.as_ref())?;
+    Ok((hidden, head))
 }
 
 /// The windows of one perplexity run and how they are scored.
@@ -390,17 +407,7 @@ pub fn run_within(request: &EvalRequest, registry: &Arc<Registry>, observer: &dy
         let name = source.path().display().to_string();
         let tokenizer = tokenize::for_model(source.as_ref())?;
         let text = check(request, source.config(), &tokenizer, &name, limits)?;
-        let (ids, bos) = match request.protocol {
-            Protocol::Tenpak => (tokenize::encode(&tokenizer, &text.content).context(text.name.clone())?, None),
-            Protocol::LlamaCpp => {
-                let with_specials = |t: &str| -> tenpak_error::Result<Vec<u32>> {
-                    Ok(tokenizer.encode(t, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
-                };
-                // The BOS the tokenizer adds, if any: what it puts before an empty text.
-                let bos = with_specials("")?.first().copied();
-                (with_specials(&text.content).context(text.name.clone())?, bos)
-            }
-        };
+        let (ids, bos) = protocol_ids(&tokenizer, &text, request.protocol)?;
         window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
         Ok((source, text, ids, bos))
     };
@@ -418,6 +425,307 @@ pub fn run_within(request: &EvalRequest, registry: &Arc<Registry>, observer: &dy
     scored().map_err(|e| e.or_kind(Kind::Internal))
 }
 
+/// What a candidate is compared against.
+#[derive(Clone, Debug)]
+pub enum BaseSpec {
+    /// The base model (or artifact), run block by block alongside the candidate.
+    Model(ModelSpec),
+    /// Base log-probabilities stored in llama.cpp's `--kl-divergence-base` file layout (by
+    /// `tenpak eval --save-base` or by `llama-perplexity`): the tokens come from the file, and the
+    /// comparison follows llama.cpp's protocol.
+    Stored(std::path::PathBuf),
+}
+
+/// A candidate's next-token distributions against a base's ([`compare`]).
+#[derive(Clone, Debug)]
+pub struct CompareRequest {
+    /// The candidate: a model or an artifact.
+    pub candidate: ModelSpec,
+    /// The base.
+    pub base: BaseSpec,
+    /// The text (unused with a stored base, whose file holds its tokens).
+    pub text: TextSpec,
+    /// Windows, length, batch.
+    pub options: PplOptions,
+    /// Which positions are compared, and how ([`kld`]).
+    pub protocol: Protocol,
+}
+
+/// The candidate's and the base's perplexity and the divergence statistics on the same tokens,
+/// as one evaluation record (the manifest's form), with the candidate's own report.
+pub fn compare(request: &CompareRequest, registry: &Arc<Registry>, observer: &dyn PackObserver, limits: &Limits) -> Result<(EvaluationRecord, PplReport), Error> {
+    let opened = || -> tenpak_error::Result<_> {
+        let source = request.candidate.open_any(registry.clone())?;
+        let name = source.path().display().to_string();
+        let tokenizer = tokenize::for_model(source.as_ref())?;
+        Ok((source, name, tokenizer))
+    };
+    let (source, name, tokenizer) = opened().map_err(|e| e.or_kind(Kind::BadRequest))?;
+    let config = source.config().clone();
+    match &request.base {
+        BaseSpec::Model(base_spec) => {
+            let eval_request = EvalRequest { model: request.candidate.clone(), text: request.text.clone(), options: request.options.clone(), protocol: request.protocol };
+            let prepared = || -> tenpak_error::Result<_> {
+                let text = check(&eval_request, &config, &tokenizer, &name, limits)?;
+                let base = base_spec.open_any(registry.clone())?;
+                let (b, c) = (base.config(), &config);
+                ensure!(
+                    b.vocab_size == c.vocab_size && b.hidden_size == c.hidden_size && b.num_hidden_layers == c.num_hidden_layers,
+                    "{} (vocabulary {}, hidden {}, {} blocks) is not the base of {name} (vocabulary {}, hidden {}, {} blocks)",
+                    base.path().display(), b.vocab_size, b.hidden_size, b.num_hidden_layers, c.vocab_size, c.hidden_size, c.num_hidden_layers
+                );
+                let (ids, bos) = protocol_ids(&tokenizer, &text, request.protocol)?;
+                window_count(ids.len(), request.options.ctx, request.options.samples, &text.name)?;
+                Ok((text, base, ids, bos))
+            };
+            let (text, base, ids, bos) = prepared().map_err(|e| e.or_kind(Kind::BadRequest))?;
+            let scored = || -> tenpak_error::Result<_> {
+                let tracker = Tracker::new(observer, 2 * config.num_hidden_layers as u64 + 1);
+                tracker.begin(Stage::Evaluate, None, format!("comparing {name} with {}", base.path().display()))?;
+                let compared = compare_streamed(base.as_ref(), source.as_ref(), &ids, &text.name, &request.options, request.protocol, bos, &mut |detail| {
+                    tracker.end(Stage::Evaluate, None, detail);
+                    tracker.check()
+                })?;
+                Ok((compared, text.sha256.clone()))
+            };
+            let (compared, sha) = scored().map_err(|e| e.or_kind(Kind::Internal))?;
+            let source = format!("text sha256 {sha}; base {}", base_spec.name());
+            Ok((compared_record(compared.base.ppl, compared.divergence, &compared.candidate, &source), compared.candidate))
+        }
+        BaseSpec::Stored(path) => {
+            let scored = || -> tenpak_error::Result<_> {
+                ensure!(
+                    request.protocol == Protocol::LlamaCpp,
+                    "{} holds llama.cpp's base log-probabilities: compare against it with --protocol llama-cpp",
+                    path.display()
+                );
+                let mut stored = kld::BaseLogits::open(path)?;
+                ensure!(
+                    stored.vocab == config.vocab_size,
+                    "{}: a vocabulary of {} tokens, but {name} has {}",
+                    path.display(), stored.vocab, config.vocab_size
+                );
+                ensure!(
+                    stored.ctx == request.options.ctx,
+                    "{} was computed with windows of {} tokens; pass --ctx {}",
+                    path.display(), stored.ctx, stored.ctx
+                );
+                let windows = request.options.samples.map_or(stored.windows, |s| s.min(stored.windows));
+                let options = PplOptions { samples: Some(windows), ..request.options.clone() };
+                // The BOS llama.cpp puts at each window's start, when the candidate's vocabulary adds one.
+                let bos = tokenizer.encode("", true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().first().copied();
+                let tokens = stored.tokens.clone();
+                let file_name = path.display().to_string();
+                let scoring = Scoring::new(&tokens, &file_name, &options, Protocol::LlamaCpp, bos, &config)?;
+                let blocks = config.num_hidden_layers as u64;
+                let tracker = Tracker::new(observer, blocks + 2);
+                let started = Instant::now();
+                tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
+                let (hidden, head) = run_blocks(&config, source.as_ref(), &scoring, &mut |done| {
+                    tracker.end(Stage::Evaluate, None, format!("block {done}/{blocks}"));
+                    tracker.check()
+                })?;
+                tracker.begin(Stage::Evaluate, None, "comparing with the stored base")?;
+                let mut items = Vec::new();
+                for (b, (first, window_ids)) in scoring.batches.iter().enumerate() {
+                    for w in 0..window_ids.len() / scoring.ctx {
+                        items.push((b, w, first + w));
+                    }
+                }
+                let ctx = scoring.ctx;
+                let mut compared = Vec::with_capacity(items.len());
+                for group in items.chunks(rayon::current_num_threads().max(1)) {
+                    let rows = group.iter().map(|_| stored.next_window()).collect::<tenpak_error::Result<Vec<_>>>()?;
+                    let work: Vec<_> = group.iter().zip(rows).collect();
+                    compared.extend(kld::per_window(&work, |&(&(b, w, _), ref rows)| {
+                        let window_ids = &scoring.batches[b].1[w * ctx..(w + 1) * ctx];
+                        kld::compare_window(&head, &hidden[b].get(w)?, &kld::BaseRows::Stored(rows), window_ids, Protocol::LlamaCpp)
+                    })?);
+                    tracker.check()?;
+                }
+                tracker.end(Stage::Evaluate, None, "compared");
+                let windows: Vec<usize> = items.iter().map(|&(_, _, window)| window).collect();
+                let (divergence, _) = summarize(&file_name, scoring.protocol.first_scored(ctx), &windows, &compared)?;
+                // The candidate's perplexity as `tenpak eval --protocol llama-cpp` computes it;
+                // the base's is the file's (as llama.cpp reads it).
+                let ids_of: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
+                let mut nll_sum = 0.0f64;
+                for (nll, (first_window, _)) in runtime::llama::token_nll_windows(&head, &hidden, &ids_of)?.iter().zip(&scoring.batches) {
+                    nll_sum += scoring.scored(nll, *first_window)?;
+                }
+                Ok((divergence, scoring.report(nll_sum, started.elapsed().as_secs_f64())))
+            };
+            let (divergence, report) = scored().map_err(|e| e.or_kind(Kind::BadRequest))?;
+            let source = format!("tokens and base log-probabilities from {}", path.display());
+            Ok((compared_record(divergence.ppl_base, divergence, &report, &source), report))
+        }
+    }
+}
+
+/// [`run_within`] of a base model by llama.cpp's protocol, storing its log-probabilities of the
+/// scored positions in `path` in llama.cpp's `--kl-divergence-base` layout ([`kld::BaseLogits`]),
+/// for later [`compare`]s (by TenPak or by `llama-perplexity --kl-divergence`).
+pub fn store_base(request: &EvalRequest, path: &std::path::Path, registry: &Arc<Registry>, observer: &dyn PackObserver) -> Result<PplReport, Error> {
+    let prepared = || -> tenpak_error::Result<_> {
+        ensure!(request.protocol == Protocol::LlamaCpp, "base log-probabilities are stored in llama.cpp's form: pass --protocol llama-cpp");
+        let source = request.model.open_any(registry.clone())?;
+        let name = source.path().display().to_string();
+        let tokenizer = tokenize::for_model(source.as_ref())?;
+        let text = check(request, source.config(), &tokenizer, &name, &Limits::none())?;
+        let (ids, bos) = protocol_ids(&tokenizer, &text, Protocol::LlamaCpp)?;
+        Ok((source, text, ids, bos))
+    };
+    let (source, text, ids, bos) = prepared().map_err(|e| e.or_kind(Kind::BadRequest))?;
+    let stored = || -> tenpak_error::Result<PplReport> {
+        let config = source.config().clone();
+        let scoring = Scoring::new(&ids, &text.name, &request.options, Protocol::LlamaCpp, bos, &config)?;
+        let blocks = config.num_hidden_layers as u64;
+        let tracker = Tracker::new(observer, blocks + 2);
+        let started = Instant::now();
+        tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
+        let (hidden, head) = run_blocks(&config, source.as_ref(), &scoring, &mut |done| {
+            tracker.end(Stage::Evaluate, None, format!("block {done}/{blocks}"));
+            tracker.check()
+        })?;
+        tracker.begin(Stage::Evaluate, None, format!("storing log-probabilities in {}", path.display()))?;
+        let ctx = scoring.ctx;
+        let mut writer = kld::BaseLogitsWriter::create(path, ctx, config.vocab_size, scoring.windows, &ids)?;
+        let mut nll_sum = 0.0f64;
+        let mut items = Vec::new();
+        for (b, (_, window_ids)) in scoring.batches.iter().enumerate() {
+            items.extend((0..window_ids.len() / ctx).map(|w| (b, w)));
+        }
+        for group in items.chunks(rayon::current_num_threads().max(1)) {
+            let stored = kld::per_window(group, |&(b, w)| kld::store_window(&head, &hidden[b].get(w)?, &scoring.batches[b].1[w * ctx..(w + 1) * ctx]))?;
+            for (rows, _) in &stored {
+                writer.write_window(rows)?;
+            }
+            tracker.check()?;
+        }
+        writer.finish()?;
+        // The perplexity as `tenpak eval` computes it (the stored rows' own NLLs differ in the
+        // last digits: llama.cpp sums them in f32).
+        let ids_of: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
+        for (nll, (first_window, _)) in runtime::llama::token_nll_windows(&head, &hidden, &ids_of)?.iter().zip(&scoring.batches) {
+            nll_sum += scoring.scored(nll, *first_window)?;
+        }
+        tracker.end(Stage::Evaluate, None, "stored");
+        Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+    };
+    stored().map_err(|e| e.or_kind(Kind::Internal))
+}
+
+/// The token ids of `text` by `protocol`, and the BOS llama.cpp's protocol puts at each window's
+/// start (the one the tokenizer adds before an empty text), if any.
+fn protocol_ids(tokenizer: &Tokenizer, text: &Text, protocol: Protocol) -> tenpak_error::Result<(Vec<u32>, Option<u32>)> {
+    Ok(match protocol {
+        Protocol::Tenpak => (tokenize::encode(tokenizer, &text.content).context(text.name.clone())?, None),
+        Protocol::LlamaCpp => {
+            let with_specials = |t: &str| -> tenpak_error::Result<Vec<u32>> {
+                Ok(tokenizer.encode(t, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
+            };
+            let bos = with_specials("")?.first().copied();
+            (with_specials(&text.content).context(text.name.clone())?, bos)
+        }
+    })
+}
+
+/// A candidate's next-token distributions against its base's on the windows of `ids`, both
+/// models run block by block ([`perplexity_streamed`]: one block of each in memory at a time,
+/// beside both models' hidden states of the windows), the heads compared window by window
+/// ([`kld::compare_window`]). `step(detail)` is called after each block and at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_streamed(
+    base: &dyn ModelSource,
+    candidate: &dyn ModelSource,
+    ids: &[u32],
+    text_name: &str,
+    options: &PplOptions,
+    protocol: Protocol,
+    bos: Option<u32>,
+    step: &mut dyn FnMut(String) -> tenpak_error::Result<()>,
+) -> tenpak_error::Result<Compared> {
+    let config = candidate.config();
+    config.validate()?;
+    let scoring = Scoring::new(ids, text_name, options, protocol, bos, config)?;
+    let blocks = config.num_hidden_layers;
+    let started = Instant::now();
+    let mut run = |weights: &dyn ModelSource, what: &str| -> tenpak_error::Result<(Vec<Tensor>, Head)> {
+        run_blocks(weights.config(), weights, &scoring, &mut |done| step(format!("{what}: block {done}/{blocks}")))
+            .with_context(|| format!("scoring {}", weights.path().display()))
+    };
+    let (base_hidden, base_head) = run(base, "base")?;
+    let (hidden, head) = run(candidate, "candidate")?;
+    // Both perplexities as `tenpak eval` computes them (the same hidden states, the same NLL
+    // kernel: the same figures, bit for bit); the divergence from whole-row comparisons.
+    let ids_of: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
+    let ppl = |head: &Head, hidden: &[Tensor]| -> tenpak_error::Result<PplReport> {
+        let mut nll_sum = 0.0f64;
+        for (nll, (first_window, _)) in runtime::llama::token_nll_windows(head, hidden, &ids_of)?.iter().zip(&scoring.batches) {
+            nll_sum += scoring.scored(nll, *first_window)?;
+        }
+        Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
+    };
+    let base_report = ppl(&base_head, &base_hidden)?;
+    let ctx = scoring.ctx;
+    let mut items = Vec::new();
+    for (b, (first, window_ids)) in scoring.batches.iter().enumerate() {
+        items.extend((0..window_ids.len() / ctx).map(|w| (b, w, first + w)));
+    }
+    let compared = kld::per_window(&items, |&(b, w, _)| {
+        let window_ids = &scoring.batches[b].1[w * ctx..(w + 1) * ctx];
+        let base_rows = kld::BaseRows::Model(&base_head, base_hidden[b].get(w)?);
+        kld::compare_window(&head, &hidden[b].get(w)?, &base_rows, window_ids, protocol)
+    })?;
+    let windows: Vec<usize> = items.iter().map(|&(_, _, window)| window).collect();
+    let (divergence, _) = summarize(text_name, protocol.first_scored(ctx), &windows, &compared)?;
+    let report = ppl(&head, &hidden)?;
+    step("compared".to_owned())?;
+    Ok(Compared { divergence, base: base_report, candidate: report })
+}
+
+/// What [`compare_streamed`] measures.
+#[derive(Clone, Debug)]
+pub struct Compared {
+    /// The divergence statistics (their PPL figures from the compared rows, as llama.cpp's).
+    pub divergence: DivergenceRecord,
+    /// The base's perplexity, as [`perplexity_streamed`] computes it.
+    pub base: PplReport,
+    /// The candidate's perplexity, likewise.
+    pub candidate: PplReport,
+}
+
+/// The divergence statistics of per-window comparisons (`windows[i]` is the index of the window
+/// `compared[i]` comes from, its first comparison that of position `first + 1`), and the sum of
+/// the candidate's negative log-likelihoods.
+pub fn summarize(
+    text_name: &str,
+    first: usize,
+    windows: &[usize],
+    compared: &[Vec<runtime::kernels::TokenComparison>],
+) -> tenpak_error::Result<(DivergenceRecord, f64)> {
+    let mut divergence = kld::Divergence::default();
+    let mut nll_sum = 0.0f64;
+    for (&window, tokens) in windows.iter().zip(compared) {
+        for (j, c) in tokens.iter().enumerate() {
+            divergence.push(c, || format!("{text_name}: window {window}, position {}", first + j + 1))?;
+            nll_sum += c.nll;
+        }
+    }
+    Ok((divergence.record()?, nll_sum))
+}
+
+/// The evaluation record of a comparison: both perplexities and the divergence on the same tokens.
+fn compared_record(baseline_ppl: f64, divergence: DivergenceRecord, report: &PplReport, source: &str) -> EvaluationRecord {
+    EvaluationRecord {
+        baseline_ppl,
+        compressed_ppl: report.ppl,
+        delta_pct: 100.0 * (report.ppl - baseline_ppl) / baseline_ppl,
+        protocol: format!("{} ({source})", report.protocol),
+        divergence: Some(divergence),
+    }
+}
+
 /// The source model's perplexity, as the evaluation record takes it.
 #[derive(Clone, Copy, Debug)]
 pub enum Baseline {
@@ -432,6 +740,7 @@ pub enum Baseline {
 pub fn evaluation_record(
     baseline: Baseline,
     compressed: &PplReport,
+    divergence: Option<DivergenceRecord>,
     text: &Text,
     warning: Option<&str>,
 ) -> EvaluationRecord {
@@ -451,5 +760,6 @@ pub fn evaluation_record(
         compressed_ppl: compressed.ppl,
         delta_pct: 100.0 * (compressed.ppl - baseline_ppl) / baseline_ppl,
         protocol,
+        divergence,
     }
 }

@@ -44,6 +44,15 @@ impl From<PathBuf> for ModelSpec {
 }
 
 impl ModelSpec {
+    /// The model as messages name it: the path as given, or the name it was given.
+    pub fn name(&self) -> String {
+        match self {
+            ModelSpec::Path(path) => path.display().to_string(),
+            ModelSpec::Named { name, .. } => name.clone(),
+            ModelSpec::Source(source) => source.path().display().to_string(),
+        }
+    }
+
     /// Open the model (HF directory, `.safetensors`, `.gguf`).
     pub fn open(&self) -> Result<Arc<dyn ModelSource>> {
         Ok(match self {

@@ -190,11 +190,27 @@ fn evaluate_artifact(
         eval::perplexity_streamed(source.config(), source, &evaluation.ids, name, &evaluation.options, Protocol::Tenpak, None, &mut step)
             .with_context(|| format!("scoring {}", source.path().display()))
     };
-    let baseline = match evaluation.known_baseline {
-        Some(ppl) => Baseline::Reused(ppl),
-        None => Baseline::Scored(score(plan.model.as_ref(), "baseline")?.ppl),
-    };
     let artifact = ArtifactSource::open(dir, registry.clone())?;
-    let compressed = score(&artifact, "compressed")?;
-    Ok(evaluation_record(baseline, &compressed, &evaluation.text, evaluation.warning.as_deref()))
+    let (baseline, compressed, divergence) = match evaluation.known_baseline {
+        Some(ppl) => (Baseline::Reused(ppl), score(&artifact, "compressed")?, None),
+        None => {
+            // Both models block by block on the same windows: perplexities and divergence at once.
+            tracker.begin(Stage::Evaluate, None, format!("comparing with the source: {} windows", evaluation.windows))?;
+            let compared = eval::compare_streamed(
+                plan.model.as_ref(),
+                &artifact,
+                &evaluation.ids,
+                name,
+                &evaluation.options,
+                Protocol::Tenpak,
+                None,
+                &mut |detail| {
+                    tracker.end(Stage::Evaluate, None, detail);
+                    tracker.check()
+                },
+            )?;
+            (Baseline::Scored(compared.base.ppl), compared.candidate, Some(compared.divergence))
+        }
+    };
+    Ok(evaluation_record(baseline, &compressed, divergence, &evaluation.text, evaluation.warning.as_deref()))
 }

@@ -27,12 +27,12 @@ use rayon::prelude::*;
 use tenpak_api::registry::Registry;
 use tenpak_api::{Calibrator, LayerInfo, LayerPlan, LayerRole, LayerStats, StatsNeeds, WeightView};
 
-use crate::artifact::{ArtifactWriter, CalibrationRecord, EvaluationRecord};
+use crate::artifact::{ArtifactWriter, CalibrationRecord, DivergenceRecord, EvaluationRecord};
 use crate::encode::{Prepared, prepare_tensor, write_prepared, write_tensor};
 use crate::eval;
 use crate::observe::{Stage, Tracker};
 use crate::calibrate::{self, Watched};
-use crate::eval::{Baseline, evaluation_record};
+use crate::eval::{Baseline, Protocol, evaluation_record};
 use crate::plan::{Calibration, PackPlan};
 use tenpak_model::roles;
 use tenpak_model::runtime::llama::embed;
@@ -359,23 +359,35 @@ impl<'a> Pipeline<'a> {
         };
         let evaluation = match (&self.eval, &self.plan.evaluation) {
             (Some(state), Some(e)) => {
-                let baseline = match (e.known_baseline, &state.float) {
-                    (Some(ppl), _) => Baseline::Reused(ppl),
+                let quant_head = self.quant_head.as_ref().context("the quantized head is kept when evaluating")?;
+                let (baseline, compressed, divergence) = match (e.known_baseline, &state.float) {
+                    (Some(ppl), _) => (Baseline::Reused(ppl), score(quant_head, &state.quant, e)?, None),
                     (None, Some(float)) => {
                         let float_head = self.float_head.as_ref().context("the original head is kept when evaluating")?;
-                        Baseline::Scored(score(float_head, float, e)?.ppl)
+                        let divergence = compare(float_head, float, quant_head, &state.quant, e)?;
+                        (Baseline::Scored(score(float_head, float, e)?.ppl), score(quant_head, &state.quant, e)?, Some(divergence))
                     }
                     (None, None) => bail!("the original path was not run, and no baseline is known"),
                 };
-                let quant_head = self.quant_head.as_ref().context("the quantized head is kept when evaluating")?;
-                let compressed = score(quant_head, &state.quant, e)?;
-                Some(evaluation_record(baseline, &compressed, &e.text, e.warning.as_deref()))
+                Some(evaluation_record(baseline, &compressed, divergence, &e.text, e.warning.as_deref()))
             }
             _ => None,
         };
         self.tracker.end(Stage::Evaluate, None, "evaluated");
         Ok(Outcome { evaluation, calibration })
     }
+}
+
+/// The quantized path's next-token distributions against the original's, window by window
+/// ([`eval::kld::compare_window`]).
+fn compare(float_head: &Head, float: &[Tensor], head: &Head, hidden: &[Tensor], e: &crate::plan::Evaluation) -> Result<DivergenceRecord> {
+    let ctx = e.options.ctx;
+    let windows: Vec<usize> = (0..hidden.len()).collect();
+    let compared = eval::kld::per_window(&windows, |&w| {
+        let base = eval::kld::BaseRows::Model(float_head, float[w].get(0)?);
+        eval::kld::compare_window(head, &hidden[w].get(0)?, &base, &e.ids[w * ctx..(w + 1) * ctx], Protocol::Tenpak)
+    })?;
+    Ok(eval::summarize(&e.text.name, 0, &windows, &compared)?.0)
 }
 
 /// Perplexity of hidden states after the last block through `head`.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::artifact::Manifest;
+use crate::artifact::{EvaluationRecord, Manifest};
 
 fn group_size(params: &tenpak_api::Params) -> String {
     params.get("group_size").map_or("-".into(), |v| v.to_string())
@@ -67,11 +67,27 @@ pub fn summary(manifest: &Manifest) -> String {
         );
     }
     if let Some(e) = &manifest.evaluation {
+        out.push_str(&evaluation(e));
+    }
+    out
+}
+
+/// The evaluation record as `tenpak info`, `pack` and `eval --base` print it: both perplexities,
+/// then the divergence figures when present, then the protocol.
+pub fn evaluation(e: &EvaluationRecord) -> String {
+    let mut out = format!("perplexity    baseline {:.4}, compressed {:.4}, delta {:+.3}%\n", e.baseline_ppl, e.compressed_ppl, e.delta_pct);
+    if let Some(d) = &e.divergence {
         let _ = writeln!(
             out,
-            "perplexity    baseline {:.4}, compressed {:.4}, delta {:+.3}%\n  protocol    {}",
-            e.baseline_ppl, e.compressed_ppl, e.delta_pct, e.protocol
+            "KL divergence mean {:.6} ± {:.6}, median {:.6}, p90 {:.6}, p99 {:.6}, p99.9 {:.6}, max {:.6} (nats/token, {} tokens)",
+            d.kld_mean, d.kld_mean_err, d.kld_median, d.kld_p90, d.kld_p99, d.kld_p999, d.kld_max, d.tokens
+        );
+        let _ = writeln!(
+            out,
+            "same top      {:.3} ± {:.3} % of tokens\nΔp RMS        {:.3} ± {:.3} % (correct token)\nPPL ratio     {:.6} ± {:.6}",
+            d.same_top_pct, d.same_top_err_pct, d.dp_rms_pct, d.dp_rms_err_pct, d.ppl_ratio, d.ppl_ratio_err
         );
     }
+    let _ = writeln!(out, "  protocol    {}", e.protocol);
     out
 }

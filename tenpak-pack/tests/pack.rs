@@ -5,6 +5,7 @@
 mod allocation;
 mod architectures;
 mod artifact;
+mod divergence;
 mod fuzz_regressions;
 mod pipeline;
 mod sweep;

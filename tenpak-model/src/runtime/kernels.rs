@@ -536,6 +536,124 @@ pub fn nll_rows_reference(logits: &[f32], vocab: usize, targets: &[u32]) -> Vec<
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------------
+// one token's distribution against another's
+
+/// What one scored token says about a candidate model against its base: both given the same
+/// tokens before it, `p` the base's next-token distribution and `q` the candidate's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenComparison {
+    /// KL(p ‖ q) = Σ p (ln p − ln q), in nats.
+    pub kld: f64,
+    /// −ln p(target).
+    pub nll_base: f64,
+    /// −ln q(target).
+    pub nll: f64,
+    /// Whether both put their largest probability on the same token (the first such token of
+    /// each, as llama.cpp's `llama-perplexity --kl-divergence` compares them).
+    pub same_top: bool,
+    /// q(target) − p(target).
+    pub p_diff: f64,
+}
+
+/// The first index of the largest value (NaN entries skipped; 0 for an empty or all-NaN row).
+#[inline(always)]
+fn first_argmax(values: &[f32], max: f32) -> usize {
+    values.iter().position(|&v| v == max).unwrap_or(0)
+}
+
+with_avx2! {
+    fn compare_row(base: &[f32], candidate: &[f32], target: usize) -> TokenComparison {
+        let (base_max, candidate_max) = (max8(base), max8(candidate));
+        // One pass over the base: e = e^(a − max_a) through a stack buffer (so the map
+        // vectorizes), summed to S_a and dotted with a − b. Then p = e / S_a exactly as the same
+        // sum normalizes it, so KL(p ‖ q) = Σ e·(a − b) / S_a − (La − Lb) with La = max_a + ln S_a:
+        // rows that differ by a constant give 0, not the rounding of two separate sums.
+        let mut buffer = [0.0f32; 256];
+        let (mut base_sum, mut weighted) = (0.0f64, 0.0f64);
+        for (a, b) in base.chunks(buffer.len()).zip(candidate.chunks(buffer.len())) {
+            let buffer = &mut buffer[..a.len()];
+            for (e, &x) in buffer.iter_mut().zip(a) {
+                *e = exp(x - base_max);
+            }
+            let mut lanes = [0.0f32; 8];
+            let whole = a.len() / 8 * 8;
+            for ((p, x), y) in buffer[..whole].chunks_exact(8).zip(a[..whole].chunks_exact(8)).zip(b[..whole].chunks_exact(8)) {
+                for (lane, ((p, x), y)) in lanes.iter_mut().zip(p.iter().zip(x).zip(y)) {
+                    *lane += p * (x - y);
+                }
+            }
+            let tail: f32 = (whole..a.len()).map(|i| buffer[i] * (a[i] - b[i])).sum();
+            weighted += f64::from(lanes.iter().sum::<f32>() + tail);
+            base_sum += f64::from(sum8(buffer));
+        }
+        // The sums carry NaN (the maxima skip it): a row with a NaN or an infinity has no finite L.
+        let base_lse = f64::from(base_max) + base_sum.ln();
+        // The candidate's sum by the same steps, so a row compared with itself gives equal NLLs.
+        let mut candidate_sum = 0.0f64;
+        for chunk in candidate.chunks(buffer.len()) {
+            let buffer = &mut buffer[..chunk.len()];
+            for (e, &x) in buffer.iter_mut().zip(chunk) {
+                *e = exp(x - candidate_max);
+            }
+            candidate_sum += f64::from(sum8(buffer));
+        }
+        let candidate_lse = f64::from(candidate_max) + candidate_sum.ln();
+        if !(base_lse.is_finite() && candidate_lse.is_finite() && weighted.is_finite()) {
+            return TokenComparison { kld: f64::NAN, nll_base: f64::NAN, nll: f64::NAN, same_top: false, p_diff: f64::NAN };
+        }
+        let kld = weighted / base_sum - (base_lse - candidate_lse);
+        let nll_base = base_lse - f64::from(base[target]);
+        let nll = candidate_lse - f64::from(candidate[target]);
+        TokenComparison {
+            // Rounding can leave a hair below zero when the two rows are (nearly) equal.
+            kld: kld.max(0.0),
+            nll_base,
+            nll,
+            same_top: first_argmax(base, base_max) == first_argmax(candidate, candidate_max),
+            p_diff: (-nll).exp() - (-nll_base).exp(),
+        }
+    }
+}
+
+/// Compare whole logits rows (`vocab` wide) of a base model and a candidate, row by row in
+/// parallel, the row's target id given by `targets`. A row with a NaN or infinite logit gives NaN
+/// figures; a target outside the vocabulary panics (callers check ids against the vocabulary).
+pub fn compare_rows(base: &[f32], candidate: &[f32], vocab: usize, targets: &[u32], out: &mut [TokenComparison]) {
+    assert_eq!(base.len(), vocab * targets.len(), "compare_rows: base logits are not one row per target");
+    assert_eq!(candidate.len(), base.len(), "compare_rows: candidate logits differ in shape from the base's");
+    assert_eq!(out.len(), targets.len(), "compare_rows: one output per target");
+    if vocab == 0 {
+        return;
+    }
+    out.par_iter_mut()
+        .zip(base.par_chunks(vocab).zip(candidate.par_chunks(vocab)))
+        .zip(targets.par_iter())
+        .with_min_len(4)
+        .for_each(|((out, (a, b)), &target)| *out = compare_row(a, b, target as usize));
+}
+
+/// Scalar reference for [`compare_rows`]: the log-softmax of each row in f64 with std `exp`, then
+/// Σ p (ln p − ln q) term by term.
+pub fn compare_rows_reference(base: &[f32], candidate: &[f32], vocab: usize, targets: &[u32]) -> Vec<TokenComparison> {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let lse = max + row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln();
+        row.iter().map(|&v| f64::from(v) - lse).collect()
+    };
+    let argmax = |row: &[f32]| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+    base.chunks(vocab)
+        .zip(candidate.chunks(vocab))
+        .zip(targets)
+        .map(|((a, b), &target)| {
+            let (lp, lq) = (log_softmax(a), log_softmax(b));
+            let kld = lp.iter().zip(&lq).map(|(&p, &q)| p.exp() * (p - q)).sum::<f64>();
+            let t = target as usize;
+            TokenComparison { kld, nll_base: -lp[t], nll: -lq[t], same_top: argmax(a) == argmax(b), p_diff: lq[t].exp() - lp[t].exp() }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -823,5 +941,48 @@ mod tests {
         let nll_ok = nll.iter().zip(&reference).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-5 + 1e-6 * b.abs());
         FORCE_BASELINE.store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(softmax_ok && silu_ok && nll_ok, "softmax {softmax_ok}, silu {silu_ok}, nll {nll_ok}");
+    }
+
+    #[test]
+    fn compare_rows_equal_reference() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // A vocabulary that is no multiple of the 8 lanes or of the 256-wide buffer.
+        let vocab = 3001;
+        let targets = [0u32, 5, 3000, 17, 1234, 99];
+        let base = random(&mut rng, targets.len() * vocab, 12.0);
+        let mut candidate: Vec<f32> = base.iter().map(|&v| v + rng.random_range(-0.3f32..0.3)).collect();
+        // Row 3: one huge outlier in the candidate; row 4: a far-off candidate.
+        candidate[3 * vocab + 40] = 60.0;
+        for v in &mut candidate[4 * vocab..5 * vocab] {
+            *v = rng.random_range(-12.0f32..12.0);
+        }
+        let mut fast = vec![TokenComparison::default(); targets.len()];
+        compare_rows(&base, &candidate, vocab, &targets, &mut fast);
+        let reference = compare_rows_reference(&base, &candidate, vocab, &targets);
+        for (row, (a, b)) in fast.iter().zip(&reference).enumerate() {
+            let close = |x: f64, y: f64| (x - y).abs() <= 2e-5 + 1e-5 * y.abs();
+            assert!(close(a.kld, b.kld), "row {row}: kld {} vs {}", a.kld, b.kld);
+            assert!(close(a.nll, b.nll) && close(a.nll_base, b.nll_base), "row {row}: nll {a:?} vs {b:?}");
+            assert!(close(a.p_diff, b.p_diff), "row {row}: p_diff {} vs {}", a.p_diff, b.p_diff);
+            assert_eq!(a.same_top, b.same_top, "row {row}");
+        }
+        assert!(reference[3].kld > 10.0 && !reference[3].same_top, "the outlier moves all mass: {:?}", reference[3]);
+        // The same row twice: no divergence, same top token, no change in p.
+        let mut same = vec![TokenComparison::default(); targets.len()];
+        compare_rows(&base, &base, vocab, &targets, &mut same);
+        for c in &same {
+            assert!(c.kld.abs() < 1e-6 && c.same_top && c.p_diff.abs() < 1e-7 && c.nll == c.nll_base, "{c:?}");
+        }
+        // Non-finite logits give NaN figures, never plausible ones.
+        let (mut a, b) = (vec![0.0f32; 2 * 4], vec![0.0f32; 2 * 4]);
+        a[1] = f32::NAN;
+        a[4 + 2] = f32::INFINITY;
+        let mut out = vec![TokenComparison::default(); 2];
+        compare_rows(&a, &b, 4, &[0, 0], &mut out);
+        assert!(out.iter().all(|c| c.kld.is_nan() && c.nll.is_nan()), "{out:?}");
+        // Constant rows: uniform distributions, equal, the first token on top for both.
+        let mut out = vec![TokenComparison::default(); 1];
+        compare_rows(&[2.0; 7], &[-1.0; 7], 7, &[3], &mut out);
+        assert!(out[0].kld.abs() < 1e-7 && out[0].same_top && (out[0].nll - 7f64.ln()).abs() < 1e-6, "{:?}", out[0]);
     }
 }

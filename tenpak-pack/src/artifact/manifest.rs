@@ -169,6 +169,50 @@ pub struct EvaluationRecord {
     pub delta_pct: f64,
     /// How the figures were measured (text, its sha256, ctx, windows, tokens scored).
     pub protocol: String,
+    /// The compressed model's next-token distributions against the baseline's on the same
+    /// tokens; absent when the baseline was not run (a baseline reused from an earlier pack) and
+    /// in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<DivergenceRecord>,
+}
+
+/// How far a compressed model's next-token distributions moved from its base's, token by token
+/// on the same windows (llama.cpp's `llama-perplexity --kl-divergence` statistics). Uncertainties
+/// are one standard error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DivergenceRecord {
+    /// Tokens compared.
+    pub tokens: usize,
+    /// Mean KL(base ‖ compressed), nats per token.
+    pub kld_mean: f64,
+    /// Standard error of the mean KLD.
+    pub kld_mean_err: f64,
+    /// Median KLD.
+    pub kld_median: f64,
+    /// 90th percentile of the KLD (linear interpolation between ranks, as llama.cpp).
+    pub kld_p90: f64,
+    /// 99th percentile of the KLD.
+    pub kld_p99: f64,
+    /// 99.9th percentile of the KLD.
+    pub kld_p999: f64,
+    /// Largest KLD of a token.
+    pub kld_max: f64,
+    /// Percentage of tokens where both models rank the same token first.
+    pub same_top_pct: f64,
+    /// Its standard error, in percentage points.
+    pub same_top_err_pct: f64,
+    /// RMS of p_compressed(correct token) − p_base(correct token), in percentage points.
+    pub dp_rms_pct: f64,
+    /// Its standard error.
+    pub dp_rms_err_pct: f64,
+    /// Perplexity of the base on these tokens.
+    pub ppl_base: f64,
+    /// Perplexity of the compressed model on these tokens.
+    pub ppl: f64,
+    /// PPL(compressed) / PPL(base).
+    pub ppl_ratio: f64,
+    /// Its standard error (from the per-token NLL variances and their covariance).
+    pub ppl_ratio_err: f64,
 }
 
 /// The calibration behind a calibrated artifact.
