@@ -207,6 +207,26 @@ async fn evaluate(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
     // The text and windows, as `tenpak eval` checks them (the model is a placeholder here: the
     // job resolves it again when it runs).
     let request = requests.eval_request(&body, ModelSpec::Named { name: name.clone(), path: Default::default() })?;
+    if let Some(base) = &body.base {
+        let path = requests.resolve("base", base)?;
+        let shown = base.clone();
+        let (base_config, _) = check(&app, "opening the base model", move || model_facts(&path, &shown)).await?;
+        let same = base_config.vocab_size == config.vocab_size
+            && base_config.hidden_size == config.hidden_size
+            && base_config.num_hidden_layers == config.num_hidden_layers;
+        if !same {
+            return Err(ApiError::bad_request(format!(
+                "`{}` (vocabulary {}, hidden {}, {} blocks) is not the base of {name} (vocabulary {}, hidden {}, {} blocks)",
+                base.escape_debug(),
+                base_config.vocab_size,
+                base_config.hidden_size,
+                base_config.num_hidden_layers,
+                config.vocab_size,
+                config.hidden_size,
+                config.num_hidden_layers
+            )));
+        }
+    }
     let limits = requests.limits.clone();
     check(&app, "checking the request", move || tenpak_pack::eval::check(&request, &config, &tokenizer, &name, &limits).map(drop)).await?;
     enqueue(&app, ulid::Ulid::generate(), "evaluate", serde_json::to_string(&body).map_err(|e| app.refusal(e.into(), "recording the job"))?).await

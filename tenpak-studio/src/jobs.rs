@@ -19,7 +19,7 @@ use super::artifacts::{ArtifactStore, tar_digest};
 use super::roots::Roots;
 use super::store::{STALE_SECONDS, Start, Store};
 use tenpak_error::{Error, Kind};
-use tenpak_pack::eval::{self, EvalRequest, PplOptions};
+use tenpak_pack::eval::{self, BaseSpec, CompareRequest, EvalRequest, PplOptions};
 use tenpak_pack::limits::Limits as PackLimits;
 use tenpak_pack::model::ModelSpec;
 use tenpak_pack::observe::{PackObserver, Update};
@@ -78,6 +78,10 @@ pub struct EvaluateBody {
     /// Window length in tokens.
     #[serde(default = "default_ctx")]
     pub ctx: usize,
+    /// `root/path` of a base model to compare with: the result then holds both perplexities and
+    /// the KL divergence, same-top-token rate, Δp and PPL ratio on the same tokens.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 fn default_ctx() -> usize {
@@ -147,7 +151,7 @@ impl Requests {
         }
     }
 
-    fn resolve(&self, field: &str, name: &str) -> Result<PathBuf, ApiError> {
+    pub fn resolve(&self, field: &str, name: &str) -> Result<PathBuf, ApiError> {
         self.roots.resolve(name).map_err(|e| ApiError::from_host(e.context(format!("`{field}`")).or_kind(Kind::BadRequest)))
     }
 
@@ -460,6 +464,7 @@ impl Worker {
                     "compressed_ppl": manifest.evaluation.as_ref().map(|e| e.compressed_ppl),
                     "delta_pct": manifest.evaluation.as_ref().map(|e| e.delta_pct),
                     "protocol": manifest.evaluation.as_ref().map(|e| e.protocol.clone()),
+                    "divergence": manifest.evaluation.as_ref().and_then(|e| e.divergence.clone()),
                     "artifact": {"tar_bytes": tar_bytes, "tar_sha256": tar_sha256},
                 }))
             }
@@ -474,6 +479,32 @@ impl Worker {
                     }
                 };
                 let request = self.requests.eval_request(&body, model).map_err(refused)?;
+                if let Some(base) = &body.base {
+                    let base = ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? };
+                    let compare = CompareRequest {
+                        candidate: request.model,
+                        base: BaseSpec::Model(base),
+                        text: request.text,
+                        options: request.options,
+                        protocol: request.protocol,
+                    };
+                    let (record, report) = eval::compare(&compare, &self.registry, observer, &self.requests.limits)?;
+                    return Ok(json!({
+                        "model": body.model,
+                        "job": body.job,
+                        "base": body.base,
+                        "ppl": report.ppl,
+                        "mean_nll": report.mean_nll,
+                        "tokens_scored": report.tokens_scored,
+                        "windows": report.windows,
+                        "ctx": report.ctx,
+                        "seconds": report.seconds,
+                        "baseline_ppl": record.baseline_ppl,
+                        "delta_pct": record.delta_pct,
+                        "divergence": record.divergence,
+                        "protocol": record.protocol,
+                    }));
+                }
                 let report = eval::run_within(&request, &self.registry, observer, &self.requests.limits)?;
                 Ok(json!({
                     "model": body.model,
