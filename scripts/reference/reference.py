@@ -52,7 +52,16 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "assets" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_EVAL = REPO / "assets" / "eval.txt"
 DEFAULT_OUT = REPO / "tests" / "reference"
-STEPS = ("tokens", "logprobs", "ppl")
+STEPS = ("tokens", "logprobs", "ppl", "generate")
+# Prompts of the `generate` step: prose, a list, code, and a question the model answers briefly
+# (so one case stops at the end-of-sequence token).
+GENERATE_PROMPTS = [
+    "The capital of France is",
+    "Here is a list of three fruits:\n1.",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+]
+GENERATE_TOKENS = 40
 
 # Crafted cases for the tokenizer reference: each exercises a pre-tokenizer or BPE corner.
 CRAFTED = [
@@ -352,6 +361,27 @@ def main() -> int:
         log(f"llama.cpp protocol (second half of each window): first {k8} windows PPL "
             f"{lc['windows_8']['ppl']:.6f}" + (f", all windows {lc['all']['ppl']:.6f}" if lc["all"] else ""))
         write_json(out_path, result)
+    if "generate" in steps:
+        # Greedy continuations by transformers' own `generate` (KV-cached, do_sample=False), for
+        # `tenpak generate`'s test: the prompts tokenized without special tokens (the GGUF adds
+        # no BOS), the model in f32.
+        model = load_model(args.model, torch.float32)
+        cases = []
+        for prompt in GENERATE_PROMPTS:
+            ids = encode(tokenizer, prompt)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=GENERATE_TOKENS, do_sample=False,
+                                     num_beams=1, eos_token_id=model.config.eos_token_id, pad_token_id=0)
+            new = out[0, len(ids):].tolist()
+            cases.append({"prompt": prompt, "prompt_ids": ids, "new_ids": new})
+            log(f"generate: {prompt!r} -> {len(new)} tokens")
+        write_json(args.out / "generate.json", {
+            "tool": tool, "model": args.model.name, "model_sha256": model_sha,
+            "max_new_tokens": GENERATE_TOKENS, "eos_token_id": model.config.eos_token_id,
+            "how": "scripts/reference/reference.py --steps generate; transformers generate, greedy, f32, "
+                   "stops at eos (included) or after max_new_tokens",
+            "cases": cases,
+        })
     return 0
 
 

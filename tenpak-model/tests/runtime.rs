@@ -615,6 +615,71 @@ fn tokenizer_errors_name_the_source() {
     assert!(!err.to_string().contains("/nonexistent"), "{err}");
 }
 
+/// Decoding with the key/value cache (a prompt, then one token or a few at a time) gives the
+/// logits of recomputing the whole sequence, position by position, with and without biases.
+#[test]
+fn kv_cache_equals_recomputation() {
+    for (seed, config) in [(41, tiny_config(true, false)), (42, tiny_config(false, true))] {
+        let weights = tiny_weights(&config, seed);
+        let model = LlamaModel::load(&config, &weights).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let ids = random_ids(&mut rng, 37, config.vocab_size);
+        let whole = tensor_rows(&model.forward_logits(&ids, 1, None).unwrap());
+        let rope = RopeTables::new(&config, ids.len()).unwrap();
+        let mut cache = model.new_cache();
+        let mut rows = Vec::new();
+        // Prompt of 10, then single tokens, then a chunk of 5, then single tokens.
+        let mut start = 0;
+        for len in [10].into_iter().chain(std::iter::repeat_n(1, 12)).chain([5]).chain(std::iter::repeat_n(1, 10)) {
+            let logits = model.forward_cached(&ids[start..start + len], &rope, &mut cache).unwrap();
+            rows.extend(tensor_rows(&logits.unsqueeze(0).unwrap()));
+            start += len;
+        }
+        assert_eq!(start, ids.len());
+        assert_eq!(cache[0].len(), ids.len());
+        let worst = whole.iter().flatten().zip(rows.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "seed {seed}: cached and recomputed logits differ by {worst}");
+        // Past the tables: an error, not a wrong answer.
+        let err = model.forward_cached(&ids[..1], &rope, &mut cache).unwrap_err().to_string();
+        assert!(err.contains("exceed"), "{err}");
+    }
+}
+
+/// Greedy generation through the cache picks, at every step, the argmax of a full recomputation;
+/// it stops at the end-of-sequence token when the model produces it, else at the length limit.
+#[test]
+fn greedy_generation_equals_argmax_of_recomputation() {
+    use tenpak_pack::generate::{Generator, Sampling, Stop};
+    let mut config = tiny_config(true, false);
+    let weights = tiny_weights(&config, 43);
+    let model = LlamaModel::load(&config, &weights).unwrap();
+    let prompt = [3u32, 17, 5, 9];
+    let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as u32;
+    let mut expected = prompt.to_vec();
+    for _ in 0..20 {
+        let rows = tensor_rows(&model.forward_logits(&expected, 1, None).unwrap());
+        expected.push(argmax(rows.last().unwrap()));
+    }
+    let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::default());
+    let generator = Generator::new(model.clone(), tokenizer.clone(), "tiny");
+    let mut streamed = Vec::new();
+    let out = generator.generate(&prompt, 20, Sampling::Greedy, &mut |t| {
+        streamed.push(t);
+        Ok(())
+    });
+    let out = out.unwrap();
+    assert_eq!(out.stop, Stop::Length);
+    assert_eq!(out.tokens, expected[prompt.len()..], "cached greedy decoding vs recomputation");
+    assert_eq!(streamed, out.tokens);
+    // Make the 5th generated token the end-of-sequence token: generation stops there, with it.
+    config.eos_token_id = Some(expected[prompt.len() + 4]);
+    let model = LlamaModel::load(&config, &weights).unwrap();
+    let first_eos = expected[prompt.len()..].iter().position(|&t| Some(t) == config.eos_token_id).unwrap();
+    let out = Generator::new(model, tokenizer, "tiny").generate(&prompt, 20, Sampling::Greedy, &mut |_| Ok(())).unwrap();
+    assert_eq!(out.stop, Stop::Eos);
+    assert_eq!(out.tokens, expected[prompt.len()..prompt.len() + first_eos + 1]);
+}
+
 #[allow(dead_code)]
 fn assert_hook_object_safe(_: &mut dyn LinearHook) {}
 
@@ -706,6 +771,29 @@ use tenpak_model::tokenize;
         }
         eprintln!("window 0: largest |log p − reference| = {:.2e} at position {}", worst.0, worst.1 + 1);
         assert!(worst.0 <= LOG_PROB_TOLERANCE, "log-probability at position {} differs by {}", worst.1 + 1, worst.0);
+    }
+
+    /// `tenpak generate`'s greedy tokens equal transformers' `generate` on the real model
+    /// (tests/reference/generate.json), token for token, stopping where it stops.
+    #[test]
+    fn greedy_generation_matches_transformers() {
+        use tenpak_pack::generate::{Generator, Sampling, Stop};
+        let reference = reference("generate.json");
+        let source = model::open(&util::real_gguf()).expect("the real GGUF opens");
+        let model = LlamaModel::load(source.config(), source.as_ref()).expect("the real model loads");
+        let tokenizer = tokenize::for_model(source.as_ref()).expect("the GGUF tokenizer loads");
+        let generator = Generator::new(model, tokenizer, "real");
+        let max = reference["max_new_tokens"].as_u64().unwrap() as usize;
+        let mut stops = Vec::new();
+        for case in reference["cases"].as_array().expect("cases") {
+            let prompt = case["prompt"].as_str().unwrap();
+            let ids = generator.encode(prompt).unwrap();
+            assert_eq!(ids, ids_of(&case["prompt_ids"]), "prompt {prompt:?} tokenizes as transformers does");
+            let out = generator.generate(&ids, max, Sampling::Greedy, &mut |_| Ok(())).unwrap();
+            assert_eq!(out.tokens, ids_of(&case["new_ids"]), "greedy continuation of {prompt:?}");
+            stops.push(out.stop);
+        }
+        assert!(stops.contains(&Stop::Eos) && stops.contains(&Stop::Length), "the cases cover both stops: {stops:?}");
     }
 
     #[test]

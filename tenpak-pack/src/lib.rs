@@ -27,6 +27,7 @@ pub mod encode;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generate;
 pub mod limits;
 pub mod model;
 pub mod observe;

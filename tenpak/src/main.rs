@@ -16,7 +16,10 @@ use clap::{Parser, Subcommand};
 use tenpak_error::{Context, Error, Kind, Result};
 use tenpak_export::{CtOptions, GgufOptions, export_compressed_tensors, export_gguf};
 use tenpak_pack::artifact::Artifact;
-use tenpak_pack::eval::{self, EvalRequest, PplOptions, Protocol};
+use tenpak_pack::eval::kld::BaseLogits;
+use tenpak_pack::eval::{self, BaseSpec, CompareRequest, EvalRequest, PplOptions, Protocol};
+use tenpak_pack::generate::{Generator, Sampling, Stop};
+use tenpak_pack::limits::Limits;
 use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, default_output};
 use tenpak_pack::text::TextSpec;
 use tenpak_pack::preset::{BUILTIN, Preset};
@@ -146,6 +149,45 @@ enum Command {
         /// each window, BOS as llama.cpp adds it) to compare with its output.
         #[arg(long, value_enum, default_value_t = ProtocolArg::Tenpak)]
         protocol: ProtocolArg,
+        /// Compare with a base: a model or artifact (both run block by block on the same
+        /// windows), or a base log-probability file in llama.cpp's `--kl-divergence-base` layout
+        /// (from `--save-base` or `llama-perplexity`; needs --protocol llama-cpp). Prints KL
+        /// divergence, same-top-token rate, Δp and the PPL ratio beside both perplexities.
+        #[arg(long, value_name = "MODEL_OR_FILE")]
+        base: Option<PathBuf>,
+        /// Store this model's log-probabilities of the scored positions in FILE, in llama.cpp's
+        /// `--kl-divergence-base` layout, to compare candidates against with --base FILE
+        /// (or llama-perplexity --kl-divergence). Needs --protocol llama-cpp; about
+        /// 2 · vocabulary bytes per scored token.
+        #[arg(long, value_name = "FILE", conflicts_with = "base")]
+        save_base: Option<PathBuf>,
+    },
+    /// Text from a model or an artifact after a prompt: KV-cached decoding, greedy or sampled,
+    /// streamed to stdout, with tokens/s for the prompt and for generation.
+    Generate {
+        /// A model (HF dir, .safetensors, .gguf) or a TenPak artifact directory.
+        model: PathBuf,
+        /// The prompt (tokenized with the special tokens the tokenizer adds).
+        #[arg(long)]
+        prompt: String,
+        /// Most new tokens; generation also stops at the end-of-sequence token.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0 is greedy (the most likely token); above 0, tokens are drawn at this temperature.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// When sampling: keep the this-many most likely tokens (0: all).
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// When sampling: keep the most likely tokens until their probability reaches this.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// When sampling: the random seed (the same seed gives the same text).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also generate from this base model with the same settings and print its text after.
+        #[arg(long, value_name = "BASE")]
+        compare: Option<PathBuf>,
     },
     /// Show an artifact's manifest: source, preset, sizes, perplexity, per-tensor errors.
     Info {
@@ -301,7 +343,26 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
-        Command::Eval { model, text, samples, ctx, batch, protocol } => {
+        Command::Eval { model, text, samples, ctx, batch, protocol, base: Some(base), save_base: _ } => {
+            let request = CompareRequest {
+                candidate: model.clone().into(),
+                base: if BaseLogits::is_base_file(&base) { BaseSpec::Stored(base.clone()) } else { BaseSpec::Model(base.clone().into()) },
+                text: TextSpec::File(text),
+                options: PplOptions { ctx, samples, batch },
+                protocol: protocol.into(),
+            };
+            let bar = Bar::new("eval", true);
+            let outcome = eval::compare(&request, &registry, &bar, &Limits::none());
+            bar.finish();
+            let (record, report) = outcome?;
+            println!("model         {}", model.display());
+            println!("base          {}", base.display());
+            print!("{}", report::evaluation(&record));
+            println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
+            println!("time          {:.1} s", report.seconds);
+            println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
+        }
+        Command::Eval { model, text, samples, ctx, batch, protocol, base: None, save_base } => {
             let request = EvalRequest {
                 model: model.clone().into(),
                 text: TextSpec::File(text),
@@ -309,15 +370,57 @@ fn run_inner(cli: Cli) -> Result<()> {
                 protocol: protocol.into(),
             };
             let bar = Bar::new("eval", true);
-            let report = eval::run(&request, &registry, &bar);
+            let report = match &save_base {
+                Some(path) => eval::store_base(&request, path, &registry, &bar),
+                None => eval::run(&request, &registry, &bar),
+            };
             bar.finish();
             let report = report?;
+            if let Some(path) = &save_base {
+                println!("base logits   {}", path.display());
+            }
             println!("model         {}", model.display());
             println!("ppl           {:.4}", report.ppl);
             println!("tokens scored {} ({} windows of {})", report.tokens_scored, report.windows, report.ctx);
             println!("speed         {:.1} tokens/s ({:.1} s)", report.tokens_per_second, report.seconds);
             println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
             println!("protocol      {}", report.protocol);
+        }
+        Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed, compare } => {
+            let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, top_p, seed } };
+            for (label, path) in std::iter::once(("model", model)).chain(compare.map(|base| ("base", base))) {
+                let generator = Generator::open(&path.clone().into(), &registry)?;
+                let prompt_ids = generator.encode(&prompt)?;
+                println!("--- {label} {} ---", path.display());
+                print!("{prompt}");
+                let mut shown = String::new();
+                let mut tokens = Vec::new();
+                let generation = generator.generate(&prompt_ids, max_tokens, sampling, &mut |token| {
+                    use std::io::Write;
+                    // Decode everything so far and print what is new: a token may end inside a
+                    // multi-byte character that the next one completes.
+                    tokens.push(token);
+                    let text = generator.decode(&tokens)?;
+                    if let Some(new) = text.strip_prefix(shown.as_str()) {
+                        print!("{new}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    shown = text;
+                    Ok(())
+                })?;
+                println!();
+                eprintln!(
+                    "{label}: {} prompt tokens at {:.1} tokens/s; {} new tokens at {:.1} tokens/s; stopped at {}",
+                    generation.prompt.len(),
+                    generation.prompt_tokens_per_second(),
+                    generation.tokens.len(),
+                    generation.tokens_per_second(),
+                    match generation.stop {
+                        Stop::Eos => "the end-of-sequence token",
+                        Stop::Length => "--max-tokens",
+                    }
+                );
+            }
         }
         Command::Info { artifact, tensors, json } => {
             let artifact = Artifact::open(&artifact)?;

@@ -251,19 +251,34 @@ impl Block {
     /// Run the block on `hidden` (`[batch, seq, hidden]`); `rope` must cover `seq` positions.
     /// The hook sees each linear layer's input as `[batch·seq, in_features]`.
     pub fn forward(&self, hidden: &Tensor, rope: &RopeTables, hook: Option<&mut (dyn LinearHook + '_)>) -> tenpak_error::Result<Tensor> {
-        Ok(self.run(hidden, rope, hook, true)?.expect("the output was asked for"))
+        Ok(self.run(hidden, rope, hook, true, None)?.expect("the output was asked for"))
+    }
+
+    /// Run the block on `hidden` (`[1, new, hidden]`): the positions after the `cache.len()`
+    /// already in `cache`, whose keys and values it attends to and to which it appends the new
+    /// ones (decoding). `rope` must cover positions up to `cache.len() + new`. The same
+    /// operations as [`Block::forward`] on the whole sequence, row for row.
+    pub fn forward_cached(&self, hidden: &Tensor, rope: &RopeTables, cache: &mut LayerCache) -> tenpak_error::Result<Tensor> {
+        Ok(self.run(hidden, rope, None, true, Some(cache))?.expect("the output was asked for"))
     }
 
     /// Show `hook` every linear layer's input, as [`Block::forward`] would, without computing the
     /// block's output: the last product (`down_proj`, a quarter of the block's work) is skipped.
     pub fn observe(&self, hidden: &Tensor, rope: &RopeTables, hook: &mut (dyn LinearHook + '_)) -> tenpak_error::Result<()> {
-        self.run(hidden, rope, Some(hook), false)?;
+        self.run(hidden, rope, Some(hook), false, None)?;
         Ok(())
     }
 
     /// The block on `hidden`; its output only when `output` is asked for (after the hook has
     /// seen `down_proj`'s input either way).
-    fn run(&self, hidden: &Tensor, rope: &RopeTables, mut hook: Option<&mut (dyn LinearHook + '_)>, output: bool) -> tenpak_error::Result<Option<Tensor>> {
+    fn run(
+        &self,
+        hidden: &Tensor,
+        rope: &RopeTables,
+        mut hook: Option<&mut (dyn LinearHook + '_)>,
+        output: bool,
+        cache: Option<&mut LayerCache>,
+    ) -> tenpak_error::Result<Option<Tensor>> {
         let Dims { hidden: width, heads, kv_heads, head_dim, eps } = self.dims;
         let (batch, seq, found_width) = hidden.dims3().context("block input must be [batch, seq, hidden]")?;
         ensure!(found_width == width, "block {}: hidden width {found_width}, expected {width}", self.index);
@@ -280,15 +295,28 @@ impl Block {
         // Grouped-query attention without repeating k/v: query head h uses kv head h / group
         // (transformers' `repeat_kv`), so per kv head the queries form one matrix whose rows are
         // (position, head of the group), and a block of positions is a contiguous run of rows.
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let window;
+        let rope = if start == 0 {
+            rope
+        } else {
+            window = rope.positions(start, seq)?;
+            &window
+        };
         let q = ops::rope_to_heads(&q, HeadLayout { batch, seq, heads, head_dim, group }, rope, scale)?;
         let k = ops::rope_to_heads(&k, HeadLayout { batch, seq, heads: kv_heads, head_dim, group: 1 }, rope, 1.0)?;
         let v = v.reshape((batch, seq, kv_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
-        let attended = match blas::kernel()? {
-            Kernel::OpenBlas(blas) => {
+        let attended = match (blas::kernel()?, cache) {
+            (_, Some(cache)) => {
+                ensure!(batch == 1, "block {}: a key/value cache holds one sequence, got {batch}", self.index);
+                let (k, v) = cache.append(k, v)?;
+                attention_cached(&q, &k, &v, start, (seq, kv_heads, group, head_dim))?
+            }
+            (Kernel::OpenBlas(blas), None) => {
                 let shape = ops::AttentionShape { batch, seq, kv_heads, group, head_dim, block: ATTENTION_BLOCK };
                 ops::attention(blas, &q, &k, &v, shape)?
             }
-            Kernel::Candle => attention_candle(&q, &k, &v, (batch, seq, kv_heads, group, head_dim))?,
+            (Kernel::Candle, None) => attention_candle(&q, &k, &v, (batch, seq, kv_heads, group, head_dim))?,
         };
         let residual = ops::add(&residual, &self.o_proj.forward(&attended, hook.as_deref_mut())?)?;
 
@@ -421,6 +449,49 @@ fn attention_candle(q: &Tensor, k: &Tensor, v: &Tensor, (batch, seq, kv_heads, g
         blocks.push(attended.contiguous()?);
     }
     Ok(Tensor::cat(&blocks, 1)?.reshape((batch * seq, kv_heads * group * head_dim))?)
+}
+
+/// Attention of `new` query positions starting at `start` over the keys and values of positions
+/// `0..start + new` (a decoding step after a cache): queries `[1, kv, new·group, d]`, keys and
+/// values `[1, kv, start + new, d]`; returns the rows `[new, kv·group·d]` that `o_proj` reads.
+fn attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, start: usize, (new, kv_heads, group, head_dim): (usize, usize, usize, usize)) -> tenpak_error::Result<Tensor> {
+    let keys = start + new;
+    ensure!(k.dims() == [1, kv_heads, keys, head_dim], "cached keys {:?}, expected [1, {kv_heads}, {keys}, {head_dim}]", k.dims());
+    let scores = q.matmul(&k.t()?)?;
+    let probs = ops::causal_softmax(&scores, CausalBlock { keys, group, first_position: start })?;
+    let attended = probs.matmul(v)?;
+    let attended = attended.reshape((1, kv_heads, new, group * head_dim))?.transpose(1, 2)?;
+    Ok(attended.contiguous()?.reshape((new, kv_heads * group * head_dim))?)
+}
+
+/// One block's keys (after RoPE) and values of the positions decoded so far, `[1, kv, len, d]`.
+#[derive(Clone, Debug, Default)]
+pub struct LayerCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append new positions' keys and values; returns all of them.
+    fn append(&mut self, k: Tensor, v: Tensor) -> tenpak_error::Result<(Tensor, Tensor)> {
+        let (k, v) = match (self.keys.take(), self.values.take()) {
+            (Some(old_k), Some(old_v)) => (Tensor::cat(&[&old_k, &k], 2)?, Tensor::cat(&[&old_v, &v], 2)?),
+            _ => (k, v),
+        };
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        Ok((k, v))
+    }
 }
 
 /// The final RMSNorm and the output projection.
@@ -614,6 +685,25 @@ impl LlamaModel {
             hidden = block.forward(&hidden, &rope, hook.as_deref_mut())?;
         }
         Ok(hidden)
+    }
+
+    /// Logits `[new, vocab]` of `ids`, the positions after those in `cache` (one per block;
+    /// [`LlamaModel::new_cache`]), whose keys and values are appended to it: the prompt in one
+    /// call, then one token at a time. `rope` must cover the positions up to the cache's length
+    /// plus `ids.len()`.
+    pub fn forward_cached(&self, ids: &[u32], rope: &RopeTables, cache: &mut [LayerCache]) -> tenpak_error::Result<Tensor> {
+        ensure!(cache.len() == self.blocks.len(), "a cache of {} blocks for a model of {}", cache.len(), self.blocks.len());
+        let mut hidden = self.embed(ids, 1)?;
+        for (block, layer) in self.blocks.iter().zip(cache.iter_mut()) {
+            hidden = block.forward_cached(&hidden, rope, layer)?;
+        }
+        let logits = self.head.logits(&hidden, None)?;
+        Ok(logits.squeeze(0)?)
+    }
+
+    /// An empty key/value cache for [`LlamaModel::forward_cached`].
+    pub fn new_cache(&self) -> Vec<LayerCache> {
+        vec![LayerCache::default(); self.blocks.len()]
     }
 
     /// Logits `[batch, seq, vocab]` for `batch` sequences of equal length.

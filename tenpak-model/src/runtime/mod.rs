@@ -20,7 +20,7 @@ pub mod rope;
 
 use candle_core::Tensor;
 
-pub use llama::{Block, Head, Linear, LlamaModel};
+pub use llama::{Block, Head, LayerCache, Linear, LlamaModel};
 pub use rope::RopeTables;
 
 use crate::ModelSource;

@@ -104,4 +104,12 @@ impl RopeTables {
         }
         Ok(RopeTables { seq, half, cos, sin })
     }
+
+    /// The tables of positions `start..start + len` alone (their row 0 is position `start`), for
+    /// positions decoded after a key/value cache.
+    pub fn positions(&self, start: usize, len: usize) -> tenpak_error::Result<RopeTables> {
+        tenpak_error::ensure!(start + len <= self.seq, "positions {start}..{} exceed the {} the RoPE tables cover", start + len, self.seq);
+        let (from, to) = (start * self.half, (start + len) * self.half);
+        Ok(RopeTables { seq: len, half: self.half, cos: self.cos[from..to].to_vec(), sin: self.sin[from..to].to_vec() })
+    }
 }
