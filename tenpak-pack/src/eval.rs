@@ -517,14 +517,9 @@ pub fn compare(request: &CompareRequest, registry: &Arc<Registry>, observer: &dy
                 let tokens = stored.tokens.clone();
                 let file_name = path.display().to_string();
                 let scoring = Scoring::new(&tokens, &file_name, &options, Protocol::LlamaCpp, bos, &config)?;
-                let blocks = config.num_hidden_layers as u64;
-                let tracker = Tracker::new(observer, blocks + 2);
+                let tracker = Tracker::new(observer, config.num_hidden_layers as u64 + 2);
                 let started = Instant::now();
-                tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
-                let (hidden, head) = run_blocks(&config, source.as_ref(), &scoring, &mut |done| {
-                    tracker.end(Stage::Evaluate, None, format!("block {done}/{blocks}"));
-                    tracker.check()
-                })?;
+                let (hidden, head) = run_tracked(source.as_ref(), &scoring, &tracker)?;
                 tracker.begin(Stage::Evaluate, None, "comparing with the stored base")?;
                 let mut items = Vec::new();
                 for (b, (first, window_ids)) in scoring.batches.iter().enumerate() {
@@ -579,14 +574,9 @@ pub fn store_base(request: &EvalRequest, path: &std::path::Path, registry: &Arc<
     let stored = || -> tenpak_error::Result<PplReport> {
         let config = source.config().clone();
         let scoring = Scoring::new(&ids, &text.name, &request.options, Protocol::LlamaCpp, bos, &config)?;
-        let blocks = config.num_hidden_layers as u64;
-        let tracker = Tracker::new(observer, blocks + 2);
+        let tracker = Tracker::new(observer, config.num_hidden_layers as u64 + 2);
         let started = Instant::now();
-        tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
-        let (hidden, head) = run_blocks(&config, source.as_ref(), &scoring, &mut |done| {
-            tracker.end(Stage::Evaluate, None, format!("block {done}/{blocks}"));
-            tracker.check()
-        })?;
+        let (hidden, head) = run_tracked(source.as_ref(), &scoring, &tracker)?;
         tracker.begin(Stage::Evaluate, None, format!("storing log-probabilities in {}", path.display()))?;
         let ctx = scoring.ctx;
         let mut writer = kld::BaseLogitsWriter::create(path, ctx, config.vocab_size, scoring.windows, &ids)?;
@@ -613,6 +603,16 @@ pub fn store_base(request: &EvalRequest, path: &std::path::Path, registry: &Arc<
         Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
     };
     stored().map_err(|e| e.or_kind(Kind::Internal))
+}
+
+/// [`run_blocks`] of `source` with each block reported to `tracker` (and cancellable there).
+fn run_tracked(source: &dyn ModelSource, scoring: &Scoring<'_>, tracker: &Tracker<'_>) -> tenpak_error::Result<(Vec<Tensor>, Head)> {
+    let blocks = source.config().num_hidden_layers;
+    tracker.begin(Stage::Evaluate, None, format!("scoring {} block by block", source.path().display()))?;
+    run_blocks(source.config(), source, scoring, &mut |done| {
+        tracker.end(Stage::Evaluate, None, format!("block {done}/{blocks}"));
+        tracker.check()
+    })
 }
 
 /// The token ids of `text` by `protocol`, and the BOS llama.cpp's protocol puts at each window's
