@@ -262,6 +262,20 @@ impl<'a> Scoring<'a> {
         Ok(Self { batches, ids_len: ids.len(), windows, ctx, text_name, protocol, bos })
     }
 
+    /// Every window as (batch, window within the batch, window index), in order.
+    fn windows(&self) -> Vec<(usize, usize, usize)> {
+        let mut items = Vec::with_capacity(self.windows);
+        for (b, (first, window_ids)) in self.batches.iter().enumerate() {
+            items.extend((0..window_ids.len() / self.ctx).map(|w| (b, w, first + w)));
+        }
+        items
+    }
+
+    /// The token ids of one window (BOS applied).
+    fn window_ids(&self, batch: usize, window: usize) -> &[u32] {
+        &self.batches[batch].1[window * self.ctx..(window + 1) * self.ctx]
+    }
+
     /// The scored part of one batch's NLLs (every position is checked for a non-finite value,
     /// scored or not).
     fn scored(&self, nll: &[f32], first_window: usize) -> tenpak_error::Result<f64> {
@@ -512,8 +526,7 @@ pub fn compare(request: &CompareRequest, registry: &Arc<Registry>, observer: &dy
                 );
                 let windows = request.options.samples.map_or(stored.windows, |s| s.min(stored.windows));
                 let options = PplOptions { samples: Some(windows), ..request.options.clone() };
-                // The BOS llama.cpp puts at each window's start, when the candidate's vocabulary adds one.
-                let bos = tokenizer.encode("", true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().first().copied();
+                let bos = added_bos(&tokenizer)?;
                 let tokens = stored.tokens.clone();
                 let file_name = path.display().to_string();
                 let scoring = Scoring::new(&tokens, &file_name, &options, Protocol::LlamaCpp, bos, &config)?;
@@ -521,26 +534,19 @@ pub fn compare(request: &CompareRequest, registry: &Arc<Registry>, observer: &dy
                 let started = Instant::now();
                 let (hidden, head) = run_tracked(source.as_ref(), &scoring, &tracker)?;
                 tracker.begin(Stage::Evaluate, None, "comparing with the stored base")?;
-                let mut items = Vec::new();
-                for (b, (first, window_ids)) in scoring.batches.iter().enumerate() {
-                    for w in 0..window_ids.len() / scoring.ctx {
-                        items.push((b, w, first + w));
-                    }
-                }
-                let ctx = scoring.ctx;
+                let items = scoring.windows();
                 let mut compared = Vec::with_capacity(items.len());
                 for group in items.chunks(rayon::current_num_threads().max(1)) {
                     let rows = group.iter().map(|_| stored.next_window()).collect::<tenpak_error::Result<Vec<_>>>()?;
                     let work: Vec<_> = group.iter().zip(rows).collect();
-                    compared.extend(kld::per_window(&work, |&(&(b, w, _), ref rows)| {
-                        let window_ids = &scoring.batches[b].1[w * ctx..(w + 1) * ctx];
-                        kld::compare_window(&head, &hidden[b].get(w)?, &kld::BaseRows::Stored(rows), window_ids, Protocol::LlamaCpp)
+                    compared.extend(runtime::llama::per_window(&work, |&(&(b, w, _), ref rows)| {
+                        kld::compare_window(&head, &hidden[b].get(w)?, &kld::BaseRows::Stored(rows), scoring.window_ids(b, w), Protocol::LlamaCpp)
                     })?);
                     tracker.check()?;
                 }
                 tracker.end(Stage::Evaluate, None, "compared");
                 let windows: Vec<usize> = items.iter().map(|&(_, _, window)| window).collect();
-                let (divergence, _) = summarize(&file_name, scoring.protocol.first_scored(ctx), &windows, &compared)?;
+                let (divergence, _) = summarize(&file_name, scoring.protocol.first_scored(scoring.ctx), &windows, &compared)?;
                 // The candidate's perplexity as `tenpak eval --protocol llama-cpp` computes it;
                 // the base's is the file's (as llama.cpp reads it).
                 let ids_of: Vec<&[u32]> = scoring.batches.iter().map(|(_, window_ids)| window_ids.as_slice()).collect();
@@ -581,12 +587,8 @@ pub fn store_base(request: &EvalRequest, path: &std::path::Path, registry: &Arc<
         let ctx = scoring.ctx;
         let mut writer = kld::BaseLogitsWriter::create(path, ctx, config.vocab_size, scoring.windows, &ids)?;
         let mut nll_sum = 0.0f64;
-        let mut items = Vec::new();
-        for (b, (_, window_ids)) in scoring.batches.iter().enumerate() {
-            items.extend((0..window_ids.len() / ctx).map(|w| (b, w)));
-        }
-        for group in items.chunks(rayon::current_num_threads().max(1)) {
-            let stored = kld::per_window(group, |&(b, w)| kld::store_window(&head, &hidden[b].get(w)?, &scoring.batches[b].1[w * ctx..(w + 1) * ctx]))?;
+        for group in scoring.windows().chunks(rayon::current_num_threads().max(1)) {
+            let stored = runtime::llama::per_window(group, |&(b, w, _)| kld::store_window(&head, &hidden[b].get(w)?, scoring.window_ids(b, w)))?;
             for (rows, _) in &stored {
                 writer.write_window(rows)?;
             }
@@ -620,14 +622,19 @@ fn run_tracked(source: &dyn ModelSource, scoring: &Scoring<'_>, tracker: &Tracke
 fn protocol_ids(tokenizer: &Tokenizer, text: &Text, protocol: Protocol) -> tenpak_error::Result<(Vec<u32>, Option<u32>)> {
     Ok(match protocol {
         Protocol::Tenpak => (tokenize::encode(tokenizer, &text.content).context(text.name.clone())?, None),
-        Protocol::LlamaCpp => {
-            let with_specials = |t: &str| -> tenpak_error::Result<Vec<u32>> {
-                Ok(tokenizer.encode(t, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
-            };
-            let bos = with_specials("")?.first().copied();
-            (with_specials(&text.content).context(text.name.clone())?, bos)
-        }
+        Protocol::LlamaCpp => (with_specials(tokenizer, &text.content).context(text.name.clone())?, added_bos(tokenizer)?),
     })
+}
+
+/// Token ids of `text` with the special tokens the tokenizer adds.
+fn with_specials(tokenizer: &Tokenizer, text: &str) -> tenpak_error::Result<Vec<u32>> {
+    Ok(tokenizer.encode(text, true).map_err(|e| tenpak_error::err!("tokenization failed: {e}"))?.get_ids().to_vec())
+}
+
+/// The BOS llama.cpp's protocol puts at each window's start: the one the tokenizer adds before an
+/// empty text, if any.
+fn added_bos(tokenizer: &Tokenizer) -> tenpak_error::Result<Option<u32>> {
+    Ok(with_specials(tokenizer, "")?.first().copied())
 }
 
 /// A candidate's next-token distributions against its base's on the windows of `ids`, both
@@ -667,18 +674,13 @@ pub fn compare_streamed(
         Ok(scoring.report(nll_sum, started.elapsed().as_secs_f64()))
     };
     let base_report = ppl(&base_head, &base_hidden)?;
-    let ctx = scoring.ctx;
-    let mut items = Vec::new();
-    for (b, (first, window_ids)) in scoring.batches.iter().enumerate() {
-        items.extend((0..window_ids.len() / ctx).map(|w| (b, w, first + w)));
-    }
-    let compared = kld::per_window(&items, |&(b, w, _)| {
-        let window_ids = &scoring.batches[b].1[w * ctx..(w + 1) * ctx];
+    let items = scoring.windows();
+    let compared = runtime::llama::per_window(&items, |&(b, w, _)| {
         let base_rows = kld::BaseRows::Model(&base_head, base_hidden[b].get(w)?);
-        kld::compare_window(&head, &hidden[b].get(w)?, &base_rows, window_ids, protocol)
+        kld::compare_window(&head, &hidden[b].get(w)?, &base_rows, scoring.window_ids(b, w), protocol)
     })?;
     let windows: Vec<usize> = items.iter().map(|&(_, _, window)| window).collect();
-    let (divergence, _) = summarize(text_name, protocol.first_scored(ctx), &windows, &compared)?;
+    let (divergence, _) = summarize(text_name, protocol.first_scored(scoring.ctx), &windows, &compared)?;
     let report = ppl(&head, &hidden)?;
     step("compared".to_owned())?;
     Ok(Compared { divergence, base: base_report, candidate: report })

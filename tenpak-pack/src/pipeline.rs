@@ -383,7 +383,7 @@ impl<'a> Pipeline<'a> {
 fn compare(float_head: &Head, float: &[Tensor], head: &Head, hidden: &[Tensor], e: &crate::plan::Evaluation) -> Result<DivergenceRecord> {
     let ctx = e.options.ctx;
     let windows: Vec<usize> = (0..hidden.len()).collect();
-    let compared = eval::kld::per_window(&windows, |&w| {
+    let compared = tenpak_model::runtime::llama::per_window(&windows, |&w| {
         let base = eval::kld::BaseRows::Model(float_head, float[w].get(0)?);
         eval::kld::compare_window(head, &hidden[w].get(0)?, &base, &e.ids[w * ctx..(w + 1) * ctx], Protocol::Tenpak)
     })?;

@@ -479,34 +479,22 @@ impl Worker {
                     }
                 };
                 let request = self.requests.eval_request(&body, model).map_err(refused)?;
-                if let Some(base) = &body.base {
-                    let base = ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? };
-                    let compare = CompareRequest {
-                        candidate: request.model,
-                        base: BaseSpec::Model(base),
-                        text: request.text,
-                        options: request.options,
-                        protocol: request.protocol,
-                    };
-                    let (record, report) = eval::compare(&compare, &self.registry, observer, &self.requests.limits)?;
-                    return Ok(json!({
-                        "model": body.model,
-                        "job": body.job,
-                        "base": body.base,
-                        "ppl": report.ppl,
-                        "mean_nll": report.mean_nll,
-                        "tokens_scored": report.tokens_scored,
-                        "windows": report.windows,
-                        "ctx": report.ctx,
-                        "seconds": report.seconds,
-                        "baseline_ppl": record.baseline_ppl,
-                        "delta_pct": record.delta_pct,
-                        "divergence": record.divergence,
-                        "protocol": record.protocol,
-                    }));
-                }
-                let report = eval::run_within(&request, &self.registry, observer, &self.requests.limits)?;
-                Ok(json!({
+                let (report, record) = match &body.base {
+                    Some(base) => {
+                        let base = ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? };
+                        let compare = CompareRequest {
+                            candidate: request.model,
+                            base: BaseSpec::Model(base),
+                            text: request.text,
+                            options: request.options,
+                            protocol: request.protocol,
+                        };
+                        let (record, report) = eval::compare(&compare, &self.registry, observer, &self.requests.limits)?;
+                        (report, Some(record))
+                    }
+                    None => (eval::run_within(&request, &self.registry, observer, &self.requests.limits)?, None),
+                };
+                let mut result = json!({
                     "model": body.model,
                     "job": body.job,
                     "ppl": report.ppl,
@@ -516,7 +504,17 @@ impl Worker {
                     "ctx": report.ctx,
                     "seconds": report.seconds,
                     "protocol": report.protocol,
-                }))
+                });
+                if let Some(record) = record {
+                    // With a base: both perplexities and the divergence, and the record's protocol
+                    // (which names the base).
+                    result["base"] = json!(body.base);
+                    result["baseline_ppl"] = json!(record.baseline_ppl);
+                    result["delta_pct"] = json!(record.delta_pct);
+                    result["divergence"] = json!(record.divergence);
+                    result["protocol"] = json!(record.protocol);
+                }
+                Ok(result)
             }
             other => Err(Kind::Internal.tag(tenpak_error::err!("job {id}: unknown kind `{other}`"))),
         }

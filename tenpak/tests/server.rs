@@ -213,6 +213,24 @@ fn studio_packs_the_real_model_and_serves_it() {
     let (_, page) = call(authed(client().get(server.url("/jobs?limit=1&offset=1"))));
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     assert_eq!(page["jobs"][0]["id"], id.as_str(), "newest first");
+
+    // With a base: the divergence of the artifact from the model it came from, as `tenpak eval
+    // --base` prints it.
+    let compared_id = submit(&server, "/evaluate", json!({"job": id, "text": "assets/eval.txt", "windows": 2, "base": MODEL}));
+    let compared = wait(&server, &compared_id, 600, finished);
+    assert_eq!(compared["state"], "done", "{compared}");
+    let served = &compared["result"]["divergence"];
+    let kld = served["kld_mean"].as_f64().unwrap();
+    assert!(kld > 0.0 && served["tokens"] == 2 * 511 && compared["result"]["baseline_ppl"].as_f64().is_some(), "{compared}");
+    let model = util::repo_root().join(MODEL);
+    let cli = tenpak(&[
+        "eval".as_ref(), artifact.as_os_str(), "--text".as_ref(), eval_text.as_os_str(), "--samples".as_ref(), "2".as_ref(),
+        "--base".as_ref(), model.as_os_str(),
+    ]);
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    let cli_kld: f64 = stdout.lines().find_map(|l| l.strip_prefix("KL divergence mean ")).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((kld - cli_kld).abs() <= 1e-6 + 1e-5 * cli_kld, "served KLD {kld} vs tenpak eval --base {cli_kld}");
 }
 
 /// Everything a client can get wrong is refused with the right status and nothing is queued;

@@ -345,7 +345,7 @@ pub fn forward_windows(block: &Block, hidden: &[Tensor], rope: &RopeTables) -> t
 
 /// `f` on each item, several at once on rayon's threads with OpenBLAS single-threaded in each
 /// (one at a time for one item or one thread); the results in order.
-fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> tenpak_error::Result<R> + Sync) -> tenpak_error::Result<Vec<R>> {
+pub fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> tenpak_error::Result<R> + Sync) -> tenpak_error::Result<Vec<R>> {
     if items.len() < 2 || rayon::current_num_threads() < 2 {
         return items.iter().map(f).collect();
     }

@@ -21,7 +21,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 use tenpak_error::{Context, bail, ensure};
 use tenpak_model::runtime::kernels::{self, TokenComparison};
-use tenpak_model::runtime::{Head, blas, ops};
+use tenpak_model::runtime::{Head, ops};
 
 use super::Protocol;
 use crate::artifact::DivergenceRecord;
@@ -418,12 +418,6 @@ pub fn store_window(head: &Head, hidden: &Tensor, ids: &[u32]) -> tenpak_error::
         })?;
     }
     Ok((out, nll.iter().map(|&v| f64::from(v)).sum()))
-}
-
-/// `f` on each of `items`, several at once on rayon's threads with OpenBLAS single-threaded in
-/// each (as the runtime runs windows), the results in order.
-pub(crate) fn per_window<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> tenpak_error::Result<R> + Sync) -> tenpak_error::Result<Vec<R>> {
-    blas::single_threaded(|| items.par_iter().map(&f).collect())
 }
 
 #[cfg(test)]
