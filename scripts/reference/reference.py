@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO / "assets" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_EVAL = REPO / "assets" / "eval.txt"
 DEFAULT_OUT = REPO / "tests" / "reference"
-STEPS = ("tokens", "logprobs", "ppl", "generate")
+STEPS = ("tokens", "logprobs", "ppl", "generate", "chat")
 # Prompts of the `generate` step: prose, a list, code, and a question the model answers briefly
 # (so one case stops at the end-of-sequence token).
 GENERATE_PROMPTS = [
@@ -62,6 +62,17 @@ GENERATE_PROMPTS = [
     "Once upon a time, in a small village by the sea,",
 ]
 GENERATE_TOKENS = 40
+# Conversations of the `chat` step: one turn (the template adds its default system prompt), a
+# system prompt of our own, and a multi-turn exchange.
+CHAT_CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a concise assistant."},
+     {"role": "user", "content": "List three primary colors."}],
+    [{"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello! How can I help you today?"},
+     {"role": "user", "content": "Write a haiku about the sea."}],
+]
+CHAT_TOKENS = 48
 
 # Crafted cases for the tokenizer reference: each exercises a pre-tokenizer or BPE corner.
 CRAFTED = [
@@ -380,6 +391,33 @@ def main() -> int:
             "max_new_tokens": GENERATE_TOKENS, "eos_token_id": model.config.eos_token_id,
             "how": "scripts/reference/reference.py --steps generate; transformers generate, greedy, f32, "
                    "stops at eos (included) or after max_new_tokens",
+            "cases": cases,
+        })
+    if "chat" in steps:
+        # Chat prompts rendered by transformers' apply_chat_template from the GGUF's
+        # tokenizer.chat_template (add_generation_prompt=True), tokenized without added special
+        # tokens (the template writes them), and greedy replies, for `tenpak generate --chat`.
+        from transformers import AutoTokenizer
+
+        hf_tok = AutoTokenizer.from_pretrained(str(args.model.parent), gguf_file=args.model.name)
+        model = load_model(args.model, torch.float32)
+        cases = []
+        for messages in CHAT_CONVERSATIONS:
+            text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = encode(tokenizer, text)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ids]), max_new_tokens=CHAT_TOKENS, do_sample=False,
+                                     num_beams=1, eos_token_id=model.config.eos_token_id, pad_token_id=0)
+            new = out[0, len(ids):].tolist()
+            cases.append({"messages": messages, "text": text, "prompt_ids": ids, "new_ids": new})
+            log(f"chat: {messages[-1]['content']!r} -> {len(new)} tokens")
+        write_json(args.out / "chat.json", {
+            "tool": tool, "model": args.model.name, "model_sha256": model_sha,
+            "chat_template": hf_tok.chat_template,
+            "max_new_tokens": CHAT_TOKENS, "eos_token_id": model.config.eos_token_id,
+            "how": "scripts/reference/reference.py --steps chat; transformers apply_chat_template "
+                   "(add_generation_prompt=True), then generate, greedy, f32, stops at eos (included) "
+                   "or after max_new_tokens",
             "cases": cases,
         })
     return 0

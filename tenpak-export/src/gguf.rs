@@ -35,7 +35,7 @@ use tenpak_error::{Context, Kind, Result, bail, ensure};
 use tenpak_model::ggml::{self, name_of};
 use tenpak_model::gguf::{gguf_tensor_name, permutes_qk, rope_permuted_row_order};
 use tenpak_model::{ModelConfig, ggml_bits_per_weight};
-use tenpak_pack::artifact::{Artifact, TensorRecord};
+use tenpak_pack::artifact::{Artifact, CHAT_TEMPLATE_FILE, TensorRecord};
 use tenpak_pack::observe::{PackObserver, Stage, Tracker};
 
 use super::gguf_vocab::tokenizer_metadata;
@@ -141,6 +141,12 @@ pub fn export_gguf(
         tokenizer_metadata(&tokenizer, config)
             .with_context(|| tokenizer_path.display().to_string())?,
     );
+    // The chat template, where llama.cpp's chat front ends look for it.
+    let chat_path = artifact.dir().join(CHAT_TEMPLATE_FILE);
+    if chat_path.exists() {
+        let template = std::fs::read_to_string(&chat_path).with_context(|| format!("reading {}", chat_path.display()))?;
+        metadata.push(("tokenizer.chat_template".to_owned(), Value::String(template)));
+    }
 
     let decls = manifest
         .tensors

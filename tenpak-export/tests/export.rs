@@ -403,6 +403,13 @@ fn real_model_int4_g32_exports_exactly_and_scores_the_same() {
         210
     );
     assert!((report.bits_per_weight(|t| t.linear) - 5.0).abs() < 1e-12);
+    // The chat template travels: source GGUF -> artifact (chat_template.jinja) -> exported GGUF.
+    let template = |path: &Path| model::open(path).unwrap().chat_template().unwrap().map(|t| t.template);
+    let source_template = template(&util::real_gguf()).expect("SmolLM2's GGUF has a chat template");
+    assert_eq!(std::fs::read_to_string(artifact_dir.join("chat_template.jinja")).unwrap(), source_template);
+    let artifact_source = tenpak_pack::artifact::ArtifactSource::open(&artifact_dir, registry.clone()).unwrap();
+    assert_eq!(model::ModelSource::chat_template(&artifact_source).unwrap().map(|t| t.template).as_ref(), Some(&source_template));
+    assert_eq!(template(&gguf_path), Some(source_template));
 
     let score = |model: &Path| {
         let request = EvalRequest {

@@ -25,6 +25,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
 
 use super::gguf_tokenizer::{integer, tokenizer_json_from_gguf};
+use super::chat::TemplateSource;
 use super::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
 use tenpak_error::Kind;
 
@@ -341,6 +342,14 @@ impl ModelSource for GgufModel {
     }
     fn tokenizer_error(&self) -> Option<String> {
         self.tokenizer.as_ref().err().cloned()
+    }
+    fn chat_template(&self) -> tenpak_error::Result<Option<TemplateSource>> {
+        let origin = format!("{}: tokenizer.chat_template", self.path.display());
+        match self.content.metadata.get("tokenizer.chat_template") {
+            None => Ok(None),
+            Some(Value::String(template)) => Ok(Some(TemplateSource { template: template.clone(), origin, bos_token: None, eos_token: None })),
+            Some(_) => tenpak_error::bail!("{origin}: not a string"),
+        }
     }
     fn config_json(&self) -> tenpak_error::Result<String> {
         Ok(self.config.to_hf_config_json())

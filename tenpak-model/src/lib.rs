@@ -6,7 +6,8 @@
 //!   is read tensor by tensor from a memory map and speaks one convention: Hugging Face names
 //!   and Llama's q/k row order.
 //! - [`config`]: the hyper-parameters the runtime needs, from `config.json` or GGUF metadata.
-//! - [`tokenize`]: the model's tokenizer through the `tokenizers` crate.
+//! - [`tokenize`]: the model's tokenizer through the `tokenizers` crate; [`chat`]: its chat
+//!   template, rendered as transformers renders it.
 //! - [`roles`]: what each weight does (q/k/v/o, gate/up/down, embedding, head) and its block.
 //! - [`runtime`]: the Llama-family forward pass on candle-core, with a hook at every linear
 //!   layer's input, block by block, and the gradients of the loss for the Fisher information.
@@ -15,6 +16,7 @@
 //! Failures are [`tenpak_error::Error`]s; a missing file is tagged not found, an architecture
 //! the runtime does not run unsupported.
 
+pub mod chat;
 pub mod config;
 pub mod ggml;
 pub mod gguf;

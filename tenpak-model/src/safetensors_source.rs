@@ -14,6 +14,7 @@ use tenpak_error::{Context, bail};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
+use super::chat::TemplateSource;
 use super::{ModelConfig, ModelSource, SourceDType, TensorInfo, TokenizerSource};
 
 /// safetensors' own limit on the JSON header (100 MB); larger values mean a corrupt length.
@@ -50,6 +51,9 @@ pub struct SafetensorsModel {
     tensors: Vec<TensorInfo>,
     entries: HashMap<String, Entry>,
     tokenizer: TokenizerSource,
+    /// The directory the model's side files (tokenizer_config.json, chat_template.jinja) are read
+    /// from, real and as messages name it.
+    dir: Names,
 }
 
 struct Shard {
@@ -272,6 +276,7 @@ impl SafetensorsModel {
             tensors,
             entries,
             tokenizer,
+            dir: Names { real: names.real.clone(), shown: names.shown.clone() },
         })
     }
 }
@@ -409,6 +414,9 @@ impl ModelSource for SafetensorsModel {
     }
     fn tokenizer(&self) -> TokenizerSource {
         self.tokenizer.clone()
+    }
+    fn chat_template(&self) -> tenpak_error::Result<Option<TemplateSource>> {
+        crate::chat::find_in_dir(&self.dir.real, &self.dir.shown)
     }
     fn config_json(&self) -> tenpak_error::Result<String> {
         Ok(self.config_text.clone())

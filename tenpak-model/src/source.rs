@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::chat::TemplateSource;
 use crate::config::ModelConfig;
 use crate::{gguf, safetensors_source};
 
@@ -109,6 +110,11 @@ pub trait ModelSource: Send + Sync {
     /// "no tokenizer".
     fn tokenizer_error(&self) -> Option<String> {
         None
+    }
+    /// The chat template shipped with the model ([`crate::chat`]), `None` when it has none.
+    /// Errors name a side file that is malformed.
+    fn chat_template(&self) -> tenpak_error::Result<Option<TemplateSource>> {
+        Ok(None)
     }
     /// An HF `config.json` text for this model (copied if the source had one, derived otherwise).
     fn config_json(&self) -> tenpak_error::Result<String>;

@@ -661,7 +661,7 @@ fn greedy_generation_equals_argmax_of_recomputation() {
         expected.push(argmax(rows.last().unwrap()));
     }
     let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::default());
-    let generator = Generator::new(model.clone(), tokenizer.clone(), "tiny");
+    let generator = Generator::new(model.clone(), tokenizer.clone(), "tiny", None);
     let mut streamed = Vec::new();
     let out = generator.generate(&prompt, 20, Sampling::Greedy, &mut |t| {
         streamed.push(t);
@@ -675,7 +675,7 @@ fn greedy_generation_equals_argmax_of_recomputation() {
     config.eos_token_id = Some(expected[prompt.len() + 4]);
     let model = LlamaModel::load(&config, &weights).unwrap();
     let first_eos = expected[prompt.len()..].iter().position(|&t| Some(t) == config.eos_token_id).unwrap();
-    let out = Generator::new(model, tokenizer, "tiny").generate(&prompt, 20, Sampling::Greedy, &mut |_| Ok(())).unwrap();
+    let out = Generator::new(model, tokenizer, "tiny", None).generate(&prompt, 20, Sampling::Greedy, &mut |_| Ok(())).unwrap();
     assert_eq!(out.stop, Stop::Eos);
     assert_eq!(out.tokens, expected[prompt.len()..prompt.len() + first_eos + 1]);
 }
@@ -782,7 +782,7 @@ use tenpak_model::tokenize;
         let source = model::open(&util::real_gguf()).expect("the real GGUF opens");
         let model = LlamaModel::load(source.config(), source.as_ref()).expect("the real model loads");
         let tokenizer = tokenize::for_model(source.as_ref()).expect("the GGUF tokenizer loads");
-        let generator = Generator::new(model, tokenizer, "real");
+        let generator = Generator::new(model, tokenizer, "real", None);
         let max = reference["max_new_tokens"].as_u64().unwrap() as usize;
         let mut stops = Vec::new();
         for case in reference["cases"].as_array().expect("cases") {
@@ -794,6 +794,32 @@ use tenpak_model::tokenize;
             stops.push(out.stop);
         }
         assert!(stops.contains(&Stop::Eos) && stops.contains(&Stop::Length), "the cases cover both stops: {stops:?}");
+    }
+
+    /// `tenpak generate --chat`: the GGUF's chat template renders each conversation to the text
+    /// transformers' `apply_chat_template` renders, the same token ids, and the same greedy
+    /// reply (tests/reference/chat.json from `reference.py --steps chat`).
+    #[test]
+    fn chat_generation_matches_transformers() {
+        use tenpak_model::chat::Message;
+        use tenpak_pack::generate::{Generator, Sampling};
+        let reference = reference("chat.json");
+        let source = model::open(&util::real_gguf()).expect("the real GGUF opens");
+        let chat = source.chat_template().expect("the template reads");
+        assert_eq!(chat.as_ref().map(|c| c.template.as_str()), reference["chat_template"].as_str(), "the GGUF's template is transformers'");
+        let model = LlamaModel::load(source.config(), source.as_ref()).expect("the real model loads");
+        let tokenizer = tokenize::for_model(source.as_ref()).expect("the GGUF tokenizer loads");
+        let generator = Generator::new(model, tokenizer, "real", chat);
+        let template = generator.chat_template().expect("the template compiles");
+        let max = reference["max_new_tokens"].as_u64().unwrap() as usize;
+        for case in reference["cases"].as_array().expect("cases") {
+            let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            assert_eq!(template.render(&messages, true).unwrap(), case["text"].as_str().unwrap(), "rendering {messages:?}");
+            let ids = generator.encode_chat(&template, &messages).unwrap();
+            assert_eq!(ids, ids_of(&case["prompt_ids"]), "token ids of {messages:?}");
+            let out = generator.generate(&ids, max, Sampling::Greedy, &mut |_| Ok(())).unwrap();
+            assert_eq!(out.tokens, ids_of(&case["new_ids"]), "greedy reply to {messages:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tenpak_api::registry::Registry;
 use tenpak_error::{Context, bail, ensure};
+use tenpak_model::chat::{ChatTemplate, Message, TemplateSource};
 use tenpak_model::runtime::{LlamaModel, RopeTables, ops};
 use tenpak_model::tokenize::{self, Tokenizer};
 
@@ -77,6 +78,7 @@ pub struct Generator {
     model: LlamaModel,
     tokenizer: Tokenizer,
     name: String,
+    chat: Option<TemplateSource>,
 }
 
 impl Generator {
@@ -85,13 +87,37 @@ impl Generator {
         let source = spec.open_any(registry.clone())?;
         let name = spec.name();
         let tokenizer = tokenize::for_model(source.as_ref()).with_context(|| name.clone())?;
+        let chat = source.chat_template()?;
         let model = LlamaModel::load(source.config(), source.as_ref()).with_context(|| format!("loading {name}"))?;
-        Ok(Generator { model, tokenizer, name })
+        Ok(Generator { model, tokenizer, name, chat })
     }
 
-    /// A model already loaded, with its tokenizer.
-    pub fn new(model: LlamaModel, tokenizer: Tokenizer, name: impl Into<String>) -> Generator {
-        Generator { model, tokenizer, name: name.into() }
+    /// A model already loaded, with its tokenizer and its chat template if it has one.
+    pub fn new(model: LlamaModel, tokenizer: Tokenizer, name: impl Into<String>, chat: Option<TemplateSource>) -> Generator {
+        Generator { model, tokenizer, name: name.into(), chat }
+    }
+
+    /// The model's chat template, compiled, with the texts of its BOS/EOS tokens (from the
+    /// source's tokenizer_config.json, else the configuration's token ids).
+    pub fn chat_template(&self) -> tenpak_error::Result<ChatTemplate> {
+        let source = self.chat.as_ref().with_context(|| {
+            format!(
+                "{}: the model ships no chat template (none in the GGUF's tokenizer.chat_template, chat_template.jinja or \
+                 tokenizer_config.json); give a plain --prompt without --chat",
+                self.name
+            )
+        })?;
+        let config = self.model.config();
+        let token = |id: Option<u32>| id.and_then(|id| self.tokenizer.id_to_token(id));
+        Ok(ChatTemplate::new(source)?.with_special_tokens(token(config.bos_token_id), token(config.eos_token_id)))
+    }
+
+    /// The token ids of `messages` rendered by `template`, opening the assistant's turn. The
+    /// template writes every special token itself, so the tokenizer adds none (as transformers'
+    /// `apply_chat_template(..., add_generation_prompt=True)`).
+    pub fn encode_chat(&self, template: &ChatTemplate, messages: &[Message]) -> tenpak_error::Result<Vec<u32>> {
+        let text = template.render(messages, true)?;
+        Ok(self.tokenizer.encode(text, false).map_err(|e| tenpak_error::err!("tokenizing the chat prompt: {e}"))?.get_ids().to_vec())
     }
 
     /// The tokenizer.

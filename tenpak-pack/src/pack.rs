@@ -21,7 +21,7 @@ use tenpak_model::{ModelSource, TokenizerSource};
 
 use crate::artifact::safetensors_writer::sha256_file_named;
 use crate::artifact::{
-    ArtifactSource, ArtifactWriter, EvaluationRecord, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord,
+    ArtifactSource, ArtifactWriter, CHAT_TEMPLATE_FILE, EvaluationRecord, FORMAT, FORMAT_VERSION, FileRecord, Manifest, PresetRecord,
     SourceRecord, TensorRecord, Totals,
 };
 use crate::encode::write_tensor;
@@ -155,7 +155,8 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
     staged.publish()
 }
 
-/// config.json and the tokenizer, copied (or derived), so the artifact stands alone.
+/// config.json, the tokenizer and the chat template, copied (or derived), so the artifact
+/// stands alone.
 fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> tenpak_error::Result<()> {
     writer.add_file("config.json", model.config_json()?.as_bytes())?;
     match model.tokenizer() {
@@ -165,6 +166,9 @@ fn add_side_files(writer: &mut ArtifactWriter, model: &dyn ModelSource) -> tenpa
         }
         TokenizerSource::Json(text) => writer.add_file("tokenizer.json", text.as_bytes())?,
         TokenizerSource::Missing => {}
+    }
+    if let Some(chat) = model.chat_template()? {
+        writer.add_file(CHAT_TEMPLATE_FILE, chat.template.as_bytes())?;
     }
     Ok(())
 }

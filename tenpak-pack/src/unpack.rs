@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use tenpak_api::DType;
 use tenpak_api::registry::Registry;
 
-use crate::artifact::Artifact;
+use crate::artifact::{Artifact, CHAT_TEMPLATE_FILE};
 use crate::artifact::safetensors_writer::ShardWriter;
 use crate::observe::{PackObserver, Stage, Tracker};
 
@@ -77,9 +77,11 @@ pub fn unpack(
             obj.insert("torch_dtype".into(), dtype.torch_name().into());
         }
         std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-        let tokenizer = artifact.dir().join("tokenizer.json");
-        if tokenizer.exists() {
-            std::fs::copy(&tokenizer, tmp.join("tokenizer.json"))?;
+        for side in ["tokenizer.json", CHAT_TEMPLATE_FILE] {
+            let path = artifact.dir().join(side);
+            if path.exists() {
+                std::fs::copy(&path, tmp.join(side)).with_context(|| format!("copying {}", path.display()))?;
+            }
         }
         if out.exists() {
             std::fs::remove_dir_all(out).with_context(|| format!("removing the old {}", out.display()))?;

@@ -18,7 +18,8 @@ use tenpak_export::{CtOptions, GgufOptions, export_compressed_tensors, export_gg
 use tenpak_pack::artifact::Artifact;
 use tenpak_pack::eval::kld::BaseLogits;
 use tenpak_pack::eval::{self, BaseSpec, CompareRequest, EvalRequest, PplOptions, Protocol};
-use tenpak_pack::generate::{Generator, Sampling, Stop};
+use tenpak_model::chat::Message;
+use tenpak_pack::generate::{Generation, Generator, Sampling, Stop};
 use tenpak_pack::limits::Limits;
 use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, default_output};
 use tenpak_pack::text::TextSpec;
@@ -162,14 +163,30 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "base")]
         save_base: Option<PathBuf>,
     },
-    /// Text from a model or an artifact after a prompt: KV-cached decoding, greedy or sampled,
-    /// streamed to stdout, with tokens/s for the prompt and for generation.
+    /// Text from a model or an artifact after a prompt or in a chat: KV-cached decoding, greedy
+    /// or sampled, streamed to stdout, with tokens/s for the prompt and for generation.
+    ///
+    /// With --chat the prompt is the user's turn, put into the model's chat template (from the
+    /// GGUF metadata, chat_template.jinja or tokenizer_config.json) with --system before it;
+    /// without --prompt, each line read from stdin is a turn of one conversation. --messages
+    /// takes a whole conversation from a JSON file.
     Generate {
         /// A model (HF dir, .safetensors, .gguf) or a TenPak artifact directory.
         model: PathBuf,
-        /// The prompt (tokenized with the special tokens the tokenizer adds).
+        /// The prompt (tokenized with the special tokens the tokenizer adds), or with --chat the
+        /// user's message.
+        #[arg(long, required_unless_present_any = ["chat", "messages"])]
+        prompt: Option<String>,
+        /// Put the prompt into the model's chat template, as its reply's opening; without
+        /// --prompt, chat turn by turn on stdin.
         #[arg(long)]
-        prompt: String,
+        chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// A conversation to continue, in the chat template: a JSON list of {"role", "content"}.
+        #[arg(long, value_name = "FILE.json", conflicts_with_all = ["prompt", "system"])]
+        messages: Option<PathBuf>,
         /// Most new tokens; generation also stops at the end-of-sequence token.
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
@@ -386,40 +403,39 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
             println!("protocol      {}", report.protocol);
         }
-        Command::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed, compare } => {
+        Command::Generate { model, prompt, chat, system, messages, max_tokens, temperature, top_k, top_p, seed, compare } => {
             let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, top_p, seed } };
+            let conversation = match (&messages, &prompt) {
+                (Some(file), _) => Some(read_messages(file)?),
+                (None, Some(prompt)) if chat => {
+                    Some(system.iter().map(|s| Message::new("system", s.as_str())).chain([Message::new("user", prompt.as_str())]).collect())
+                }
+                _ => None,
+            };
+            if chat && conversation.is_none() {
+                if compare.is_some() {
+                    return Err(Error::msg("--compare needs the conversation up front: give --prompt or --messages with --chat"));
+                }
+                return chat_on_stdin(&Generator::open(&model.clone().into(), &registry)?, system, max_tokens, sampling);
+            }
             for (label, path) in std::iter::once(("model", model)).chain(compare.map(|base| ("base", base))) {
                 let generator = Generator::open(&path.clone().into(), &registry)?;
-                let prompt_ids = generator.encode(&prompt)?;
                 println!("--- {label} {} ---", path.display());
-                print!("{prompt}");
-                let mut shown = String::new();
-                let mut tokens = Vec::new();
-                let generation = generator.generate(&prompt_ids, max_tokens, sampling, &mut |token| {
-                    use std::io::Write;
-                    // Decode everything so far and print what is new: a token may end inside a
-                    // multi-byte character that the next one completes.
-                    tokens.push(token);
-                    let text = generator.decode(&tokens)?;
-                    if let Some(new) = text.strip_prefix(shown.as_str()) {
-                        print!("{new}");
-                        let _ = std::io::stdout().flush();
+                let prompt_ids = match (&conversation, &prompt) {
+                    (Some(messages), _) => {
+                        let template = generator.chat_template()?;
+                        eprintln!("{label}: chat template from {}", template.origin());
+                        generator.encode_chat(&template, messages)?
                     }
-                    shown = text;
-                    Ok(())
-                })?;
+                    (None, Some(prompt)) => {
+                        print!("{prompt}");
+                        generator.encode(prompt)?
+                    }
+                    (None, None) => unreachable!("clap requires --prompt, --chat or --messages"),
+                };
+                let generation = stream_generation(&generator, &prompt_ids, max_tokens, sampling)?;
                 println!();
-                eprintln!(
-                    "{label}: {} prompt tokens at {:.1} tokens/s; {} new tokens at {:.1} tokens/s; stopped at {}",
-                    generation.prompt.len(),
-                    generation.prompt_tokens_per_second(),
-                    generation.tokens.len(),
-                    generation.tokens_per_second(),
-                    match generation.stop {
-                        Stop::Eos => "the end-of-sequence token",
-                        Stop::Length => "--max-tokens",
-                    }
-                );
+                report_generation(label, &generation);
             }
         }
         Command::Info { artifact, tensors, json } => {
@@ -554,4 +570,80 @@ fn main() -> ExitCode {
             ExitCode::from(e.kind().exit_code())
         }
     }
+}
+
+/// Generate after `prompt_ids`, printing the text as it comes: everything so far is decoded and
+/// what is new printed, since a token may end inside a multi-byte character the next completes.
+fn stream_generation(generator: &Generator, prompt_ids: &[u32], max_tokens: usize, sampling: Sampling) -> Result<Generation> {
+    use std::io::Write;
+    let mut shown = String::new();
+    let mut tokens = Vec::new();
+    generator.generate(prompt_ids, max_tokens, sampling, &mut |token| {
+        tokens.push(token);
+        let text = generator.decode(&tokens)?;
+        if let Some(new) = text.strip_prefix(shown.as_str()) {
+            print!("{new}");
+            let _ = std::io::stdout().flush();
+        }
+        shown = text;
+        Ok(())
+    })
+}
+
+/// The speeds and the reason generation stopped, on stderr.
+fn report_generation(label: &str, generation: &Generation) {
+    eprintln!(
+        "{label}: {} prompt tokens at {:.1} tokens/s; {} new tokens at {:.1} tokens/s; stopped at {}",
+        generation.prompt.len(),
+        generation.prompt_tokens_per_second(),
+        generation.tokens.len(),
+        generation.tokens_per_second(),
+        match generation.stop {
+            Stop::Eos => "the end-of-sequence token",
+            Stop::Length => "--max-tokens",
+        }
+    );
+}
+
+/// A conversation from `file`: a JSON list of `{"role", "content"}`.
+fn read_messages(file: &std::path::Path) -> Result<Vec<Message>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let messages: Vec<Message> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of {{\"role\": ..., \"content\": ...}}", file.display()))?;
+    if messages.is_empty() {
+        return Err(Error::msg(format!("{}: the conversation is empty", file.display())));
+    }
+    Ok(messages)
+}
+
+/// A chat on stdin: each line is the user's turn; the reply (without its end-of-turn token) joins
+/// the conversation, which the template renders anew for every turn. Ends at end of input.
+fn chat_on_stdin(generator: &Generator, system: Option<String>, max_tokens: usize, sampling: Sampling) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let template = generator.chat_template()?;
+    eprintln!("chat with {} (template from {}); one line per turn, end with Ctrl-D", generator.name(), template.origin());
+    let mut messages: Vec<Message> = system.into_iter().map(|s| Message::new("system", s)).collect();
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    loop {
+        if interactive {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(Message::new("user", line));
+        let ids = generator.encode_chat(&template, &messages)?;
+        let generation = stream_generation(generator, &ids, max_tokens, sampling)?;
+        println!();
+        report_generation("model", &generation);
+        messages.push(Message::new("assistant", generator.decode(&generation.tokens)?));
+    }
+    Ok(())
 }

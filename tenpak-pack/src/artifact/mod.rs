@@ -5,6 +5,7 @@
 //!   manifest.json                  see [`Manifest`]
 //!   weights/shard_0.safetensors    packed parts keyed "<tensor name>.<part>"; raw tensors by name
 //!   config.json, tokenizer.json    copied (or derived, for a GGUF source)
+//!   chat_template.jinja            the source's chat template, when it has one
 //! ```
 //!
 //! Writing happens in a hidden temporary directory beside the destination, which is renamed into
@@ -21,5 +22,8 @@ pub mod safetensors_writer;
 pub mod writer;
 
 pub use manifest::*;
+
+/// The side file holding the source model's chat template (the name transformers reads).
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 pub use reader::{Artifact, ArtifactSource};
 pub use writer::{ArtifactWriter, Staged, remove_stale_temporaries, temp_sibling};

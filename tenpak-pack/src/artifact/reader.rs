@@ -10,8 +10,10 @@ use memmap2::Mmap;
 use tenpak_api::registry::Registry;
 use tenpak_api::{DType, Encoded, Part};
 use tenpak_error::{Context, Result, bail};
+use tenpak_model::chat::TemplateSource;
 use tenpak_model::{ModelConfig, ModelSource, TensorInfo, TokenizerSource};
 
+use super::CHAT_TEMPLATE_FILE;
 use super::manifest::{FORMAT, FORMAT_VERSION, Manifest, PartRecord, TensorRecord};
 use super::safetensors_writer::{dtype_from_safetensors, sha256_file_named};
 
@@ -247,6 +249,15 @@ impl ModelSource for ArtifactSource {
     fn tokenizer(&self) -> TokenizerSource {
         let path = self.artifact.dir.join("tokenizer.json");
         if path.exists() { TokenizerSource::File(path) } else { TokenizerSource::Missing }
+    }
+    fn chat_template(&self) -> Result<Option<TemplateSource>> {
+        let path = self.artifact.dir.join(CHAT_TEMPLATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let origin = self.artifact.shown.join(CHAT_TEMPLATE_FILE).display().to_string();
+        let template = std::fs::read_to_string(&path).with_context(|| format!("reading {origin}"))?;
+        Ok(Some(TemplateSource { template, origin, bos_token: None, eos_token: None }))
     }
     fn config_json(&self) -> Result<String> {
         let path = self.artifact.dir.join("config.json");
