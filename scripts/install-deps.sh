@@ -12,6 +12,8 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# venv: scripts/fetch-tasks.sh converts the task sets with pyarrow in a virtualenv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 # OpenBLAS, which the runtime opens at run time for its matrix products (candle's otherwise).

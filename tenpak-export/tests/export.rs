@@ -258,6 +258,7 @@ fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
         calib: Some(TextSpec::Inline { name: "calib".into(), text: text.clone() }),
         eval: Some(TextSpec::Inline { name: "eval".into(), text: text.clone() }),
         target_bpw: None,
+        tasks: None,
     };
     let manifest = pack(&request, &registry).unwrap();
     let gguf_path = dir.path().join("q4k.gguf");

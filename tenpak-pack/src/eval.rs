@@ -725,6 +725,8 @@ fn compared_record(baseline_ppl: f64, divergence: DivergenceRecord, report: &Ppl
         delta_pct: 100.0 * (report.ppl - baseline_ppl) / baseline_ppl,
         protocol: format!("{} ({source})", report.protocol),
         divergence: Some(divergence),
+        tasks: Vec::new(),
+        baseline_tasks: Vec::new(),
     }
 }
 
@@ -763,5 +765,7 @@ pub fn evaluation_record(
         delta_pct: 100.0 * (compressed.ppl - baseline_ppl) / baseline_ppl,
         protocol,
         divergence,
+        tasks: Vec::new(),
+        baseline_tasks: Vec::new(),
     }
 }

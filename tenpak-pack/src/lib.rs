@@ -37,5 +37,6 @@ pub mod plan;
 pub mod preset;
 pub mod report;
 pub mod sweep;
+pub mod tasks;
 pub mod text;
 pub mod unpack;

@@ -28,7 +28,7 @@ use crate::encode::write_tensor;
 use crate::eval::{self, Baseline, PplReport, Protocol, evaluation_record};
 use crate::observe::{PackObserver, Stage, Tracker};
 use crate::plan::{Allocation, Evaluation, PackPlan};
-use crate::{allocate, pipeline};
+use crate::{allocate, pipeline, tasks};
 
 fn source_record(model: &dyn ModelSource) -> tenpak_error::Result<SourceRecord> {
     let mut dtypes = BTreeMap::new();
@@ -101,7 +101,9 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
         Allocation::Measured(_) => allocate::steps(plan),
         Allocation::Fixed(_) => 0,
     };
-    let total = measure_steps + if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
+    // Tasks: each item on the source, then on the artifact.
+    let task_steps = plan.tasks.as_ref().map_or(0, |items| 2 * items.len() as u64);
+    let total = measure_steps + task_steps + if calibrated { pipeline::steps(plan) } else { model.tensors().len() as u64 + eval_steps };
     let tracker = Tracker::new(observer, total);
     // A measuring allocator chooses the plan now, before anything is written.
     let (layers, allocation) = match &plan.allocation {
@@ -141,16 +143,33 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
         allocation,
         shards: Vec::new(),
     };
-    if calibrated || plan.evaluation.is_none() {
+    let evaluate_now = !calibrated && plan.evaluation.is_some();
+    if !evaluate_now && plan.tasks.is_none() {
         return writer.commit(manifest);
     }
-    // Calibration-free: score the finished artifact against its source before it is moved into
-    // place, so a failed or cancelled evaluation leaves nothing behind.
+    // Score the finished artifact (calibration-free: against its source; tasks: both) before it
+    // is moved into place, so a failed or cancelled evaluation leaves nothing behind.
     let mut staged = writer.finish(manifest)?;
-    let evaluation = plan.evaluation.as_ref().expect("checked above");
-    let record = evaluate_artifact(plan, evaluation, staged.dir(), registry, &tracker)?;
     let mut manifest = staged.manifest().clone();
-    manifest.evaluation = Some(record);
+    if evaluate_now {
+        let evaluation = plan.evaluation.as_ref().expect("checked above");
+        manifest.evaluation = Some(evaluate_artifact(plan, evaluation, staged.dir(), registry, &tracker)?);
+    }
+    if let Some(items) = &plan.tasks {
+        let record = manifest.evaluation.as_mut().context("tasks are scored beside an evaluation")?;
+        let artifact = ArtifactSource::open(staged.dir(), registry.clone())?;
+        for (what, source) in [("source", model), ("compressed", &artifact as &dyn ModelSource)] {
+            tracker.begin(Stage::Evaluate, None, format!("{what}: {} multiple-choice items", items.len()))?;
+            let report = tasks::run_on(source, items, &mut |done, total| {
+                tracker.end(Stage::Evaluate, None, format!("{what}: item {done}/{total}"));
+                tracker.check()
+            })?;
+            match what {
+                "source" => record.baseline_tasks = report.scores,
+                _ => record.tasks = report.scores,
+            }
+        }
+    }
     staged.set_manifest(manifest)?;
     staged.publish()
 }

@@ -105,6 +105,18 @@ pub struct PackRequest {
     /// Bits per weight on the block linears, overriding the preset's `target_bpw` (a preset
     /// whose allocator measures, such as `bit_budget`).
     pub target_bpw: Option<f64>,
+    /// Multiple-choice items to score the source and the artifact on ([`crate::tasks`]), the
+    /// accuracies recorded beside the evaluation's perplexities; needs `eval`.
+    pub tasks: Option<TaskSpec>,
+}
+
+/// A task file for a pack to score, and at most how many items of each task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSpec {
+    /// The JSONL file ([`crate::tasks`] describes its forms).
+    pub file: PathBuf,
+    /// Only the first `limit` items of each task.
+    pub limit: Option<usize>,
 }
 
 /// The calibration input of a plan.
@@ -188,6 +200,8 @@ pub struct PackPlan {
     pub output: PathBuf,
     /// Replace an existing artifact at `output`.
     pub force: bool,
+    /// Multiple-choice items to score the source and the artifact on, read and checked.
+    pub tasks: Option<Vec<crate::tasks::Item>>,
 }
 
 impl PackPlan {
@@ -326,6 +340,13 @@ impl PackPlan {
                 Some(Evaluation { text, ids, windows, options, warning, known_baseline: None })
             }
         };
+        let tasks = match &request.tasks {
+            None => None,
+            Some(_) if evaluation.is_none() => {
+                bail!("tasks are scored beside the evaluation's perplexities: give an evaluation text (drop --no-eval)")
+            }
+            Some(spec) => Some(crate::tasks::read_items(&spec.file, spec.limit)?),
+        };
         Ok(PackPlan {
             model,
             preset,
@@ -336,6 +357,7 @@ impl PackPlan {
             evaluation,
             output: request.output.clone(),
             force: request.force,
+            tasks,
         })
     }
 }

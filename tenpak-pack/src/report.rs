@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::artifact::{EvaluationRecord, Manifest};
+use crate::artifact::{EvaluationRecord, Manifest, TaskScore};
 
 fn group_size(params: &tenpak_api::Params) -> String {
     params.get("group_size").map_or("-".into(), |v| v.to_string())
@@ -88,6 +88,43 @@ pub fn evaluation(e: &EvaluationRecord) -> String {
             d.same_top_pct, d.same_top_err_pct, d.dp_rms_pct, d.dp_rms_err_pct, d.ppl_ratio, d.ppl_ratio_err
         );
     }
+    if !e.tasks.is_empty() {
+        let mut models = vec![("compressed", e.tasks.as_slice())];
+        if !e.baseline_tasks.is_empty() {
+            models.insert(0, ("baseline", e.baseline_tasks.as_slice()));
+        }
+        out.push_str(&task_table(&models));
+    }
     let _ = writeln!(out, "  protocol    {}", e.protocol);
+    out
+}
+
+/// Multiple-choice accuracies side by side, one column pair (acc, acc_norm, ± one standard
+/// error, in %) per labelled model, one row per task in the first model's order.
+pub fn task_table(models: &[(&str, &[TaskScore])]) -> String {
+    let mut out = format!("{:<15} {:>6}", "task", "items");
+    for (label, _) in models {
+        let _ = write!(out, "  {:>20}  {:>20}", format!("acc % {label}"), format!("acc_norm % {label}"));
+    }
+    out.push('\n');
+    let Some((_, first)) = models.first() else { return out };
+    let pct = |v: Option<f64>, e: Option<f64>| match (v, e) {
+        (Some(v), Some(e)) => format!("{:.2} ± {:.2}", 100.0 * v, 100.0 * e),
+        _ => "-".to_owned(),
+    };
+    for row in first.iter() {
+        let _ = write!(out, "{:<15} {:>6}", row.task, row.items);
+        for (_, scores) in models {
+            match scores.iter().find(|s| s.task == row.task) {
+                Some(s) => {
+                    let _ = write!(out, "  {:>20}  {:>20}", pct(Some(s.acc), Some(s.acc_err)), pct(s.acc_norm, s.acc_norm_err));
+                }
+                None => {
+                    let _ = write!(out, "  {:>20}  {:>20}", "-", "-");
+                }
+            }
+        }
+        out.push('\n');
+    }
     out
 }

@@ -463,6 +463,7 @@ fn prepare(request: &SweepRequest, registry: &Registry, observer: &dyn PackObser
             calib: Some(request.calib.clone()),
             eval: Some(request.eval.clone()),
             target_bpw: Some(target),
+            tasks: None,
         };
         let label = format!("bpw-{target}");
         let plan = PackPlan::build(&pack_request, registry).with_context(|| format!("target {target} bits per weight"))?;

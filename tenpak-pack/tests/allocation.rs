@@ -20,6 +20,7 @@ fn job(t: &Tiny, preset: &str, target_bpw: Option<f64>) -> PackRequest {
         calib: Some(TextSpec::File(t.calib.clone())),
         eval: Some(TextSpec::File(t.eval.clone())),
         target_bpw,
+        tasks: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn round_trip(source: &Path, work: &Path, model_type: &str, registry: &Arc<Regis
         calib: None,
         eval: Some(text()),
         target_bpw: None,
+        tasks: None,
     };
     let manifest = pack(&request, registry).unwrap();
     assert_eq!(manifest.model_config.model_type, model_type);

@@ -9,3 +9,4 @@ mod divergence;
 mod fuzz_regressions;
 mod pipeline;
 mod sweep;
+mod tasks;

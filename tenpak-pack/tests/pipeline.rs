@@ -96,6 +96,7 @@ fn job(preset: &(Preset, String), t: &Tiny) -> PackRequest {
         calib: Some(TextSpec::File(t.calib.clone())),
         eval: Some(TextSpec::File(t.eval.clone())),
         target_bpw: None,
+        tasks: None,
     }
 }
 
@@ -291,6 +292,7 @@ mod real {
                 calib: Some(TextSpec::File(calib.clone())),
                 eval: Some(TextSpec::File(eval_text.clone())),
                 target_bpw: None,
+                tasks: None,
             };
             pack(&job, &registry).unwrap()
         };
@@ -515,6 +517,7 @@ fn inline_texts_pack_as_files() {
         calib: Some(TextSpec::Inline { name: "calib (inline)".into(), text: read(&t.calib) }),
         eval: Some(TextSpec::Inline { name: "eval (inline)".into(), text: read(&t.eval) }),
         target_bpw: None,
+        tasks: None,
         ..job(&preset, &t)
     };
     let from_request = run_observed(&inline, &Recorder::default()).unwrap();

@@ -187,6 +187,7 @@ impl Requests {
             calib: body.calib_text.as_ref().map(|v| self.text("calib_text", v)).transpose()?,
             eval: body.eval_text.as_ref().map(|v| self.text("eval_text", v)).transpose()?,
             target_bpw: body.target_bpw,
+            tasks: None,
         })
     }
 

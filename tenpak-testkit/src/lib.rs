@@ -231,6 +231,7 @@ pub fn request(
         calib: None,
         eval: None,
         target_bpw: None,
+        tasks: None,
     }
 }
 

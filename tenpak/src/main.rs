@@ -21,7 +21,7 @@ use tenpak_pack::eval::{self, BaseSpec, CompareRequest, EvalRequest, PplOptions,
 use tenpak_model::chat::Message;
 use tenpak_pack::generate::{Generation, Generator, Sampling, Stop};
 use tenpak_pack::limits::Limits;
-use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, default_output};
+use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, TaskSpec, default_output};
 use tenpak_pack::text::TextSpec;
 use tenpak_pack::preset::{BUILTIN, Preset};
 use tenpak_pack::sweep::{self, SweepRequest};
@@ -129,6 +129,13 @@ enum Command {
         /// Print every tensor's codec, bits and error (default: on).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         tensors: bool,
+        /// Also score the source and the artifact on these multiple-choice items (as
+        /// `eval --tasks`) and record both accuracies in the manifest beside the perplexities.
+        #[arg(long, value_name = "FILE.jsonl", conflicts_with = "no_eval")]
+        tasks: Option<PathBuf>,
+        /// With --tasks: only the first N items of each task.
+        #[arg(long, value_name = "N", requires = "tasks")]
+        task_limit: Option<usize>,
     },
     /// Perplexity of a model or an artifact on a text (protocol printed with the figure).
     Eval {
@@ -162,6 +169,15 @@ enum Command {
         /// 2 · vocabulary bytes per scored token.
         #[arg(long, value_name = "FILE", conflicts_with = "base")]
         save_base: Option<PathBuf>,
+        /// Multiple-choice accuracy instead of perplexity, as lm-eval-harness scores it (acc,
+        /// acc_norm): items from a JSONL file (HellaSwag, ARC, PIQA, WinoGrande fields or a
+        /// generic form; see `scripts/fetch-tasks.sh` and the README). With --base, the base is
+        /// scored on the same items too.
+        #[arg(long, value_name = "FILE.jsonl", conflicts_with = "save_base")]
+        tasks: Option<PathBuf>,
+        /// With --tasks: only the first N items of each task.
+        #[arg(long, value_name = "N", requires = "tasks")]
+        task_limit: Option<usize>,
     },
     /// Text from a model or an artifact after a prompt or in a chat: KV-cached decoding, greedy
     /// or sampled, streamed to stdout, with tokens/s for the prompt and for generation.
@@ -335,7 +351,7 @@ fn run_inner(cli: Cli) -> Result<()> {
     let registry = Arc::new(registry);
     let progress = std::io::stderr().is_terminal() || std::env::var_os("TENPAK_PROGRESS").is_some();
     match cli.command {
-        Command::Pack { model, preset, output, force, calib, eval, no_eval, target_bpw, tensors } => {
+        Command::Pack { model, preset, output, force, calib, eval, no_eval, target_bpw, tensors, tasks, task_limit } => {
             let request = PackRequest {
                 output: output.unwrap_or_else(|| default_output(&model)),
                 model: model.into(),
@@ -344,6 +360,7 @@ fn run_inner(cli: Cli) -> Result<()> {
                 calib: Some(TextSpec::File(calib)),
                 eval: (!no_eval).then_some(TextSpec::File(eval)),
                 target_bpw,
+                tasks: tasks.map(|file| TaskSpec { file, limit: task_limit }),
             };
             let started = std::time::Instant::now();
             let plan = PackPlan::build(&request, &registry)?;
@@ -360,7 +377,29 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
-        Command::Eval { model, text, samples, ctx, batch, protocol, base: Some(base), save_base: _ } => {
+        Command::Eval { model, base, tasks: Some(tasks), task_limit, .. } => {
+            let items = tenpak_pack::tasks::read_items(&tasks, task_limit)?;
+            let mut reports = Vec::new();
+            for (label, path) in std::iter::once(("model", &model)).chain(base.as_ref().map(|b| ("base", b))) {
+                let bar = Bar::new("tasks", progress);
+                let report = tenpak_pack::tasks::run(&path.clone().into(), &registry, &items, &mut |done, total| {
+                    use tenpak_pack::observe::{PackObserver, Stage, Update};
+                    let detail = format!("{label}: item {done}/{total}");
+                    bar.update(&Update { stage: Stage::Evaluate, block: None, done: done as u64, total: total as u64, detail });
+                    Ok(())
+                });
+                bar.finish();
+                let report = report?;
+                eprintln!("{label}: {} items in {:.1} s", items.len(), report.seconds);
+                reports.push((label, path, report));
+            }
+            println!("tasks         {} ({} items)", tasks.display(), items.len());
+            for (label, path, _) in &reports {
+                println!("{label:<13} {}", path.display());
+            }
+            print!("{}", report::task_table(&reports.iter().map(|(label, _, r)| (*label, r.scores.as_slice())).collect::<Vec<_>>()));
+        }
+        Command::Eval { model, text, samples, ctx, batch, protocol, base: Some(base), .. } => {
             let request = CompareRequest {
                 candidate: model.clone().into(),
                 base: if BaseLogits::is_base_file(&base) { BaseSpec::Stored(base.clone()) } else { BaseSpec::Model(base.clone().into()) },
@@ -379,7 +418,7 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("time          {:.1} s", report.seconds);
             println!("matmul        {}", tenpak_model::runtime::blas::kernel()?.describe());
         }
-        Command::Eval { model, text, samples, ctx, batch, protocol, base: None, save_base } => {
+        Command::Eval { model, text, samples, ctx, batch, protocol, base: None, save_base, .. } => {
             let request = EvalRequest {
                 model: model.clone().into(),
                 text: TextSpec::File(text),

@@ -45,6 +45,7 @@ fn run(args: &[String]) -> Result<()> {
                 calib: None,
                 eval: None,
                 target_bpw: None,
+                tasks: None,
             };
             let plan = PackPlan::build(&request, &registry)?;
             let manifest = pack::run(&plan, &registry, &Silent)?;

@@ -174,6 +174,33 @@ pub struct EvaluationRecord {
     /// in manifests written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub divergence: Option<DivergenceRecord>,
+    /// Multiple-choice accuracy of the compressed model per task ([`crate::tasks`]), when the
+    /// pack was given tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskScore>,
+    /// The source model's accuracy on the same items.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline_tasks: Vec<TaskScore>,
+}
+
+/// A model's multiple-choice accuracy on one task, as lm-eval-harness reports it (uncertainties
+/// are one standard error: sample standard deviation / √n).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    /// The task's name (the items' `task` field).
+    pub task: String,
+    /// Items scored.
+    pub items: usize,
+    /// Fraction of items whose most likely choice is the right one.
+    pub acc: f64,
+    /// Its standard error.
+    pub acc_err: f64,
+    /// The same with log-likelihoods per character of the choice; absent for acc-only tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    /// Its standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_norm_err: Option<f64>,
 }
 
 /// How far a compressed model's next-token distributions moved from its base's, token by token
