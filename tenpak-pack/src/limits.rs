@@ -35,11 +35,13 @@ pub struct Limits {
     pub windows: usize,
     /// Longest window, in tokens (and never more than the model's `max_position_embeddings`).
     pub ctx: usize,
+    /// Most multiple-choice items one request scores (all tasks together).
+    pub task_items: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { preset_bytes: 64 << 10, overrides: 256, pattern_bytes: 256, candidates: 64, group_size: 1 << 16, windows: 4096, ctx: 32768 }
+        Limits { preset_bytes: 64 << 10, overrides: 256, pattern_bytes: 256, candidates: 64, group_size: 1 << 16, windows: 4096, ctx: 32768, task_items: 2000 }
     }
 }
 
@@ -56,6 +58,7 @@ impl Limits {
             group_size: u64::MAX,
             windows: usize::MAX,
             ctx: usize::MAX,
+            task_items: usize::MAX,
         }
     }
 
@@ -67,6 +70,17 @@ impl Limits {
                 "preset {origin}: {} bytes of TOML; at most {} bytes are accepted (limit `preset_bytes`)",
                 text.len(),
                 self.preset_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse more than [`Limits::task_items`] multiple-choice items; `what` names them.
+    pub fn check_task_items(&self, items: usize, what: &str) -> Result<()> {
+        if items > self.task_items {
+            return Err(Kind::BadRequest.error(format!(
+                "{what}: {items} items; at most {} are scored per request (limit `task_items`; `task_limit` takes the first N of each task)",
+                self.task_items
             )));
         }
         Ok(())

@@ -115,6 +115,8 @@ pub struct PackRequest {
 pub struct TaskSpec {
     /// The JSONL file ([`crate::tasks`] describes its forms).
     pub file: PathBuf,
+    /// How messages name it (a server's `root/path`, never its own path).
+    pub name: String,
     /// Only the first `limit` items of each task.
     pub limit: Option<usize>,
 }
@@ -345,7 +347,11 @@ impl PackPlan {
             Some(_) if evaluation.is_none() => {
                 bail!("tasks are scored beside the evaluation's perplexities: give an evaluation text (drop --no-eval)")
             }
-            Some(spec) => Some(crate::tasks::read_items(&spec.file, spec.limit)?),
+            Some(spec) => {
+                let items = crate::tasks::read_items(&spec.file, &spec.name, spec.limit)?;
+                limits.check_task_items(items.len(), &spec.name)?;
+                Some(items)
+            }
         };
         Ok(PackPlan {
             model,

@@ -60,24 +60,30 @@ pub struct Item {
     pub norm_lengths: Option<Vec<usize>>,
 }
 
-/// The items of the JSONL file `path`, at most `limit` per task (the first ones) when given.
-/// Errors name the file and line.
-pub fn read_items(path: &Path, limit: Option<usize>) -> tenpak_error::Result<Vec<Item>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// The items of the JSONL file `path` (called `shown` in errors, with the line), at most `limit`
+/// per task (the first ones) when given. A missing file is a not-found error.
+pub fn read_items(path: &Path, shown: &str, limit: Option<usize>) -> tenpak_error::Result<Vec<Item>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(tenpak_error::Kind::NotFound.error(format!("{shown}: no such task file (scripts/fetch-tasks.sh fetches the real sets)")));
+        }
+        Err(e) => return Err(tenpak_error::Error::new(e).context(format!("reading {shown}"))),
+    };
     let mut items = Vec::new();
     let mut per_task = std::collections::HashMap::<String, usize>::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let item = parse_item(line, n + 1).with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        let item = parse_item(line, n + 1).with_context(|| format!("{shown}:{}", n + 1))?;
         let count = per_task.entry(item.task.clone()).or_default();
         if limit.is_none_or(|limit| *count < limit) {
             *count += 1;
             items.push(item);
         }
     }
-    ensure!(!items.is_empty(), "{}: no items", path.display());
+    ensure!(!items.is_empty(), "{shown}: no items");
     Ok(items)
 }
 

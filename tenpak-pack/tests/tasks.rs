@@ -25,7 +25,7 @@ fn task_scores_match_lm_eval_harness() {
     let mut checked = 0;
     for (task, expected) in reference["tasks"].as_object().expect("tasks") {
         let file = util::asset(&format!("tasks/{task}.jsonl"));
-        let items = tasks::read_items(&file, Some(ITEMS_PER_TASK)).unwrap();
+        let items = tasks::read_items(&file, task, Some(ITEMS_PER_TASK)).unwrap();
         let expected_items = expected["items"].as_array().unwrap();
         assert!(items.len() == ITEMS_PER_TASK && expected_items.len() >= ITEMS_PER_TASK, "{task}: {} items", items.len());
         let mut results = Vec::new();
@@ -78,7 +78,7 @@ fn a_pack_records_the_accuracy_of_its_source_and_its_artifact() {
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     let preset = "name = \"rtn\"\n[evaluation]\nwindows = 3\nctx = 32\n[allocator]\nid = \"role_rules\"\n[codec]\ncodec = \"int4_rtn\"\ngroup_size = 16\n";
-    let tasks = Some(TaskSpec { file: file.clone(), limit: None });
+    let tasks = Some(TaskSpec { file: file.clone(), name: "toy.jsonl".into(), limit: None });
     let request = PackRequest {
         eval: Some(TextSpec::File(t.eval.clone())),
         tasks: tasks.clone(),
@@ -86,7 +86,7 @@ fn a_pack_records_the_accuracy_of_its_source_and_its_artifact() {
     };
     let manifest = util::pack(&request, &registry).unwrap();
     let recorded = manifest.evaluation.expect("an evaluation");
-    let items = tasks::read_items(&file, None).unwrap();
+    let items = tasks::read_items(&file, "toy.jsonl", None).unwrap();
     let alone = |model: &std::path::Path| tasks::run(&model.to_owned().into(), &registry, &items, &mut |_, _| Ok(())).unwrap().scores;
     assert_eq!(recorded.baseline_tasks, alone(&t.model));
     assert_eq!(recorded.tasks, alone(&t.out));

@@ -227,6 +227,15 @@ async fn evaluate(body: Bytes, app: Arc<App>) -> Result<warp::reply::Response, A
             )));
         }
     }
+    if let Some(spec) = requests.tasks(body.tasks.as_deref(), body.task_limit)? {
+        // Every item parses, and there are not too many (the same checks the job makes).
+        let limits = requests.limits.clone();
+        check(&app, "reading the tasks", move || {
+            let items = tenpak_pack::tasks::read_items(&spec.file, &spec.name, spec.limit)?;
+            limits.check_task_items(items.len(), &spec.name)
+        })
+        .await?;
+    }
     let limits = requests.limits.clone();
     check(&app, "checking the request", move || tenpak_pack::eval::check(&request, &config, &tokenizer, &name, &limits).map(drop)).await?;
     enqueue(&app, ulid::Ulid::generate(), "evaluate", serde_json::to_string(&body).map_err(|e| app.refusal(e.into(), "recording the job"))?).await

@@ -23,7 +23,7 @@ use tenpak_pack::eval::{self, BaseSpec, CompareRequest, EvalRequest, PplOptions}
 use tenpak_pack::limits::Limits as PackLimits;
 use tenpak_pack::model::ModelSpec;
 use tenpak_pack::observe::{PackObserver, Update};
-use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec};
+use tenpak_pack::plan::{PackPlan, PackRequest, PresetSpec, TaskSpec};
 use tenpak_pack::text::TextSpec;
 
 /// Attempts before a job interrupted by server stops is given up.
@@ -54,6 +54,13 @@ pub struct CompressBody {
     /// Bits per weight on the block linears, overriding a `bit_budget` preset's target.
     #[serde(default)]
     pub target_bpw: Option<f64>,
+    /// `root/path` of multiple-choice items (JSONL): the source's and the artifact's accuracies
+    /// go into the manifest and the result beside the perplexities (needs `eval_text`).
+    #[serde(default)]
+    pub tasks: Option<String>,
+    /// With `tasks`: only the first this-many items of each task.
+    #[serde(default)]
+    pub task_limit: Option<usize>,
 }
 
 fn default_preset() -> Value {
@@ -82,6 +89,13 @@ pub struct EvaluateBody {
     /// the KL divergence, same-top-token rate, Δp and PPL ratio on the same tokens.
     #[serde(default)]
     pub base: Option<String>,
+    /// `root/path` of multiple-choice items (JSONL): the result adds each task's accuracy (and
+    /// the base's, with `base`).
+    #[serde(default)]
+    pub tasks: Option<String>,
+    /// With `tasks`: only the first this-many items of each task.
+    #[serde(default)]
+    pub task_limit: Option<usize>,
 }
 
 fn default_ctx() -> usize {
@@ -187,8 +201,24 @@ impl Requests {
             calib: body.calib_text.as_ref().map(|v| self.text("calib_text", v)).transpose()?,
             eval: body.eval_text.as_ref().map(|v| self.text("eval_text", v)).transpose()?,
             target_bpw: body.target_bpw,
-            tasks: None,
+            tasks: self.tasks(body.tasks.as_deref(), body.task_limit)?,
         })
+    }
+
+    /// The task file a body names (resolved under the roots, held to the text size bound).
+    pub fn tasks(&self, name: Option<&str>, limit: Option<usize>) -> Result<Option<TaskSpec>, ApiError> {
+        let Some(name) = name else {
+            if limit.is_some() {
+                return Err(ApiError::bad_request("`task_limit` without `tasks`"));
+            }
+            return Ok(None);
+        };
+        let file = self.resolve("tasks", name)?;
+        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if bytes > self.max_text_bytes {
+            return Err(ApiError::too_large(format!("`tasks` ({name}) is {bytes} bytes; this server takes texts up to {} bytes", self.max_text_bytes)));
+        }
+        Ok(Some(TaskSpec { file, name: name.to_owned(), limit }))
     }
 
     /// Which model an evaluate body names: exactly one of `model` (resolved under the roots) and
@@ -466,6 +496,8 @@ impl Worker {
                     "delta_pct": manifest.evaluation.as_ref().map(|e| e.delta_pct),
                     "protocol": manifest.evaluation.as_ref().map(|e| e.protocol.clone()),
                     "divergence": manifest.evaluation.as_ref().and_then(|e| e.divergence.clone()),
+                    "tasks": manifest.evaluation.as_ref().map(|e| e.tasks.clone()).unwrap_or_default(),
+                    "baseline_tasks": manifest.evaluation.as_ref().map(|e| e.baseline_tasks.clone()).unwrap_or_default(),
                     "artifact": {"tar_bytes": tar_bytes, "tar_sha256": tar_sha256},
                 }))
             }
@@ -480,6 +512,20 @@ impl Worker {
                     }
                 };
                 let request = self.requests.eval_request(&body, model).map_err(refused)?;
+                let tasks = self.requests.tasks(body.tasks.as_deref(), body.task_limit).map_err(refused)?;
+                let items = match &tasks {
+                    Some(spec) => {
+                        let items = tenpak_pack::tasks::read_items(&spec.file, &spec.name, spec.limit)?;
+                        self.requests.limits.check_task_items(items.len(), &spec.name)?;
+                        Some(items)
+                    }
+                    None => None,
+                };
+                let base_model = match &body.base {
+                    Some(base) => Some(ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? }),
+                    None => None,
+                };
+                let candidate_model = request.model.clone();
                 let (report, record) = match &body.base {
                     Some(base) => {
                         let base = ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? };
@@ -514,6 +560,16 @@ impl Worker {
                     result["delta_pct"] = json!(record.delta_pct);
                     result["divergence"] = json!(record.divergence);
                     result["protocol"] = json!(record.protocol);
+                }
+                if let Some(items) = &items {
+                    let score = |model: &ModelSpec| -> tenpak_error::Result<Vec<tenpak_pack::tasks::TaskScore>> {
+                        let check = &mut |_, _| if observer.cancelled() { Err(Kind::Cancelled.error("cancelled")) } else { Ok(()) };
+                        Ok(tenpak_pack::tasks::run(model, &self.registry, items, check)?.scores)
+                    };
+                    result["tasks"] = json!(score(&candidate_model)?);
+                    if let Some(base) = &base_model {
+                        result["baseline_tasks"] = json!(score(base)?);
+                    }
                 }
                 Ok(result)
             }

@@ -360,7 +360,7 @@ fn run_inner(cli: Cli) -> Result<()> {
                 calib: Some(TextSpec::File(calib)),
                 eval: (!no_eval).then_some(TextSpec::File(eval)),
                 target_bpw,
-                tasks: tasks.map(|file| TaskSpec { file, limit: task_limit }),
+                tasks: tasks.map(|file| TaskSpec { name: file.display().to_string(), file, limit: task_limit }),
             };
             let started = std::time::Instant::now();
             let plan = PackPlan::build(&request, &registry)?;
@@ -378,7 +378,7 @@ fn run_inner(cli: Cli) -> Result<()> {
             println!("artifact      {} ({:.1} s)", plan.output.display(), started.elapsed().as_secs_f64());
         }
         Command::Eval { model, base, tasks: Some(tasks), task_limit, .. } => {
-            let items = tenpak_pack::tasks::read_items(&tasks, task_limit)?;
+            let items = tenpak_pack::tasks::read_items(&tasks, &tasks.display().to_string(), task_limit)?;
             let mut reports = Vec::new();
             for (label, path) in std::iter::once(("model", &model)).chain(base.as_ref().map(|b| ("base", b))) {
                 let bar = Bar::new("tasks", progress);

@@ -216,7 +216,11 @@ fn studio_packs_the_real_model_and_serves_it() {
 
     // With a base: the divergence of the artifact from the model it came from, as `tenpak eval
     // --base` prints it.
-    let compared_id = submit(&server, "/evaluate", json!({"job": id, "text": "assets/eval.txt", "windows": 2, "base": MODEL}));
+    let compared_id = submit(
+        &server,
+        "/evaluate",
+        json!({"job": id, "text": "assets/eval.txt", "windows": 2, "base": MODEL, "tasks": "assets/tasks/piqa.jsonl", "task_limit": 3}),
+    );
     let compared = wait(&server, &compared_id, 600, finished);
     assert_eq!(compared["state"], "done", "{compared}");
     let served = &compared["result"]["divergence"];
@@ -231,6 +235,21 @@ fn studio_packs_the_real_model_and_serves_it() {
     let stdout = String::from_utf8_lossy(&cli.stdout);
     let cli_kld: f64 = stdout.lines().find_map(|l| l.strip_prefix("KL divergence mean ")).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((kld - cli_kld).abs() <= 1e-6 + 1e-5 * cli_kld, "served KLD {kld} vs tenpak eval --base {cli_kld}");
+
+    // And the accuracies on three PIQA items, the artifact's and the base's, as `tenpak eval
+    // --tasks --base` prints them.
+    let tasks = util::asset("tasks/piqa.jsonl");
+    let cli = tenpak(&[
+        "eval".as_ref(), artifact.as_os_str(), "--tasks".as_ref(), tasks.as_os_str(), "--task-limit".as_ref(), "3".as_ref(),
+        "--base".as_ref(), model.as_os_str(),
+    ]);
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    let row: Vec<&str> = stdout.lines().find(|l| l.starts_with("piqa ")).expect("a piqa row").split_whitespace().collect();
+    let pct = |v: &serde_json::Value| format!("{:.2}", 100.0 * v.as_f64().unwrap());
+    let result = &compared["result"];
+    assert_eq!((result["tasks"][0]["task"].as_str(), result["tasks"][0]["items"].as_u64()), (Some("piqa"), Some(3)), "{compared}");
+    assert_eq!((pct(&result["tasks"][0]["acc"]), pct(&result["baseline_tasks"][0]["acc"])), (row[2].to_owned(), row[8].to_owned()), "{stdout}");
 }
 
 /// Everything a client can get wrong is refused with the right status and nothing is queued;
