@@ -31,18 +31,9 @@ NPM_SHA256="ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"
 CALIB_SHA256="83b625f897fd9599df4de0fdfa14d098e450734d7775f88e027d9e4c14151b41"
 EVAL_SHA256="e8e227668357867dd7c4fae298042eca1f0815aa06d20cc51b59d7d68723313c"
 
-die() { echo "fetch-assets: error: $*" >&2; exit 1; }
-log() { echo "fetch-assets: $*"; }
-
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-# True if file $1 exists and its sha256 is $2.
-verified() { [[ -f "$1" ]] && [[ "$(sha256_of "$1")" == "$2" ]]; }
-# Fail unless file $1 has sha256 $2.
-check_sha() {
-    local got
-    got="$(sha256_of "$1")"
-    [[ "$got" == "$2" ]] || die "$1: sha256 is $got, expected $2 (corrupt or changed download; delete it and re-run)"
-}
+FETCH_NAME=fetch-assets
+# shellcheck source=scripts/fetch-common.sh
+source "$ROOT/scripts/fetch-common.sh"
 
 command -v sha256sum >/dev/null || die "sha256sum not found (Debian: apt-get install coreutils)"
 command -v tar >/dev/null || die "tar not found (Debian: apt-get install tar)"

@@ -44,18 +44,9 @@ task_sha256() {
     esac
 }
 
-die() { echo "fetch-tasks: error: $*" >&2; exit 1; }
-log() { echo "fetch-tasks: $*"; }
-
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-# True if file $1 exists and its sha256 is $2.
-verified() { [[ -f "$1" ]] && [[ "$(sha256_of "$1")" == "$2" ]]; }
-# Fail unless file $1 has sha256 $2.
-check_sha() {
-    local got
-    got="$(sha256_of "$1")"
-    [[ "$got" == "$2" ]] || die "$1: sha256 is $got, expected $2 (corrupt or changed download; delete it and re-run)"
-}
+FETCH_NAME=fetch-tasks
+# shellcheck source=scripts/fetch-common.sh
+source "$ROOT/scripts/fetch-common.sh"
 all_tasks_verified() {
     local t
     for t in "${TASKS[@]}"; do

@@ -64,9 +64,8 @@ TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande")
 
 # The task definitions of lm_eval 0.4.13 (lm_eval/tasks/...), with the data read from local JSONL.
 # {name} is the custom task name, {data} the JSONL file.
-YAML = {
-    # lm_eval/tasks/hellaswag/hellaswag.yaml
-    "hellaswag": """\
+# The parts every task shares: local JSONL as the test split, multiple choice; the metrics.
+HEAD = """\
 task: {name}
 dataset_path: json
 dataset_name: null
@@ -75,86 +74,52 @@ dataset_kwargs:
     test: {data}
 output_type: multiple_choice
 test_split: test
+"""
+ACC = """\
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+ACC_NORM = """\
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+YAML = {
+    # lm_eval/tasks/hellaswag/hellaswag.yaml
+    "hellaswag": HEAD + """\
 process_docs: !function tenpak_task_utils.hellaswag_process_docs
 doc_to_text: "{{{{query}}}}"
 doc_to_target: "{{{{label}}}}"
 doc_to_choice: "choices"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-""",
+""" + ACC_NORM,
     # lm_eval/tasks/arc/arc_easy.yaml (arc_challenge.yaml includes it with another dataset_name)
-    "arc": """\
-task: {name}
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
+    "arc": HEAD + """\
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
 doc_to_target: "{{{{choices.label.index(answerKey)}}}}"
 doc_to_choice: "{{{{choices.text}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-""",
+""" + ACC_NORM,
     # lm_eval/tasks/piqa/piqa.yaml
-    "piqa": """\
-task: {name}
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
+    "piqa": HEAD + """\
 doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
 doc_to_target: label
 doc_to_choice: "{{{{[sol1, sol2]}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-""",
+""" + ACC_NORM,
     # lm_eval/tasks/winogrande/default.yaml
-    "winogrande": """\
-task: {name}
-dataset_path: json
-dataset_name: null
-dataset_kwargs:
-  data_files:
-    test: {data}
-output_type: multiple_choice
-test_split: test
+    "winogrande": HEAD + """\
 doc_to_text: !function tenpak_task_utils.winogrande_doc_to_text
 doc_to_target: !function tenpak_task_utils.winogrande_doc_to_target
 doc_to_choice: !function tenpak_task_utils.winogrande_doc_to_choice
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-""",
+""" + ACC,
 }
 
 # lm_eval/tasks/hellaswag/utils.py and lm_eval/tasks/winogrande/preprocess_winogrande.py (0.4.13),
