@@ -8,7 +8,8 @@
 #   - TenPak, stored: `tenpak eval CAND --base base.kld --protocol llama-cpp` (llama.cpp's file);
 # and, the other way round, llama.cpp comparing against a base file TenPak wrote
 # (`tenpak eval SOURCE --save-base`). Prints a table with the relative differences; the goal is
-# mean KLD and same-top % within 2 % relative. Not part of CI (about 20 minutes on 2 cores).
+# mean KLD and same-top % within 2 % relative. Not part of CI (about an hour on 2 cores: each
+# candidate runs llama-perplexity twice over 64 windows and TenPak twice). Figures: BENCHMARKS.md.
 #
 # Candidates: llama-quantize (no importance matrix) of the f32 GGUF to $TYPES, and TenPak's
 # `balanced` artifact exported to GGUF. llama.cpp binaries and the f32 GGUF as
