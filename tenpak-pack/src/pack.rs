@@ -158,17 +158,16 @@ fn run_inner(plan: &PackPlan, registry: &Arc<Registry>, observer: &dyn PackObser
     if let Some(items) = &plan.tasks {
         let record = manifest.evaluation.as_mut().context("tasks are scored beside an evaluation")?;
         let artifact = ArtifactSource::open(staged.dir(), registry.clone())?;
-        for (what, source) in [("source", model), ("compressed", &artifact as &dyn ModelSource)] {
+        let score = |what: &str, source: &dyn ModelSource| -> tenpak_error::Result<Vec<tasks::TaskScore>> {
             tracker.begin(Stage::Evaluate, None, format!("{what}: {} multiple-choice items", items.len()))?;
             let report = tasks::run_on(source, items, &mut |done, total| {
                 tracker.end(Stage::Evaluate, None, format!("{what}: item {done}/{total}"));
                 tracker.check()
             })?;
-            match what {
-                "source" => record.baseline_tasks = report.scores,
-                _ => record.tasks = report.scores,
-            }
-        }
+            Ok(report.scores)
+        };
+        record.baseline_tasks = score("source", model)?;
+        record.tasks = score("compressed", &artifact)?;
     }
     staged.set_manifest(manifest)?;
     staged.publish()

@@ -526,9 +526,9 @@ impl Worker {
                     None => None,
                 };
                 let candidate_model = request.model.clone();
-                let (report, record) = match &body.base {
+                let (report, record) = match &base_model {
                     Some(base) => {
-                        let base = ModelSpec::Named { name: base.clone(), path: self.requests.resolve("base", base).map_err(refused)? };
+                        let base = base.clone();
                         let compare = CompareRequest {
                             candidate: request.model,
                             base: BaseSpec::Model(base),
