@@ -8,13 +8,14 @@ use tenpak_alloc_role_rules as _;
 use tenpak_calibrators as _;
 use tenpak_codec_basic as _;
 use tenpak_codec_int4_awq as _;
+use tenpak_codec_ggml as _;
 use tenpak_codec_int4_gptq as _;
 use tenpak_codec_int4_residual as _;
 use tenpak_codec_int4_rtn as _;
 use tenpak_codec_vq as _;
 
 /// Codec ids this binary must provide.
-pub const CODECS: &[&str] = &["int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
+pub const CODECS: &[&str] = &["ggml", "int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
 /// Calibrator ids this binary must provide.
 pub const CALIBRATORS: &[&str] = &["act_scale", "fisher_diag", "gram", "hessian_diag"];
 /// Allocator ids this binary must provide.

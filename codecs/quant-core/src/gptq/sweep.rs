@@ -192,6 +192,17 @@ impl InverseFactor {
     pub fn percdamp_applied(&self) -> f64 {
         self.percdamp_applied
     }
+
+    /// `U`, row-major `dim × dim` (zero below the diagonal): for sweeps over grids other than
+    /// [`AsymFormat`]'s (the `ggml` codec's block types).
+    pub fn upper(&self) -> &[f64] {
+        &self.u
+    }
+
+    /// The side of `U`: the layer's input features.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
 }
 
 /// The fast sweep: rows in parallel chunks, lazy batches of `block_size` columns.
