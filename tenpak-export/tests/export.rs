@@ -571,3 +571,82 @@ fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers
     eprintln!("artifact {ours:.4}, transformers {theirs:.4} ({:+.3} %): {result}", 100.0 * (theirs - ours) / ours);
     assert!(diff <= 5e-3, "transformers scores the export {theirs}, TenPak the artifact {ours}");
 }
+
+/// The built-in llama.cpp presets on the real model: `q4_k_m` (a k-quant file; SmolLM2's 576-wide
+/// rows fall back to Q5_0 and Q8_0 as llama-quantize's do) and `q4_0` (a legacy one), calibrated on
+/// 8 windows of the calibration text to keep the test short. Every tensor of the GGUF export is the
+/// artifact's blocks copied (exact), in llama-quantize's types for that file, and `tenpak eval`
+/// scores the GGUF as it scores the artifact (within 0.5 %; the GGUF reader dequantizes through
+/// candle).
+#[test]
+fn real_model_llama_cpp_presets_export_exactly_and_score_the_same() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, types) in [
+        (
+            "q4_k_m",
+            vec![
+                (GgmlDType::Q5_0, 166),
+                (GgmlDType::Q4K, 16),
+                (GgmlDType::Q8_0, 15),
+                (GgmlDType::Q6K, 14),
+            ],
+        ),
+        (
+            "q4_0",
+            vec![
+                (GgmlDType::Q4_0, 207),
+                (GgmlDType::Q4_1, 3),
+                (GgmlDType::Q8_0, 1),
+            ],
+        ),
+    ] {
+        let text =
+            std::fs::read_to_string(util::repo_root().join(format!("presets/gguf/{name}.toml")))
+                .unwrap();
+        let text = text.replace("windows = 32", "windows = 8");
+        let artifact_dir = dir.path().join(format!("{name}.tenpak"));
+        let request = tenpak_pack::plan::PackRequest {
+            calib: Some(TextSpec::File(util::asset("calib.txt"))),
+            ..request(util::real_gguf(), inline_preset(&text, name), &artifact_dir)
+        };
+        pack(&request, &registry).unwrap();
+        let gguf_path = dir.path().join(format!("{name}.gguf"));
+        let report = export(&artifact_dir, &gguf_path, &registry);
+        let quantized: Vec<_> = report
+            .tensors
+            .iter()
+            .filter(|t| t.dtype != GgmlDType::F32)
+            .collect();
+        assert!(
+            quantized.iter().all(|t| t.exact),
+            "{name}: every tensor copied exactly"
+        );
+        for (dtype, count) in types {
+            assert_eq!(
+                quantized.iter().filter(|t| t.dtype == dtype).count(),
+                count,
+                "{name}: {dtype:?} tensors"
+            );
+        }
+        let score = |model: &Path| {
+            let request = EvalRequest {
+                model: model.to_owned().into(),
+                text: TextSpec::File(util::asset("eval.txt")),
+                options: PplOptions {
+                    ctx: 512,
+                    samples: Some(4),
+                    batch: 1,
+                },
+                protocol: Default::default(),
+            };
+            eval::run(&request, &registry, &Silent).unwrap().ppl
+        };
+        let (from_artifact, from_gguf) = (score(&artifact_dir), score(&gguf_path));
+        eprintln!("{name}: artifact PPL {from_artifact:.4}, GGUF {from_gguf:.4}");
+        assert!(
+            (from_gguf - from_artifact).abs() <= 5e-3 * from_artifact,
+            "{name}: GGUF {from_gguf} vs artifact {from_artifact}"
+        );
+    }
+}

@@ -46,6 +46,16 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("balanced", include_str!("../../presets/balanced.toml")),
     ("size", include_str!("../../presets/size.toml")),
     ("budget", include_str!("../../presets/budget.toml")),
+    ("q4_0", include_str!("../../presets/gguf/q4_0.toml")),
+    ("q4_1", include_str!("../../presets/gguf/q4_1.toml")),
+    ("q5_0", include_str!("../../presets/gguf/q5_0.toml")),
+    ("q5_1", include_str!("../../presets/gguf/q5_1.toml")),
+    ("q8_0", include_str!("../../presets/gguf/q8_0.toml")),
+    ("q2_k", include_str!("../../presets/gguf/q2_k.toml")),
+    ("q3_k_m", include_str!("../../presets/gguf/q3_k_m.toml")),
+    ("q4_k_m", include_str!("../../presets/gguf/q4_k_m.toml")),
+    ("q5_k_m", include_str!("../../presets/gguf/q5_k_m.toml")),
+    ("q6_k", include_str!("../../presets/gguf/q6_k.toml")),
 ];
 
 /// A codec table: `codec = "id"` plus that codec's parameters.

@@ -4,6 +4,7 @@
 //! registry test asserts that every id below is really registered.
 
 use tenpak_alloc_bit_budget as _;
+use tenpak_alloc_gguf_recipe as _;
 use tenpak_alloc_role_rules as _;
 use tenpak_calibrators as _;
 use tenpak_codec_basic as _;
@@ -15,11 +16,11 @@ use tenpak_codec_int4_rtn as _;
 use tenpak_codec_vq as _;
 
 /// Codec ids this binary must provide.
-pub const CODECS: &[&str] = &["ggml", "int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
+pub const CODECS: &[&str] = &["ggml", "ggml_plain", "int4_awq", "int4_gptq", "int4_residual", "int4_rtn", "int8", "keep", "vq"];
 /// Calibrator ids this binary must provide.
 pub const CALIBRATORS: &[&str] = &["act_scale", "fisher_diag", "gram", "hessian_diag"];
 /// Allocator ids this binary must provide.
-pub const ALLOCATORS: &[&str] = &["bit_budget", "role_rules"];
+pub const ALLOCATORS: &[&str] = &["bit_budget", "gguf_recipe", "role_rules"];
 
 /// The registry of every built-in component.
 pub fn registry() -> tenpak_error::Result<tenpak_api::registry::Registry> {

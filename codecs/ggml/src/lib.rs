@@ -35,6 +35,10 @@
 //! the Hessian diagonal as importance when the calibration provides it (`hessian_diag`, or the
 //! Gram matrix's diagonal), with equal weights otherwise.
 //!
+//! **`ggml_plain`** is the same codec for tensors that have no calibration statistics (the token
+//! embedding, which is no linear's input): parameters `type` and `fallback` only, headers fitted
+//! with equal weights, no error feedback; same stored form, decode and native form.
+//!
 //! Not written yet: IQ4_NL, IQ4_XS and the IQ2/IQ3 types (candle, which the exporter's check and
 //! TenPak's GGUF reader use, has no IQ types).
 #![deny(missing_docs)]
@@ -59,6 +63,8 @@ pub use crate::types::GgmlType;
 
 /// The registry id.
 pub const ID: &str = "ggml";
+/// The registry id of the calibration-free variant.
+pub const PLAIN_ID: &str = "ggml_plain";
 /// `type` when the parameter is absent.
 pub const DEFAULT_TYPE: &str = "q4_k";
 /// GPTQ's dampening, as a fraction of the Hessian's mean diagonal.
@@ -106,6 +112,9 @@ const PARAMS: &[ParamSpec] = &[
         doc: "rows that are not whole blocks of the type take llama.cpp's fallback type",
     },
 ];
+
+/// `ggml_plain`'s parameters: the type and its fallback.
+const PLAIN_PARAMS: &[ParamSpec] = &[PARAMS[0], PARAMS[5]];
 
 /// What the encoder records besides the parameters.
 const RECORDED: &[ParamSpec] = &[
@@ -157,6 +166,15 @@ impl Settings {
     pub fn from_params(params: &Params) -> Result<Self> {
         validate_params(ID, PARAMS, params)?;
         Self::read(params)
+    }
+
+    /// `ggml_plain`'s settings of `params`, checked (no error feedback).
+    pub fn from_plain_params(params: &Params) -> Result<Self> {
+        validate_params(PLAIN_ID, PLAIN_PARAMS, params)?;
+        Ok(Self {
+            error_feedback: false,
+            ..Self::read(params)?
+        })
     }
 
     fn read(params: &Params) -> Result<Self> {
@@ -231,129 +249,143 @@ impl Ggml {
         stats: &LayerStats,
         params: &Params,
     ) -> Result<Report> {
-        let settings = Settings::from_params(params)?;
-        weight.check_finite().map_err(|e| e.context(ID))?;
-        let (rows, cols) = (weight.rows(), weight.cols());
-        let ty = settings.type_for(cols)?;
-        let mut record = Params::new()
-            .with("type", ty.name())
-            .with("error_feedback", settings.error_feedback)
-            .with("headers", settings.headers)
-            .with("percdamp", settings.percdamp)
-            .with("block_size", settings.block_size as i64)
-            .with("fallback", settings.fallback);
-        let data = weight.data();
-        let (coded, output_error, rtn_output_error) = if settings.error_feedback {
-            let hessian = Hessian::from_stats(stats, cols).map_err(|e| e.context(ID))?;
-            let gram = &stats
-                .gram
-                .as_ref()
-                .expect("checked by Hessian::from_stats")
-                .data;
-            let importance: Vec<f32> = (0..cols).map(|j| gram[j * cols + j].max(0.0)).collect();
-            let factor =
-                InverseFactor::new(&hessian, settings.percdamp).map_err(|e| e.context(ID))?;
-            let mut rtn = sweep::round_to_nearest(ty, data, cols, &importance);
-            rtn.row_errors = row_errors_of(ty, &rtn, data, gram, rows, cols);
-            let undamped = |mut c: Coded| {
-                let decoded = decode_coded(ty, &c, cols);
-                c.row_errors = from_damped_rows(
-                    &c.row_errors,
-                    data,
-                    &decoded,
-                    &hessian,
-                    factor.percdamp_applied(),
-                );
-                c
-            };
-            let mut candidates = Vec::new();
-            if settings.headers != "static" {
-                let c = sweep::sweep(
-                    ty,
-                    data,
-                    cols,
-                    &importance,
-                    &factor,
-                    Headers::Dynamic,
-                    settings.block_size,
-                );
-                candidates.push(undamped(c));
-            }
-            if settings.headers != "dynamic" {
-                let c = sweep::sweep(
-                    ty,
-                    data,
-                    cols,
-                    &importance,
-                    &factor,
-                    Headers::Static(&rtn.headers),
-                    settings.block_size,
-                );
-                candidates.push(undamped(c));
-            }
-            let rtn_index = candidates.len();
-            candidates.push(rtn);
-            let mut chosen = candidates[0].clone();
-            let mut from = vec![0usize; rows];
-            for r in 0..rows {
-                for (k, c) in candidates.iter().enumerate().skip(1) {
-                    if c.row_errors[r] < chosen.row_errors[r] {
-                        chosen.take_row(c, r, cols, ty);
-                        from[r] = k;
-                    }
+        encode_with(ID, Settings::from_params(params)?, weight, stats)
+    }
+}
+
+/// Encode under `settings` as codec `id` (`ggml` or `ggml_plain`).
+fn encode_with(
+    id: &str,
+    settings: Settings,
+    weight: WeightView<'_>,
+    stats: &LayerStats,
+) -> Result<Report> {
+    weight.check_finite().map_err(|e| e.context(id))?;
+    let (rows, cols) = (weight.rows(), weight.cols());
+    let ty = settings.type_for(cols)?;
+    let mut record = Params::new()
+        .with("type", ty.name())
+        .with("fallback", settings.fallback);
+    if id == ID {
+        record.set("error_feedback", settings.error_feedback);
+        record.set("headers", settings.headers);
+        record.set("percdamp", settings.percdamp);
+        record.set("block_size", settings.block_size as i64);
+    }
+    let data = weight.data();
+    let (coded, output_error, rtn_output_error) = if settings.error_feedback {
+        let hessian = Hessian::from_stats(stats, cols).map_err(|e| e.context(ID))?;
+        let gram = &stats
+            .gram
+            .as_ref()
+            .expect("checked by Hessian::from_stats")
+            .data;
+        let importance: Vec<f32> = (0..cols).map(|j| gram[j * cols + j].max(0.0)).collect();
+        let factor = InverseFactor::new(&hessian, settings.percdamp).map_err(|e| e.context(ID))?;
+        let mut rtn = sweep::round_to_nearest(ty, data, cols, &importance);
+        rtn.row_errors = row_errors_of(ty, &rtn, data, gram, rows, cols);
+        let undamped = |mut c: Coded| {
+            let decoded = decode_coded(ty, &c, cols);
+            c.row_errors = from_damped_rows(
+                &c.row_errors,
+                data,
+                &decoded,
+                &hessian,
+                factor.percdamp_applied(),
+            );
+            c
+        };
+        let mut candidates = Vec::new();
+        if settings.headers != "static" {
+            let c = sweep::sweep(
+                ty,
+                data,
+                cols,
+                &importance,
+                &factor,
+                Headers::Dynamic,
+                settings.block_size,
+            );
+            candidates.push(undamped(c));
+        }
+        if settings.headers != "dynamic" {
+            let c = sweep::sweep(
+                ty,
+                data,
+                cols,
+                &importance,
+                &factor,
+                Headers::Static(&rtn.headers),
+                settings.block_size,
+            );
+            candidates.push(undamped(c));
+        }
+        let rtn_index = candidates.len();
+        candidates.push(rtn);
+        let mut chosen = candidates[0].clone();
+        let mut from = vec![0usize; rows];
+        for r in 0..rows {
+            for (k, c) in candidates.iter().enumerate().skip(1) {
+                if c.row_errors[r] < chosen.row_errors[r] {
+                    chosen.take_row(c, r, cols, ty);
+                    from[r] = k;
                 }
             }
-            let static_index = if settings.headers == "best" {
-                Some(1)
-            } else if settings.headers == "static" {
-                Some(0)
-            } else {
-                None
-            };
-            record.set(
-                "static_rows",
-                from.iter().filter(|&&k| Some(k) == static_index).count() as i64,
-            );
-            record.set(
-                "rtn_rows",
-                from.iter().filter(|&&k| k == rtn_index).count() as i64,
-            );
-            let total: f64 = chosen.row_errors.iter().sum();
-            let rtn_total: f64 = candidates[rtn_index].row_errors.iter().sum();
-            let energy: f64 = quadratic_form_rows(data, gram, rows, cols).iter().sum();
-            if energy > 0.0 {
-                record.set("output_error", total / energy);
-                record.set("rtn_output_error", rtn_total / energy);
-            }
-            (chosen, total, rtn_total)
+        }
+        let static_index = if settings.headers == "best" {
+            Some(1)
+        } else if settings.headers == "static" {
+            Some(0)
         } else {
-            let importance = importance_without_gram(stats, cols)?;
-            (
-                sweep::round_to_nearest(ty, data, cols, &importance),
-                0.0,
-                0.0,
-            )
+            None
         };
-        let bytes = coded.to_bytes(ty);
-        let row_bytes = ty.row_bytes(cols)?;
-        let encoded = Encoded {
-            codec: ID.to_owned(),
-            params: record,
-            shape: [rows, cols],
-            parts: vec![Part::new(
-                "blocks",
-                tenpak_api::DType::U8,
-                vec![rows, row_bytes],
-                bytes,
-            )?],
+        record.set(
+            "static_rows",
+            from.iter().filter(|&&k| Some(k) == static_index).count() as i64,
+        );
+        record.set(
+            "rtn_rows",
+            from.iter().filter(|&&k| k == rtn_index).count() as i64,
+        );
+        let total: f64 = chosen.row_errors.iter().sum();
+        let rtn_total: f64 = candidates[rtn_index].row_errors.iter().sum();
+        let energy: f64 = quadratic_form_rows(data, gram, rows, cols).iter().sum();
+        if energy > 0.0 {
+            record.set("output_error", total / energy);
+            record.set("rtn_output_error", rtn_total / energy);
+        }
+        (chosen, total, rtn_total)
+    } else {
+        let importance = if id == ID {
+            importance_without_gram(stats, cols)?
+        } else {
+            vec![1.0; cols]
         };
-        Ok(Report {
-            encoded,
-            ty,
-            output_error,
-            rtn_output_error,
-        })
-    }
+        (
+            sweep::round_to_nearest(ty, data, cols, &importance),
+            0.0,
+            0.0,
+        )
+    };
+    let bytes = coded.to_bytes(ty);
+    let row_bytes = ty.row_bytes(cols)?;
+    let encoded = Encoded {
+        codec: id.to_owned(),
+        params: record,
+        shape: [rows, cols],
+        parts: vec![Part::new(
+            "blocks",
+            tenpak_api::DType::U8,
+            vec![rows, row_bytes],
+            bytes,
+        )?],
+    };
+    Ok(Report {
+        encoded,
+        ty,
+        output_error,
+        rtn_output_error,
+    })
 }
 
 /// The Hessian diagonal (`hessian_diag`, else the Gram matrix's diagonal), or ones.
@@ -445,31 +477,85 @@ impl Codec for Ggml {
     }
 
     fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
-        let (ty, bytes) = stored(encoded)?;
-        let [rows, cols] = encoded.shape;
-        Ok(decode_bytes(ty, bytes, rows, cols))
+        decode(ID, encoded)
     }
 
     fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
-        Ok(match target {
-            NativeTarget::Gguf => {
-                let (ty, bytes) = stored(encoded)?;
-                Some(NativeForm::Ggml {
-                    ggml_type: ty.type_id(),
-                    data: bytes.to_vec(),
-                })
-            }
-            _ => None,
-        })
+        native(ID, encoded, target)
     }
 }
 
+/// The `ggml_plain` codec: `ggml` without calibration (see the crate docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GgmlPlain;
+
+impl Codec for GgmlPlain {
+    fn id(&self) -> &str {
+        PLAIN_ID
+    }
+
+    fn description(&self) -> &str {
+        "llama.cpp's weight types fitted without calibration (for the token embedding), stored as the type's blocks"
+    }
+
+    fn params(&self) -> &[ParamSpec] {
+        PLAIN_PARAMS
+    }
+
+    fn validate(&self, params: &Params) -> Result<()> {
+        Settings::from_plain_params(params).map(|_| ())
+    }
+
+    fn encode(
+        &self,
+        weight: WeightView<'_>,
+        stats: &LayerStats,
+        params: &Params,
+    ) -> Result<Encoded> {
+        encode_with(
+            PLAIN_ID,
+            Settings::from_plain_params(params)?,
+            weight,
+            stats,
+        )
+        .map(|r| r.encoded)
+    }
+
+    fn decode(&self, encoded: &Encoded) -> Result<Vec<f32>> {
+        decode(PLAIN_ID, encoded)
+    }
+
+    fn native(&self, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+        native(PLAIN_ID, encoded, target)
+    }
+}
+
+fn decode(id: &str, encoded: &Encoded) -> Result<Vec<f32>> {
+    let (ty, bytes) = stored(id, encoded)?;
+    let [rows, cols] = encoded.shape;
+    Ok(decode_bytes(ty, bytes, rows, cols))
+}
+
+fn native(id: &str, encoded: &Encoded, target: NativeTarget) -> Result<Option<NativeForm>> {
+    Ok(match target {
+        NativeTarget::Gguf => {
+            let (ty, bytes) = stored(id, encoded)?;
+            Some(NativeForm::Ggml {
+                ggml_type: ty.type_id(),
+                data: bytes.to_vec(),
+            })
+        }
+        _ => None,
+    })
+}
+
 /// The type and blocks `encoded` stores, checked.
-fn stored(encoded: &Encoded) -> Result<(GgmlType, &[u8])> {
-    encoded::expect_codec(encoded, ID)?;
+fn stored<'a>(id: &str, encoded: &'a Encoded) -> Result<(GgmlType, &'a [u8])> {
+    encoded::expect_codec(encoded, id)?;
     encoded::expect_parts(encoded, &["blocks"])?;
     let settings = encoded::read_params(encoded, |p| {
-        tenpak_api::validate_recorded(ID, PARAMS, RECORDED, p)?;
+        let specs = if id == ID { PARAMS } else { PLAIN_PARAMS };
+        tenpak_api::validate_recorded(id, specs, RECORDED, p)?;
         Settings::read(p)
     })?;
     let [rows, cols] = encoded.shape;
@@ -494,3 +580,4 @@ fn stored(encoded: &Encoded) -> Result<(GgmlType, &[u8])> {
 }
 
 tenpak_api::register_codec!("ggml", Ggml);
+tenpak_api::register_codec!("ggml_plain", GgmlPlain);
