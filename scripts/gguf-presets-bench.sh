@@ -11,8 +11,14 @@
 #     by scripts/kld-check.sh, or here if missing).
 # Prints one markdown table: file size, PPL and its change, mean / 99th-percentile KLD, same top,
 # and TenPak's pack wall time and peak RSS. Not part of CI (about 4 minutes per type on 2 cores).
-# Environment: TYPES, WINDOWS (64), THREADS (2), MODEL (the source GGUF), LLAMA_CPP_DIR,
-# LLAMA_OUT (where llamacpp-rates.sh wrote its files), OUT (out/gguf-presets).
+# Environment: TYPES, WINDOWS (64), THREADS (2), MODEL (the source TenPak packs), BASE_MODEL (the
+# GGUF llama.cpp's base logits come from; default MODEL), BASE (the base logits file),
+# LLAMA_CPP_DIR, LLAMA_OUT (where llamacpp-rates.sh wrote its files), OUT (out/gguf-presets).
+# The grid-free variant:
+#   WORK=../llamacpp-gf GGUF=../llamacpp/gridfree-f32.gguf TYPES="Q4_0 Q3_K_M Q4_K_M" CHUNKS=32 \
+#       LLAMA_CPP_DIR=../llamacpp/build scripts/llamacpp-rates.sh
+#   MODEL=assets/gridfree BASE_MODEL=../llamacpp/gridfree-f32.gguf LLAMA_OUT=../llamacpp-gf/out \
+#       BASE=out/gguf-presets-gf/base.kld OUT=out/gguf-presets-gf scripts/gguf-presets-bench.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,6 +31,7 @@ THREADS="${THREADS:-2}"
 MODEL="${MODEL:-$ROOT/assets/SmolLM2-135M-Instruct.Q4_1.gguf}"
 OUT="${OUT:-$ROOT/out/gguf-presets}"
 BASE="${BASE:-$ROOT/out/kld-check/llama-base.kld}"
+BASE_MODEL="${BASE_MODEL:-$MODEL}"
 TEXT="$ROOT/assets/eval.txt"
 die() { echo "gguf-presets-bench: $*" >&2; exit 1; }
 [[ -x "$LLAMA_BIN/llama-perplexity" ]] || die "no llama-perplexity in $LLAMA_BIN (run scripts/llamacpp-rates.sh)"
@@ -32,7 +39,7 @@ cargo build --release -q -p tenpak
 TENPAK="$ROOT/target/release/tenpak"
 mkdir -p "$OUT" "$(dirname "$BASE")"
 llama() { "$LLAMA_BIN/llama-perplexity" -c 512 -b 512 -t "$THREADS" --chunks "$WINDOWS" -f "$TEXT" "$@" 2>&1; }
-[[ -f "$BASE" ]] || llama -m "$MODEL" --kl-divergence-base "$BASE" >"$OUT/base.log"
+[[ -f "$BASE" ]] || llama -m "$BASE_MODEL" --kl-divergence-base "$BASE" >"$OUT/base.log"
 field() { sed -n "s/^$1 *\([0-9.]*\).*/\1/p" | head -1; }
 
 echo "| file type | file | MiB | PPL | vs source | mean KLD | 99 % KLD | same top | pack |"

@@ -214,7 +214,7 @@ fn check_export_reads_back(config: ModelConfig) {
 /// values TenPak's reader gives, in the types the report says; returns its dump.
 fn assert_gguf_py_reads_what_tenpak_reads(gguf_path: &Path, report: &GgufReport) -> serde_json::Value {
     let raw = GgufModel::open(gguf_path).unwrap();
-    let output = Command::new(python_gguf())
+    let output = Command::new(tenpak_quant::testing::python_gguf())
         .arg(util::repo_root().join("scripts/gguf_dump.py"))
         .arg(gguf_path)
         .output()
@@ -292,7 +292,7 @@ fn word_text() -> String {
 /// The compressed-tensors directory `out` decoded to a dense model in `dense` by the independent
 /// numpy decoder (scripts/ct_decode.py), and opened.
 fn ct_decode(out: &Path, dense: &Path) -> Box<dyn model::ModelSource> {
-    let output = Command::new(python_gguf())
+    let output = Command::new(tenpak_quant::testing::python_gguf())
         .arg(util::repo_root().join("scripts/ct_decode.py"))
         .args([out, dense])
         .output()
@@ -301,25 +301,17 @@ fn ct_decode(out: &Path, dense: &Path) -> Box<dyn model::ModelSource> {
     model::open(dense).unwrap()
 }
 
-/// The interpreter with PyPI `gguf`, from the project's script (installs it on first use).
-fn python_gguf() -> PathBuf {
-    let script = util::repo_root().join("scripts/python-gguf.sh");
-    let output = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{} failed (it needs PyPI): {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
+/// PPL of `model` on the first 4 windows of 512 of the evaluation text.
+fn ppl_4(model: &Path, registry: &Arc<Registry>) -> f64 {
+    let request = EvalRequest {
+        model: model.to_owned().into(),
+        text: TextSpec::File(util::asset("eval.txt")),
+        options: PplOptions { ctx: 512, samples: Some(4), batch: 1 },
+        protocol: Default::default(),
+    };
+    eval::run(&request, registry, &Silent).unwrap().ppl
 }
+
 
 #[test]
 fn gguf_export_of_a_llama_model_is_exact_where_codes_map_and_reads_back_everywhere() {
@@ -412,20 +404,7 @@ fn real_model_int4_g32_exports_exactly_and_scores_the_same() {
     assert_eq!(model::ModelSource::chat_template(&artifact_source).unwrap().map(|t| t.template).as_ref(), Some(&source_template));
     assert_eq!(template(&gguf_path), Some(source_template));
 
-    let score = |model: &Path| {
-        let request = EvalRequest {
-            model: model.to_owned().into(),
-            text: TextSpec::File(util::asset("eval.txt")),
-            options: PplOptions {
-                ctx: 512,
-                samples: Some(4),
-                batch: 1,
-            },
-            protocol: Default::default(),
-        };
-        eval::run(&request, &registry, &Silent).unwrap().ppl
-    };
-    let (from_artifact, from_gguf) = (score(&artifact_dir), score(&gguf_path));
+    let (from_artifact, from_gguf) = (ppl_4(&artifact_dir, &registry), ppl_4(&gguf_path, &registry));
     assert_eq!(
         from_artifact, from_gguf,
         "the same weights must give the same perplexity"
@@ -629,20 +608,7 @@ fn real_model_llama_cpp_presets_export_exactly_and_score_the_same() {
                 "{name}: {dtype:?} tensors"
             );
         }
-        let score = |model: &Path| {
-            let request = EvalRequest {
-                model: model.to_owned().into(),
-                text: TextSpec::File(util::asset("eval.txt")),
-                options: PplOptions {
-                    ctx: 512,
-                    samples: Some(4),
-                    batch: 1,
-                },
-                protocol: Default::default(),
-            };
-            eval::run(&request, &registry, &Silent).unwrap().ppl
-        };
-        let (from_artifact, from_gguf) = (score(&artifact_dir), score(&gguf_path));
+        let (from_artifact, from_gguf) = (ppl_4(&artifact_dir, &registry), ppl_4(&gguf_path, &registry));
         eprintln!("{name}: artifact PPL {from_artifact:.4}, GGUF {from_gguf:.4}");
         assert!(
             (from_gguf - from_artifact).abs() <= 5e-3 * from_artifact,

@@ -49,7 +49,8 @@ pub fn block_error(ty: GgmlType, x: &[f32], h: &[f32], header: &Header) -> f64 {
 /// The best scale `d` for `x ≈ d·l`, `l` integers in `lo..=hi` (`lo < 0 < hi`), under weights
 /// `h`: candidate inverse scales `(lo − 0.1·k)/x_max` for `k` in `−steps..=steps` (`x_max` the
 /// weight of largest magnitude, mapped to the more negative end as llama.cpp does) and the same
-/// toward `hi`; each rounded, clamped and refitted by least squares. 0 for a block of zeros.
+/// toward `hi`; each rounded and clamped, its scale refitted by least squares and judged by the
+/// weighted error of that assignment (as `make_qx_quants` does). 0 for a block of zeros.
 pub fn fit_sym(x: &[f32], h: &[f32], lo: i32, hi: i32, steps: i32) -> f32 {
     let mut amax = 0f32;
     let mut xmax = 0f32;
@@ -62,35 +63,25 @@ pub fn fit_sym(x: &[f32], h: &[f32], lo: i32, hi: i32, steps: i32) -> f32 {
     if amax == 0.0 {
         return 0.0;
     }
-    let mut best = (f64::INFINITY, 0f32);
+    // For an assignment `l`, the least-squares scale is `Σhxl / Σhl²` and its weighted error
+    // `Σhx² − (Σhxl)² / Σhl²`: the candidate with the largest `(Σhxl)² / Σhl²` wins, one pass each.
+    let mut best = (f64::NEG_INFINITY, 0f32);
     for end in [lo as f32, hi as f32] {
         for k in -steps..=steps {
             let iscale = (end + 0.1 * k as f32 * end.signum()) / xmax;
             let (mut sxl, mut sll) = (0f64, 0f64);
             for (&v, &hw) in x.iter().zip(h) {
                 let l = (iscale * v).round().clamp(lo as f32, hi as f32);
-                sxl += f64::from(hw) * f64::from(v) * f64::from(l);
-                sll += f64::from(hw) * f64::from(l) * f64::from(l);
+                let (hl, v) = (f64::from(hw) * f64::from(l), f64::from(v));
+                sxl += hl * v;
+                sll += hl * f64::from(l);
             }
             if sll <= 0.0 {
                 continue;
             }
-            let d = (sxl / sll) as f32;
-            let err: f64 = x
-                .iter()
-                .zip(h)
-                .map(|(&v, &hw)| {
-                    let l = if d != 0.0 {
-                        (v / d).round().clamp(lo as f32, hi as f32)
-                    } else {
-                        0.0
-                    };
-                    let e = f64::from(v) - f64::from(d) * f64::from(l);
-                    f64::from(hw) * e * e
-                })
-                .sum();
-            if err < best.0 {
-                best = (err, d);
+            let score = sxl * sxl / sll;
+            if score > best.0 {
+                best = (score, (sxl / sll) as f32);
             }
         }
     }

@@ -2,7 +2,6 @@
 //! fast sweep against the plain one, error feedback against the weighted fit alone, fallbacks,
 //! and the inputs that break quantizers.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use tenpak_api::{Codec, LayerStats, NativeForm, NativeTarget, Params, WeightView};
@@ -16,10 +15,6 @@ use tenpak_quant::testing::{self, Rng, TestMatrix};
 
 fn params(ty: GgmlType) -> Params {
     Params::new().with("type", ty.name())
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Layer statistics of correlated, heavy-tailed activations for a `cols`-wide input.
@@ -105,26 +100,6 @@ fn nearest_is_the_nearest_level() {
     }
 }
 
-/// The interpreter with PyPI `gguf` (llama.cpp's gguf-py), from the project's script.
-fn python_gguf() -> PathBuf {
-    let script = repo_root().join("scripts/python-gguf.sh");
-    let output = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{} failed (it needs PyPI): {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
 /// Matrices for the gguf-py check, rows of 512 (two super-blocks): LLM-like weights, and the
 /// adversarial set (constant rows, a huge outlier, tiny values, denormals, mixed scales).
 fn check_matrices() -> Vec<TestMatrix> {
@@ -177,7 +152,7 @@ for line in open(sys.argv[1]).read().splitlines():
     data = np.fromfile(path, dtype=np.uint8).reshape(int(rows), -1)
     dequantize(data, T[name]).astype(np.float32).tofile(path + ".f32")
 "#;
-    let output = Command::new(python_gguf())
+    let output = Command::new(testing::python_gguf())
         .arg("-c")
         .arg(script)
         .arg(&list)

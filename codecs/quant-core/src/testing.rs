@@ -503,3 +503,21 @@ pub fn assert_int_groups_decode_to(
         );
     }
 }
+
+/// The Python interpreter with llama.cpp's `gguf` package (PyPI gguf, which ships with llama.cpp
+/// as gguf-py) and numpy, from the project's `scripts/python-gguf.sh` (which installs them on
+/// first use): the independent GGUF reader tests hold TenPak's blocks and files to. Panics, saying
+/// why, if the script fails.
+pub fn python_gguf() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("scripts/python-gguf.sh");
+    let output = std::process::Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} failed (it needs PyPI): {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    std::path::PathBuf::from(stdout.lines().last().expect("the script prints the interpreter").trim())
+}
