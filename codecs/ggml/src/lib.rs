@@ -302,30 +302,15 @@ fn encode_with(
             );
             c
         };
+        // The sweeps `headers` asks for, dynamic before static (the order ties resolve in).
         let mut candidates = Vec::new();
-        if settings.headers != "static" {
-            let c = sweep::sweep(
-                ty,
-                data,
-                cols,
-                &importance,
-                &factor,
-                Headers::Dynamic,
-                settings.block_size,
-            );
-            candidates.push(undamped(c));
-        }
-        if settings.headers != "dynamic" {
-            let c = sweep::sweep(
-                ty,
-                data,
-                cols,
-                &importance,
-                &factor,
-                Headers::Static(&rtn.headers),
-                settings.block_size,
-            );
-            candidates.push(undamped(c));
+        let mut is_static = Vec::new();
+        for (stat, headers) in [(false, Headers::Dynamic), (true, Headers::Static(&rtn.headers))] {
+            if settings.headers == "best" || (settings.headers == "static") == stat {
+                let c = sweep::sweep(ty, data, cols, &importance, &factor, headers, settings.block_size);
+                candidates.push(undamped(c));
+                is_static.push(stat);
+            }
         }
         let rtn_index = candidates.len();
         candidates.push(rtn);
@@ -339,16 +324,9 @@ fn encode_with(
                 }
             }
         }
-        let static_index = if settings.headers == "best" {
-            Some(1)
-        } else if settings.headers == "static" {
-            Some(0)
-        } else {
-            None
-        };
         record.set(
             "static_rows",
-            from.iter().filter(|&&k| Some(k) == static_index).count() as i64,
+            from.iter().filter(|&&k| is_static.get(k) == Some(&true)).count() as i64,
         );
         record.set(
             "rtn_rows",
