@@ -147,13 +147,26 @@ fn seeds(dir: &Path) -> (Vec<Seed>, usize, std::collections::BTreeMap<String, us
     let calib: String = calib.chars().take(48_000).collect();
     let registry = Arc::new(tenpak_plugins::builtins::registry().unwrap());
     let mut codecs_seen = std::collections::BTreeSet::new();
-    for preset in ["fast", "balanced", "quality", "size", "variety"] {
+    // llama.cpp's file types on both models: the 32-wide one takes the fallback types, the
+    // 256-wide one the K-quants themselves.
+    let wide_path = &ggufs[1].1;
+    let presets = [
+        ("fast", gguf_path),
+        ("balanced", gguf_path),
+        ("quality", gguf_path),
+        ("size", gguf_path),
+        ("variety", gguf_path),
+        ("q4_0", gguf_path),
+        ("q4_k_m", wide_path),
+        ("q2_k", wide_path),
+    ];
+    for (preset, model) in presets {
         let output = dir.join(format!("{preset}.tenpak"));
         let spec = match preset {
             "variety" => util::inline_preset(VARIETY, "variety"),
             name => PresetSpec::Builtin(name.into()),
         };
-        let mut request = util::request(gguf_path.clone(), spec, &output);
+        let mut request = util::request(model.clone(), spec, &output);
         request.calib = Some(TextSpec::Inline { name: "calib".into(), text: calib.clone() });
         let manifest = util::pack(&request, &registry).unwrap_or_else(|e| panic!("packing the `{preset}` seed: {e:#}"));
         let mut sections = vec![std::fs::read(output.join("manifest.json")).unwrap()];
