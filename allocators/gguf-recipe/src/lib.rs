@@ -30,6 +30,7 @@ use tenpak_api::{
     Allocator, AllocatorConfig, CodecChoice, Error, LayerInfo, LayerPlan, LayerRole, Plan, Probe,
     Result,
 };
+use tenpak_quant::ggml::types::GgmlType;
 
 /// The registry id.
 pub const ID: &str = "gguf_recipe";
@@ -45,9 +46,9 @@ pub struct GgufRecipe;
 
 tenpak_api::register_allocator!("gguf_recipe", GgufRecipe);
 
-/// Weights per block of a type name.
-fn block_of(ty: &str) -> usize {
-    if ty.ends_with("_k") { 256 } else { 32 }
+/// The type named `ty` (every name this allocator produces is one).
+fn ggml_type(ty: &str) -> GgmlType {
+    GgmlType::from_name(ty).unwrap_or_else(|| panic!("gguf_recipe names an unknown type {ty}"))
 }
 
 /// llama.cpp's `use_more_bits`.
@@ -74,17 +75,13 @@ fn default_type(ftype: &str) -> &'static str {
 
 /// llama.cpp's `tensor_type_fallback`: the type for rows of `cols`, or `None` for f16.
 fn fallback(ty: &'static str, cols: usize) -> Option<&'static str> {
-    if cols.is_multiple_of(block_of(ty)) {
+    let wanted = ggml_type(ty);
+    let fits = |t: GgmlType| cols.is_multiple_of(t.block_weights());
+    if fits(wanted) {
         return Some(ty);
     }
-    let demoted = match ty {
-        "q2_k" | "q3_k" => "q4_0",
-        "q4_k" => "q5_0",
-        "q5_k" => "q5_1",
-        "q6_k" => "q8_0",
-        other => other,
-    };
-    cols.is_multiple_of(block_of(demoted)).then_some(demoted)
+    let demoted = wanted.fallback().unwrap_or(wanted);
+    fits(demoted).then_some(demoted.name())
 }
 
 /// The type llama.cpp gives `layer` in a file of `ftype` (before the shape fallback).
@@ -147,7 +144,7 @@ pub fn recipe_type(
 /// The head's type: Q6_K unless the file is Q8_0, Q8_0 when rows are not whole blocks of the
 /// file's type.
 fn output_type(base: &'static str, cols: usize) -> &'static str {
-    if !cols.is_multiple_of(block_of(base)) || base == "q8_0" {
+    if !cols.is_multiple_of(ggml_type(base).block_weights()) || base == "q8_0" {
         "q8_0"
     } else {
         "q6_k"

@@ -12,11 +12,18 @@ use tenpak_quant::gptq::sweep::InverseFactor;
 use tenpak_quant::testing;
 
 fn main() {
-    let ty = std::env::args().nth(1).and_then(|n| GgmlType::from_name(&n)).unwrap_or(GgmlType::Q4_0);
+    let ty = std::env::args()
+        .nth(1)
+        .and_then(|n| GgmlType::from_name(&n))
+        .unwrap_or(GgmlType::Q4_0);
     println!("| shape | type | weighted fit | dynamic sweep | static sweep | whole encode |");
     println!("|---|---|---:|---:|---:|---:|");
     for (rows, cols) in [(1536, 576), (576, 1536), (576, 576)] {
-        let ty = if cols % ty.block_weights() == 0 { ty } else { ty.fallback().unwrap_or(ty) };
+        let ty = if cols % ty.block_weights() == 0 {
+            ty
+        } else {
+            ty.fallback().unwrap_or(ty)
+        };
         let m = testing::llm_like(rows, cols, 1);
         let st = testing::stats_of(&testing::activations(2048, cols, 2), cols);
         let h = st.hessian_diag.clone().unwrap();
@@ -28,12 +35,24 @@ fn main() {
         sweep(ty, &m.data, cols, &h, &factor, Headers::Dynamic, 128);
         let dynamic = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        sweep(ty, &m.data, cols, &h, &factor, Headers::Static(&rtn.headers), 128);
+        sweep(
+            ty,
+            &m.data,
+            cols,
+            &h,
+            &factor,
+            Headers::Static(&rtn.headers),
+            128,
+        );
         let stat = t.elapsed().as_secs_f64();
         let w = WeightView::new(&m.data, rows, cols).unwrap();
         let t = Instant::now();
-        Ggml.encode_report(w, &st, &Params::new().with("type", ty.name())).unwrap();
+        Ggml.encode_report(w, &st, &Params::new().with("type", ty.name()))
+            .unwrap();
         let whole = t.elapsed().as_secs_f64();
-        println!("| {rows} x {cols} | {} | {fit:.3} s | {dynamic:.3} s | {stat:.3} s | {whole:.3} s |", ty.name());
+        println!(
+            "| {rows} x {cols} | {} | {fit:.3} s | {dynamic:.3} s | {stat:.3} s | {whole:.3} s |",
+            ty.name()
+        );
     }
 }

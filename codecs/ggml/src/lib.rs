@@ -54,7 +54,7 @@
 
 pub mod fit;
 pub mod sweep;
-pub mod types;
+pub use tenpak_quant::ggml::types;
 
 use tenpak_api::{
     Codec, Encoded, Error, ErrorKind, LayerStats, NativeForm, NativeTarget, ParamSpec, ParamType,
@@ -305,9 +305,20 @@ fn encode_with(
         // The sweeps `headers` asks for, dynamic before static (the order ties resolve in).
         let mut candidates = Vec::new();
         let mut is_static = Vec::new();
-        for (stat, headers) in [(false, Headers::Dynamic), (true, Headers::Static(&rtn.headers))] {
+        for (stat, headers) in [
+            (false, Headers::Dynamic),
+            (true, Headers::Static(&rtn.headers)),
+        ] {
             if settings.headers == "best" || (settings.headers == "static") == stat {
-                let c = sweep::sweep(ty, data, cols, &importance, &factor, headers, settings.block_size);
+                let c = sweep::sweep(
+                    ty,
+                    data,
+                    cols,
+                    &importance,
+                    &factor,
+                    headers,
+                    settings.block_size,
+                );
                 candidates.push(undamped(c));
                 is_static.push(stat);
             }
@@ -326,7 +337,9 @@ fn encode_with(
         }
         record.set(
             "static_rows",
-            from.iter().filter(|&&k| is_static.get(k) == Some(&true)).count() as i64,
+            from.iter()
+                .filter(|&&k| is_static.get(k) == Some(&true))
+                .count() as i64,
         );
         record.set(
             "rtn_rows",

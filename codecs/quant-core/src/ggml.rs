@@ -19,6 +19,13 @@
 //! moved a value by half a step (a min far larger than its scale). The exporter checks every
 //! block against the runtime's dequantization before it trusts it ([`decodes_to`] is that check
 //! with llama.cpp's formulas).
+//!
+//! [`types`] holds every llama.cpp type the `ggml` codec writes (legacy, k-quants, IQ4), with its
+//! block layout and a port of its reference dequantization: the codec encodes with it, the
+//! allocator `gguf_recipe` takes block sizes and fallbacks from it, and the GGUF exporter checks
+//! the types candle-core cannot read with it.
+
+pub mod types;
 
 use half::{bf16, f16};
 use tenpak_api::NativeForm;

@@ -9,7 +9,7 @@
 //! the latter). [`GgmlType::read`] is the inverse of `write`.
 //!
 //! [`Grid`] is the arithmetic of one sub-block: code → value, computed exactly as `dequantize`
-//! computes it, and value → nearest code. The encoders ([`crate::fit`], [`crate::sweep`]) only
+//! computes it, and value → nearest code. The encoders (the `ggml` codec's fit and sweep) only
 //! ever see grids, so what they measure is what the file decodes to.
 
 use half::f16;
@@ -369,7 +369,7 @@ impl GgmlType {
                 let mut mn = [0u8; 8];
                 sc.copy_from_slice(&header.sc[..8]);
                 mn.copy_from_slice(&header.mn[..8]);
-                out.extend_from_slice(&tenpak_quant::ggml::pack_scale_min_k4(&sc, &mn));
+                out.extend_from_slice(&super::pack_scale_min_k4(&sc, &mn));
                 if self == GgmlType::Q5K {
                     let mut qh = [0u8; 32];
                     for (i, &q) in codes.iter().enumerate() {
@@ -482,7 +482,7 @@ impl GgmlType {
                 header.dmin = f16_at(2);
                 let scales: &[u8; 12] = bytes[4..16].try_into().expect("12 bytes");
                 for j in 0..8 {
-                    (header.sc[j], header.mn[j]) = tenpak_quant::ggml::scale_min_k4(j, scales);
+                    (header.sc[j], header.mn[j]) = super::scale_min_k4(j, scales);
                 }
                 let (qh, qs) = if self == GgmlType::Q5K {
                     (Some(&bytes[16..48]), &bytes[48..176])
@@ -631,9 +631,9 @@ impl GgmlType {
                 };
                 let (mut u1, mut u2) = (1u8, 2u8);
                 for chunk in 0..4 {
-                    let (sc, m) = tenpak_quant::ggml::scale_min_k4(2 * chunk, scales);
+                    let (sc, m) = super::scale_min_k4(2 * chunk, scales);
                     let (d1, m1) = (d * f32::from(sc), min * f32::from(m));
-                    let (sc, m) = tenpak_quant::ggml::scale_min_k4(2 * chunk + 1, scales);
+                    let (sc, m) = super::scale_min_k4(2 * chunk + 1, scales);
                     let (d2, m2) = (d * f32::from(sc), min * f32::from(m));
                     let q = &ql[32 * chunk..32 * chunk + 32];
                     for l in 0..32 {
