@@ -32,14 +32,14 @@ use serde_json::Value as Json;
 use tenpak_api::registry::Registry;
 use tenpak_api::{NativeForm, NativeTarget};
 use tenpak_error::{Context, Kind, Result, bail, ensure};
-use tenpak_model::ggml::{self, name_of};
+use tenpak_model::ggml::name_of;
 use tenpak_model::gguf::{gguf_tensor_name, permutes_qk, rope_permuted_row_order};
-use tenpak_model::{ModelConfig, ggml_bits_per_weight};
+use tenpak_model::ModelConfig;
 use tenpak_pack::artifact::{Artifact, CHAT_TEMPLATE_FILE, TensorRecord};
 use tenpak_pack::observe::{PackObserver, Stage, Tracker};
 
 use super::gguf_vocab::tokenizer_metadata;
-use super::gguf_writer::{GgufWriter, TensorDecl, data_bytes};
+use super::gguf_writer::{GgufType, GgufWriter, TensorDecl, data_bytes};
 
 /// Options of a GGUF export.
 #[derive(Clone, Debug, Default)]
@@ -58,7 +58,7 @@ pub struct TensorExport {
     /// The artifact's (Hugging Face) name.
     pub hf_name: String,
     /// GGUF type written.
-    pub dtype: GgmlDType,
+    pub dtype: GgufType,
     /// Elements.
     pub numel: usize,
     /// Bits per weight in the artifact.
@@ -74,7 +74,7 @@ pub struct TensorExport {
 impl TensorExport {
     /// Bits per weight of the GGUF type.
     pub fn bits_per_weight(&self) -> f64 {
-        ggml_bits_per_weight(&format!("{:?}", self.dtype).to_lowercase())
+        self.dtype.bits_per_weight()
     }
 }
 
@@ -308,7 +308,7 @@ fn model_metadata(
 
 /// One tensor's GGUF data in HF row order.
 struct Converted {
-    dtype: GgmlDType,
+    dtype: GgufType,
     bytes: Vec<u8>,
     exact: bool,
     rel_err: f64,
@@ -342,10 +342,10 @@ fn convert(
         _ => nearest_type(record.bits_per_weight, cols),
     };
     let bytes = quantize(dtype, &values, &record.shape)?;
-    let decoded = dequantize(dtype, &bytes, values.len())?;
+    let decoded = dequantize(dtype.into(), &bytes, values.len())?;
     let (rel_err, _) = tenpak_pack::encode::reconstruction_error(&values, &decoded);
     Ok(Converted {
-        dtype,
+        dtype: dtype.into(),
         bytes,
         exact: rel_err == 0.0,
         rel_err,
@@ -394,15 +394,15 @@ fn native_form(
     registry: &Registry,
     record: &TensorRecord,
     values: &[f32],
-) -> Result<Option<(GgmlDType, Vec<u8>)>> {
+) -> Result<Option<(GgufType, Vec<u8>)>> {
     let Some(id) = record.codec.as_deref() else {
-        return Ok(Some((GgmlDType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())));
+        return Ok(Some((GgmlDType::F32.into(), values.iter().flat_map(|v| v.to_le_bytes()).collect())));
     };
     let codec = registry.codec(id)?;
     let encoded = artifact.encoded(&record.name)?;
     let form = codec.native(&encoded, NativeTarget::Gguf).with_context(|| format!("{id}'s GGUF form"))?;
     Ok(match form {
-        Some(NativeForm::Ggml { ggml_type, data }) => ggml::from_type_id(ggml_type).map(|dtype| (dtype, data)),
+        Some(NativeForm::Ggml { ggml_type, data }) => GgufType::from_type_id(ggml_type).map(|dtype| (dtype, data)),
         _ => None,
     })
 }
@@ -415,14 +415,26 @@ fn quantize(dtype: GgmlDType, values: &[f32], shape: &[usize]) -> Result<Vec<u8>
     Ok(q.data()?.into_owned())
 }
 
-/// GGUF data of `numel` elements in `dtype` back to f32 (candle-core's dequantizers).
-pub fn dequantize(dtype: GgmlDType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
+/// GGUF data of `numel` elements in `dtype` back to f32: candle-core's dequantizers, or for the
+/// types candle does not read, `tenpak_quant`'s port of llama.cpp's (`dequantize_row_*`, checked
+/// bit for bit against llama.cpp's gguf-py by the `ggml` codec's tests).
+pub fn dequantize(dtype: GgufType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
     ensure!(
         bytes.len() == data_bytes(dtype, numel)?,
         "{} bytes of {} for {numel} elements",
         bytes.len(),
-        name_of(dtype)
+        dtype.name()
     );
+    let dtype = match dtype {
+        GgufType::Candle(d) => d,
+        GgufType::Llama(t) => {
+            let mut out = vec![0f32; numel];
+            for (block, y) in bytes.chunks_exact(t.block_bytes()).zip(out.chunks_exact_mut(t.block_weights())) {
+                t.dequantize(block, y);
+            }
+            return Ok(out);
+        }
+    };
     // candle reinterprets the bytes as blocks, which needs their alignment: copy into u64 storage.
     let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
     let view: &mut [u8] = bytemuck_bytes(&mut aligned);

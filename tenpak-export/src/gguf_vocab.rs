@@ -33,15 +33,20 @@ pub fn tokenizer_metadata(
         );
     }
     // Qwen2's tokenizer.json normalizes to NFC, which llama.cpp does not do; the two agree on
-    // every NFC text (all the ids of ordinary text), so NFC alone is accepted.
-    let normalizer_ok = root["normalizer"].is_null() || root["normalizer"]["type"] == "NFC";
-    if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) || !normalizer_ok {
+    // every NFC text (all the ids of ordinary text), so NFC alone is accepted, as is the empty
+    // normalizer sequence transformers writes for some byte-level tokenizers.
+    let normalizer = &root["normalizer"];
+    let normalizer_ok = normalizer.is_null()
+        || normalizer["type"] == "NFC"
+        || normalizer["type"] == "Sequence"
+            && normalizer["normalizers"].as_array().is_some_and(Vec::is_empty);
+    if !normalizer_ok {
         bail!(
-            "tokenizer.json: a SentencePiece-style BPE (normalizer or byte fallback); only byte-level BPE \
-             tokenizers (GPT-2 / Llama 3 / Qwen2 / SmolLM style) can be written to GGUF"
+            "tokenizer.json: normalizer {}: a SentencePiece-style BPE; only byte-level BPE tokenizers \
+             (GPT-2 / Llama 3 / Qwen2 / SmolLM style) can be written to GGUF",
+            serde_json::to_string(normalizer).unwrap_or_default()
         );
     }
-
     // Tokens by id: the BPE vocabulary, then the added tokens (which may extend it).
     let vocab = model
         .get("vocab")
@@ -98,6 +103,20 @@ pub fn tokenizer_metadata(
             tokens.len(),
             config.vocab_size
         );
+    }
+    // Byte fallback only acts on a byte the vocabulary has no symbol for; a byte-level BPE whose
+    // vocabulary holds all 256 byte symbols never falls back, so the flag changes no id.
+    if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
+        let missing = byte_level_alphabet()
+            .into_iter()
+            .filter(|c| !vocab.contains_key(&c.to_string()))
+            .count();
+        if missing > 0 {
+            bail!(
+                "tokenizer.json: byte_fallback is on and {missing} of the 256 byte-level symbols are not in \
+                 the vocabulary (a SentencePiece-style BPE); only byte-level BPE tokenizers can be written to GGUF"
+            );
+        }
     }
     let mut strings = Vec::with_capacity(config.vocab_size);
     for (id, token) in tokens.iter().enumerate() {
@@ -174,6 +193,24 @@ pub fn tokenizer_metadata(
     Ok(md)
 }
 
+/// GPT-2's byte-level alphabet: the character each byte 0..=255 is written as in the vocabulary
+/// (printable Latin-1 as itself, the others as U+0100 onwards, in byte order).
+fn byte_level_alphabet() -> Vec<char> {
+    let mut shifted = 0u32;
+    (0u32..256)
+        .map(|b| {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            let code = if printable {
+                b
+            } else {
+                shifted += 1;
+                255 + shifted
+            };
+            char::from_u32(code).expect("below U+0200")
+        })
+        .collect()
+}
+
 /// llama.cpp's name for the pre-tokenizer pipeline `pre` (with BPE's `ignore_merges`).
 fn pre_tokenizer_name(pre: &Json, ignore_merges: bool) -> Result<&'static str> {
     let wanted = without_trim_offsets(pre);
@@ -226,5 +263,67 @@ fn added_specials(post: &Json) -> (bool, bool) {
             .map(added_specials)
             .fold((false, false), |(b, e), (b2, e2)| (b || b2, e || e2)),
         _ => (false, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A byte-level BPE tokenizer.json: the 256 byte symbols and one merge, GPT-2's pipeline.
+    fn byte_level_json() -> Json {
+        let alphabet = byte_level_alphabet();
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in alphabet.iter().enumerate() {
+            vocab.insert(c.to_string(), json!(i));
+        }
+        vocab.insert("ab".into(), json!(256));
+        let (pre, _) = tenpak_model::gguf_tokenizer::pre_tokenizer("gpt-2").unwrap();
+        json!({
+            "normalizer": null,
+            "pre_tokenizer": pre,
+            "post_processor": null,
+            "model": {"type": "BPE", "vocab": vocab, "merges": ["a b"]},
+        })
+    }
+
+    fn metadata(json: &Json) -> Result<Vec<(String, Value)>> {
+        let config = tenpak_testkit::tiny_llama_config(8, 16, 1, 260);
+        tokenizer_metadata(&json.to_string(), &config)
+    }
+
+    fn names(md: &[(String, Value)]) -> String {
+        format!("{md:?}")
+    }
+
+    /// transformers writes byte-level tokenizers with `byte_fallback: true` and an empty
+    /// normalizer sequence; neither changes an id (every byte has its symbol), so the GGUF
+    /// metadata is the same as without them.
+    #[test]
+    fn byte_fallback_and_an_empty_normalizer_on_a_byte_level_bpe_change_nothing() {
+        let plain = metadata(&byte_level_json()).unwrap();
+        let mut variant = byte_level_json();
+        variant["model"]["byte_fallback"] = json!(true);
+        variant["normalizer"] = json!({"type": "Sequence", "normalizers": []});
+        assert_eq!(names(&metadata(&variant).unwrap()), names(&plain));
+        assert!(names(&plain).contains("\"gpt-2\""));
+    }
+
+    /// Byte fallback where byte symbols are missing, and SentencePiece's normalizers, are refused
+    /// by name.
+    #[test]
+    fn sentencepiece_style_tokenizers_are_refused_by_name() {
+        let mut missing = byte_level_json();
+        missing["model"]["byte_fallback"] = json!(true);
+        missing["model"]["vocab"].as_object_mut().unwrap().remove("A");
+        let err = metadata(&missing).unwrap_err().to_string();
+        assert!(err.contains("byte_fallback") && err.contains("1 of the 256"), "{err}");
+        let mut spm = byte_level_json();
+        spm["normalizer"] = json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        let err = metadata(&spm).unwrap_err().to_string();
+        assert!(err.contains("normalizer") && err.contains("Replace"), "{err}");
     }
 }

@@ -20,21 +20,95 @@ use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::Value;
 
 use tenpak_model::ggml;
+use tenpak_quant::ggml::types::GgmlType;
 
 /// GGUF's default (and our) data alignment.
 pub const ALIGNMENT: u64 = 32;
 
+/// A GGUF tensor type: one candle-core reads (and quantizes), or a llama.cpp type that only
+/// TenPak's own blocks come in (IQ4_NL, IQ4_XS: written from a codec's native form, checked
+/// with `tenpak_quant`'s port of llama.cpp's dequantization).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufType {
+    /// A type candle-core reads.
+    Candle(GgmlDType),
+    /// A llama.cpp type candle-core does not read.
+    Llama(GgmlType),
+}
+
+impl GgufType {
+    /// The type with ggml.h id `id`, if TenPak can write it (candle's reading of it preferred).
+    pub fn from_type_id(id: u32) -> Option<Self> {
+        ggml::from_type_id(id).map(GgufType::Candle).or_else(|| {
+            tenpak_quant::ggml::types::ALL
+                .into_iter()
+                .find(|t| t.type_id() == id)
+                .map(GgufType::Llama)
+        })
+    }
+
+    /// ggml.h's `enum ggml_type` id.
+    pub fn type_id(self) -> u32 {
+        match self {
+            GgufType::Candle(d) => ggml::type_id(d),
+            GgufType::Llama(t) => t.type_id(),
+        }
+    }
+
+    /// llama.cpp's name of the type (`Q4_K`, `IQ4_NL`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GgufType::Candle(d) => ggml::name_of(d),
+            GgufType::Llama(t) => ggml::type_name(t.type_id()).unwrap_or("unknown"),
+        }
+    }
+
+    /// Weights per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            GgufType::Candle(d) => d.block_size(),
+            GgufType::Llama(t) => t.block_weights(),
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            GgufType::Candle(d) => d.type_size(),
+            GgufType::Llama(t) => t.block_bytes(),
+        }
+    }
+
+    /// Bits per weight.
+    pub fn bits_per_weight(self) -> f64 {
+        8.0 * self.type_size() as f64 / self.block_size() as f64
+    }
+}
+
+impl From<GgmlDType> for GgufType {
+    fn from(d: GgmlDType) -> Self {
+        GgufType::Candle(d)
+    }
+}
+
+impl PartialEq<GgmlDType> for GgufType {
+    fn eq(&self, other: &GgmlDType) -> bool {
+        *self == GgufType::Candle(*other)
+    }
+}
+
 /// Bytes of tensor data of `numel` elements in `dtype` (a whole number of blocks).
-pub fn data_bytes(dtype: GgmlDType, numel: usize) -> Result<usize> {
+pub fn data_bytes(dtype: impl Into<GgufType>, numel: usize) -> Result<usize> {
+    let dtype = dtype.into();
     let block = dtype.block_size();
     ensure!(
         numel.is_multiple_of(block),
         "{numel} elements are not a whole number of {} blocks of {block}",
-        ggml::name_of(dtype)
+        dtype.name()
     );
     (numel / block)
         .checked_mul(dtype.type_size())
-        .with_context(|| format!("{numel} elements of {} are more bytes than can exist", ggml::name_of(dtype)))
+        .with_context(|| format!("{numel} elements of {} are more bytes than can exist", dtype.name()))
 }
 
 /// One tensor's entry: name and shape, outermost first (a linear weight is `[out, in]`).
@@ -52,7 +126,7 @@ pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
     tensors: Vec<TensorDecl>,
     /// Type and offset (relative to the data section) of each tensor appended so far.
-    written: Vec<(GgmlDType, u64)>,
+    written: Vec<(GgufType, u64)>,
     data_start: u64,
     data_len: u64,
 }
@@ -84,7 +158,8 @@ impl GgufWriter {
     }
 
     /// Append the next tensor's data, `bytes` in `dtype` (the size is checked against its shape).
-    pub fn append(&mut self, dtype: GgmlDType, bytes: &[u8]) -> Result<()> {
+    pub fn append(&mut self, dtype: impl Into<GgufType>, bytes: &[u8]) -> Result<()> {
+        let dtype = dtype.into();
         let index = self.written.len();
         let decl = self
             .tensors
@@ -101,7 +176,7 @@ impl GgufWriter {
             "tensor {}: {} bytes of {} data, expected {expected} for shape {:?}",
             decl.name,
             bytes.len(),
-            ggml::name_of(dtype),
+            dtype.name(),
             decl.shape
         );
         if let Some(&inner) = decl.shape.last() {
@@ -109,7 +184,7 @@ impl GgufWriter {
                 inner.is_multiple_of(dtype.block_size()),
                 "tensor {}: rows of {inner} are not a whole number of {} blocks",
                 decl.name,
-                ggml::name_of(dtype)
+                dtype.name()
             );
         }
         self.out.write_all(bytes)?;
@@ -144,7 +219,7 @@ impl GgufWriter {
     }
 
     /// The header; with `written = None`, placeholder types and offsets of the same width.
-    fn header_bytes(&self, written: Option<&[(GgmlDType, u64)]>) -> Result<Vec<u8>> {
+    fn header_bytes(&self, written: Option<&[(GgufType, u64)]>) -> Result<Vec<u8>> {
         let mut h = Vec::new();
         h.extend_from_slice(b"GGUF");
         h.extend_from_slice(&3u32.to_le_bytes());
@@ -162,7 +237,7 @@ impl GgufWriter {
                 h.extend_from_slice(&(d as u64).to_le_bytes());
             }
             let (dtype, offset) = match written {
-                Some(w) => (ggml::type_id(w[i].0), w[i].1),
+                Some(w) => (w[i].0.type_id(), w[i].1),
                 None => (0, 0),
             };
             h.extend_from_slice(&dtype.to_le_bytes());

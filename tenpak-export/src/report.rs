@@ -15,7 +15,7 @@ pub fn gguf_tensor_table(report: &crate::GgufReport) -> String {
             out,
             "{:<28} {:<6} {:>8.3} {:>8.3}  {}",
             t.name,
-            tenpak_model::ggml::name_of(t.dtype),
+            t.dtype.name(),
             t.artifact_bits_per_weight,
             t.bits_per_weight(),
             if t.exact {
@@ -35,7 +35,7 @@ pub fn gguf_summary(report: &crate::GgufReport) -> String {
     let mut types: BTreeMap<(&str, bool), usize> = BTreeMap::new();
     for t in &report.tensors {
         *types
-            .entry((tenpak_model::ggml::name_of(t.dtype), t.exact))
+            .entry((t.dtype.name(), t.exact))
             .or_default() += 1;
     }
     let list: Vec<String> = types

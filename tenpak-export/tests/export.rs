@@ -119,7 +119,7 @@ fn check_export_reads_back(config: ModelConfig) {
             Some("keep") => (GgmlDType::F16, true),
             other => panic!("unexpected codec {other:?}"),
         };
-        assert_eq!((t.dtype, t.exact), (dtype, exact), "{}", record.name);
+        assert_eq!((t.dtype, t.exact), (dtype.into(), exact), "{}", record.name);
     }
 
     // TenPak's reader: the same configuration, and each tensor (back in HF row order) equal to
@@ -225,7 +225,7 @@ fn assert_gguf_py_reads_what_tenpak_reads(gguf_path: &Path, report: &GgufReport)
     assert_eq!(tensors.len(), report.tensors.len());
     for (entry, t) in tensors.iter().zip(&report.tensors) {
         assert_eq!(entry["name"], t.name.as_str());
-        assert_eq!(entry["type"], tenpak_model::ggml::name_of(t.dtype), "{}", t.name);
+        assert_eq!(entry["type"], t.dtype.name(), "{}", t.name);
         let values = raw.load_raw_f32(&t.hf_name).unwrap();
         assert_eq!(entry["sha256"], sha256_f32(&values).as_str(), "{}: gguf-py dequantizes other values", t.name);
     }
@@ -264,7 +264,7 @@ fn double_quantized_int4_awq_exports_exactly_to_q4_k() {
     let gguf_path = dir.path().join("q4k.gguf");
     let report = export(&artifact_dir, &gguf_path, &registry);
     for t in report.tensors.iter().filter(|t| t.linear) {
-        assert_eq!((t.dtype, t.exact), (GgmlDType::Q4K, true), "{}", t.hf_name);
+        assert_eq!((t.dtype, t.exact), (GgmlDType::Q4K.into(), true), "{}", t.hf_name);
     }
     assert!((report.bits_per_weight(|t| t.linear) - 4.5).abs() < 1e-12);
     assert_gguf_py_reads_what_tenpak_reads(&gguf_path, &report);
@@ -551,32 +551,82 @@ fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers
     assert!(diff <= 5e-3, "transformers scores the export {theirs}, TenPak the artifact {ours}");
 }
 
+/// llama.cpp's gguf-py dequantizes every tensor of the GGUF at `gguf` to the values the artifact
+/// decodes to (q and k rows in llama.cpp's rope order), compared by SHA-256 of the f32 bits.
+fn gguf_py_reads_the_artifact(gguf: &Path, artifact_dir: &Path, report: &GgufReport, registry: &Registry) {
+    let script = r#"
+import sys, hashlib, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+for t in GGUFReader(sys.argv[1]).tensors:
+    v = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+    print(t.name, hashlib.sha256(v.tobytes()).hexdigest())
+"#;
+    let output = Command::new(tenpak_quant::testing::python_gguf()).arg("-c").arg(script).arg(gguf).output().unwrap();
+    assert!(output.status.success(), "gguf-py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let theirs: HashMap<String, String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect();
+    let artifact = Artifact::open(artifact_dir).unwrap();
+    let config = &artifact.manifest().model_config;
+    for t in &report.tensors {
+        let mut values = artifact.load_f32(&t.hf_name, registry).unwrap();
+        let heads = if t.hf_name.contains(".self_attn.q_proj.") {
+            Some(config.num_attention_heads)
+        } else if t.hf_name.contains(".self_attn.k_proj.") {
+            Some(config.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            let rows = values.len() / config.hidden_size;
+            tenpak_model::gguf::permute_rope_rows(&mut values, rows, config.hidden_size, heads);
+        }
+        let ours = sha256_f32(&values);
+        assert_eq!(theirs.get(&t.name), Some(&ours), "{}: gguf-py's dequantization of {} differs", t.name, t.dtype.name());
+    }
+}
+
 /// The built-in llama.cpp presets on the real model: `q4_k_m` (a k-quant file; SmolLM2's 576-wide
-/// rows fall back to Q5_0 and Q8_0 as llama-quantize's do) and `q4_0` (a legacy one), calibrated on
-/// 8 windows of the calibration text to keep the test short. Every tensor of the GGUF export is the
-/// artifact's blocks copied (exact), in llama-quantize's types for that file, and `tenpak eval`
-/// scores the GGUF as it scores the artifact (within 0.5 %; the GGUF reader dequantizes through
-/// candle).
+/// rows fall back to Q5_0 and Q8_0 as llama-quantize's do), `q4_0` (a legacy one) and `iq4_xs`
+/// (types candle cannot read), calibrated on 8 windows of the calibration text to keep the test
+/// short. Every tensor of the GGUF export is the artifact's blocks copied (exact), in
+/// llama-quantize's types for that file; llama.cpp's gguf-py reads the file and dequantizes every
+/// tensor to the artifact's values bit for bit; and `tenpak eval` scores the GGUF as it scores the
+/// artifact (within 0.5 %; the GGUF reader dequantizes through candle, so not for IQ4).
 #[test]
 fn real_model_llama_cpp_presets_export_exactly_and_score_the_same() {
+    use tenpak_export::gguf_writer::GgufType;
+    use tenpak_quant::ggml::types::GgmlType;
     let registry = registry();
     let dir = tempfile::tempdir().unwrap();
+    let candle = |d: GgmlDType| GgufType::Candle(d);
     for (name, types) in [
         (
             "q4_k_m",
             vec![
-                (GgmlDType::Q5_0, 166),
-                (GgmlDType::Q4K, 16),
-                (GgmlDType::Q8_0, 15),
-                (GgmlDType::Q6K, 14),
+                (candle(GgmlDType::Q5_0), 166),
+                (candle(GgmlDType::Q4K), 16),
+                (candle(GgmlDType::Q8_0), 15),
+                (candle(GgmlDType::Q6K), 14),
             ],
         ),
         (
             "q4_0",
             vec![
-                (GgmlDType::Q4_0, 207),
-                (GgmlDType::Q4_1, 3),
-                (GgmlDType::Q8_0, 1),
+                (candle(GgmlDType::Q4_0), 207),
+                (candle(GgmlDType::Q4_1), 3),
+                (candle(GgmlDType::Q8_0), 1),
+            ],
+        ),
+        (
+            "iq4_xs",
+            vec![
+                (GgufType::Llama(GgmlType::Iq4Nl), 180),
+                (GgufType::Llama(GgmlType::Iq4Xs), 30),
+                (candle(GgmlDType::Q8_0), 1),
             ],
         ),
     ] {
@@ -607,6 +657,10 @@ fn real_model_llama_cpp_presets_export_exactly_and_score_the_same() {
                 count,
                 "{name}: {dtype:?} tensors"
             );
+        }
+        gguf_py_reads_the_artifact(&gguf_path, &artifact_dir, &report, &registry);
+        if name.starts_with("iq4") {
+            continue;
         }
         let (from_artifact, from_gguf) = (ppl_4(&artifact_dir, &registry), ppl_4(&gguf_path, &registry));
         eprintln!("{name}: artifact PPL {from_artifact:.4}, GGUF {from_gguf:.4}");

@@ -56,6 +56,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("q4_k_m", include_str!("../../presets/gguf/q4_k_m.toml")),
     ("q5_k_m", include_str!("../../presets/gguf/q5_k_m.toml")),
     ("q6_k", include_str!("../../presets/gguf/q6_k.toml")),
+    ("iq4_nl", include_str!("../../presets/gguf/iq4_nl.toml")),
+    ("iq4_xs", include_str!("../../presets/gguf/iq4_xs.toml")),
 ];
 
 /// A codec table: `codec = "id"` plus that codec's parameters.

@@ -159,6 +159,7 @@ fn seeds(dir: &Path) -> (Vec<Seed>, usize, std::collections::BTreeMap<String, us
         ("q4_0", gguf_path),
         ("q4_k_m", wide_path),
         ("q2_k", wide_path),
+        ("iq4_xs", wide_path),
     ];
     for (preset, model) in presets {
         let output = dir.join(format!("{preset}.tenpak"));

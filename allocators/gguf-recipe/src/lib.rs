@@ -8,16 +8,18 @@
 //!   layers), take Q6_K, or Q8_0 when its rows are not whole blocks of the file's type;
 //! - `attn_v`: Q2_K → Q3_K (Q4_K when 4 or more query heads share a KV head); Q3_K_M → Q5_K for
 //!   the first two layers, Q4_K after; Q4_K_M and Q5_K_M → Q6_K on the layers `use_more_bits`
-//!   picks (the first and last eighth, and every third layer between);
+//!   picks (the first and last eighth, and every third layer between); IQ4_NL and IQ4_XS → Q5_K
+//!   when 4 or more query heads share a KV head;
 //! - `ffn_down`: Q2_K → Q3_K; Q3_K_M → Q5_K for the first sixteenth of the layers, Q4_K after;
 //!   Q4_K_M and Q5_K_M → Q6_K on `use_more_bits` layers; Q4_0 and Q5_0 → Q4_1 and Q5_1 on the
 //!   first eighth (llama.cpp does that with an importance matrix; a TenPak pack is always
-//!   calibrated);
+//!   calibrated, so IQ4_NL/IQ4_XS's Q5_K for the first eighth, which llama.cpp takes only
+//!   without one, does not apply);
 //! - `attn_output`: Q2_K → Q3_K, Q3_K_M → Q4_K;
 //! - everything else takes the file type's default type;
 //! - then `tensor_type_fallback`: rows that are not whole 256-weight super-blocks take Q4_0 for
-//!   Q2_K/Q3_K, Q5_0 for Q4_K, Q5_1 for Q5_K, Q8_0 for Q6_K; rows that are not whole 32-weight
-//!   blocks stay in f16 (`keep`).
+//!   Q2_K/Q3_K, Q5_0 for Q4_K, Q5_1 for Q5_K, Q8_0 for Q6_K, IQ4_NL for IQ4_XS; rows that are
+//!   not whole 32-weight blocks stay in f16 (`keep`).
 //!
 //! Every tensor gets the preset's `[codec]` parameters (which must name the `ggml` codec) with its
 //! `type`; the token embedding (no linear's input, so no calibration statistics)
@@ -37,7 +39,8 @@ pub const ID: &str = "gguf_recipe";
 
 /// The file types this allocator knows, as `llama-quantize` names them (lower case).
 pub const FTYPES: &[&str] = &[
-    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k",
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl",
+    "iq4_xs",
 ];
 
 /// See the crate docs.
@@ -69,6 +72,8 @@ fn default_type(ftype: &str) -> &'static str {
         "q3_k_m" => "q3_k",
         "q4_k_m" => "q4_k",
         "q5_k_m" => "q5_k",
+        "iq4_nl" => "iq4_nl",
+        "iq4_xs" => "iq4_xs",
         _ => "q6_k",
     }
 }
@@ -116,6 +121,7 @@ pub fn recipe_type(
                 }
             }
             "q4_k_m" | "q5_k_m" if use_more_bits(i, n) => "q6_k",
+            "iq4_nl" | "iq4_xs" if gqa >= 4 => "q5_k",
             _ => base,
         },
         LayerRole::MlpDown => match ftype {
@@ -347,7 +353,8 @@ mod tests {
     }
 
     /// Type counts of llama-quantize's own files of SmolLM2-135M (llama-cpp-python 0.3.36's
-    /// llama.cpp, with an importance matrix; read with gguf-py), 2-D tensors only.
+    /// llama.cpp, with an importance matrix; read with gguf-py), 2-D tensors only. With 9 query
+    /// heads on 3 KV heads, IQ4's attn_v stays IQ4.
     #[test]
     fn type_counts_match_llama_quantize_files() {
         let c = |v: &[(&str, usize)]| {
@@ -371,6 +378,11 @@ mod tests {
             ])
         );
         assert_eq!(counts(&plan("q6_k")), c(&[("q6_k", 30), ("q8_0", 181)]));
+        assert_eq!(counts(&plan("iq4_nl")), c(&[("iq4_nl", 210), ("q8_0", 1)]));
+        assert_eq!(
+            counts(&plan("iq4_xs")),
+            c(&[("iq4_nl", 180), ("iq4_xs", 30), ("q8_0", 1)])
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tenpak_quant::fit::Refine;
 use tenpak_quant::fit::weighted::fit_group_weighted;
 use tenpak_quant::{FitOptions, SearchGrid};
 
-use crate::types::{GgmlType, Grid, Header};
+use crate::types::{GgmlType, Grid, Header, KVALUES_IQ4NL};
 
 /// Weighted squared error of `x` coded to its nearest levels on `grid`.
 #[inline]
@@ -88,6 +88,56 @@ pub fn fit_sym(x: &[f32], h: &[f32], lo: i32, hi: i32, steps: i32) -> f32 {
     best.1
 }
 
+/// The best scale `d` for `x ≈ d·kvalues[q]` on IQ4's table ([`KVALUES_IQ4NL`]) under weights
+/// `h`: candidate inverse scales map the weight of largest magnitude onto either end of the table
+/// (−127 and 113) and `steps` table units inside or beyond it (llama.cpp's
+/// `quantize_row_iq4_nl_impl` tries the −127 end only); each assignment's scale is refitted by
+/// least squares and the one with the least weighted error wins. 0 for a block of zeros.
+pub fn fit_table(x: &[f32], h: &[f32], steps: i32) -> f32 {
+    let mut amax = 0f32;
+    let mut xmax = 0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            xmax = v;
+        }
+    }
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let table = KVALUES_IQ4NL.map(f32::from);
+    let nearest = |t: f32| {
+        let i = table.partition_point(|&k| k < t);
+        match i {
+            0 => table[0],
+            16 => table[15],
+            i if t - table[i - 1] <= table[i] - t => table[i - 1],
+            i => table[i],
+        }
+    };
+    let mut best = (f64::NEG_INFINITY, 0f32);
+    for end in [table[0], table[15]] {
+        for k in -steps..=steps {
+            let iscale = (end + k as f32 * end.signum()) / xmax;
+            let (mut sxl, mut sll) = (0f64, 0f64);
+            for (&v, &hw) in x.iter().zip(h) {
+                let l = f64::from(nearest(iscale * v));
+                let hl = f64::from(hw) * l;
+                sxl += hl * f64::from(v);
+                sll += hl * l;
+            }
+            if sll <= 0.0 {
+                continue;
+            }
+            let score = sxl * sxl / sll;
+            if score > best.0 {
+                best = (score, (sxl / sll) as f32);
+            }
+        }
+    }
+    best.1
+}
+
 /// The best `(scale, min)` for `x ≈ scale·q + min`, `q` in `0..=nmax`, under weights `h`
 /// (quant-core's weighted k-quants search), as f32. `min ≤ 0` when `nonpositive_min` (the
 /// k-quants store `−min` unsigned).
@@ -126,6 +176,10 @@ pub fn fit_block(ty: GgmlType, x: &[f32], h: &[f32]) -> Header {
             header.d = to_f16(fit_sym(x, h, -half, half - 1, steps));
             polish_d(ty, x, h, &mut header);
         }
+        GgmlType::Iq4Nl => {
+            header.d = to_f16(fit_table(x, h, 7));
+            polish_d(ty, x, h, &mut header);
+        }
         GgmlType::Q4_1 | GgmlType::Q5_1 => {
             let (scale, min) = fit_affine(x, h, (ty.levels() - 1) as u8, false);
             header.d = to_f16(scale);
@@ -154,29 +208,30 @@ pub fn fit_block(ty: GgmlType, x: &[f32], h: &[f32]) -> Header {
             }
             refine_subs(ty, x, h, &mut header);
         }
-        GgmlType::Q3K | GgmlType::Q6K => {
+        GgmlType::Q3K | GgmlType::Q6K | GgmlType::Iq4Xs => {
             let n = ty.sub_len();
             let half = i32::from(ty.levels()) / 2;
             let mut scales = [0f32; 16];
-            for (j, s) in scales.iter_mut().enumerate() {
+            for (j, s) in scales.iter_mut().enumerate().take(ty.subs()) {
                 let r = j * n..(j + 1) * n;
-                *s = fit_sym(&x[r.clone()], &h[r], -half, half - 1, 9);
+                *s = if ty == GgmlType::Iq4Xs {
+                    fit_table(&x[r.clone()], &h[r], 7)
+                } else {
+                    fit_sym(&x[r.clone()], &h[r], -half, half - 1, 9)
+                };
             }
             // The sub-scale of largest magnitude goes to the more negative end of the integer
-            // range (−32 for Q3_K's 6-bit `sc − 32`, −128 for Q6_K's signed bytes).
-            let (lo, hi) = if ty == GgmlType::Q3K {
-                (-32, 31)
-            } else {
-                (-128, 127)
-            };
+            // range (−32 for Q3_K's and IQ4_XS's 6-bit `sc − 32`, −128 for Q6_K's signed bytes).
+            let offset32 = ty != GgmlType::Q6K;
+            let (lo, hi) = if offset32 { (-32, 31) } else { (-128, 127) };
             let smax = scales
                 .iter()
                 .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
             header.d = to_f16(smax / lo as f32);
             let d = header.d.to_f32();
-            for j in 0..16 {
+            for j in 0..ty.subs() {
                 let c = code_of(scales[j], d, lo, hi);
-                header.sc[j] = if ty == GgmlType::Q3K {
+                header.sc[j] = if offset32 {
                     (c + 32) as u8
                 } else {
                     c as i8 as u8

@@ -22,10 +22,12 @@
 //! ([`types::GgmlType::dequantize`]), and [`Codec::native`] hands the bytes to the GGUF exporter
 //! as they are.
 //!
-//! Types (`type`): `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0` (blocks of 32) and `q2_k`, `q3_k`,
-//! `q4_k`, `q5_k`, `q6_k` (super-blocks of 256). A row that is not a whole number of blocks takes
-//! llama.cpp's fallback type (`tensor_type_fallback`: Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K →
-//! Q5_1, Q6_K → Q8_0) when `fallback = true` (the default), and the stored `type` is the one
+//! Types (`type`): `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `iq4_nl` (blocks of 32) and `q2_k`,
+//! `q3_k`, `q4_k`, `q5_k`, `q6_k`, `iq4_xs` (super-blocks of 256). IQ4_NL and IQ4_XS code on
+//! llama.cpp's non-uniform 16-level table (`kvalues_iq4nl`); their scales are fitted on that
+//! table at both of its ends. A row that is not a whole number of blocks takes llama.cpp's
+//! fallback type (`tensor_type_fallback`: Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K →
+//! Q8_0, IQ4_XS → IQ4_NL) when `fallback = true` (the default), and the stored `type` is the one
 //! used; a row that fits no type is an error naming both.
 //!
 //! Parameters: `type` (`q4_k`), `error_feedback` (true; needs the calibration Gram matrix),
@@ -46,8 +48,9 @@
 //! layer output error it lowers does not track the loss there); `error_feedback = false` is the
 //! better setting for that source.
 //!
-//! Not written yet: IQ4_NL, IQ4_XS and the IQ2/IQ3 types (candle, which the exporter's check and
-//! TenPak's GGUF reader use, has no IQ types).
+//! Not written yet: the IQ2/IQ3 types (lattice codebooks). TenPak's GGUF reader (candle) cannot
+//! load IQ4 files back; llama.cpp runs them, and the exporter checks their blocks with
+//! `tenpak_quant::ggml::types`.
 #![deny(missing_docs)]
 // The block layouts index several arrays by the same position, as ggml-quants.c does.
 #![allow(clippy::needless_range_loop)]
@@ -447,7 +450,7 @@ impl Codec for Ggml {
     }
 
     fn description(&self) -> &str {
-        "llama.cpp's weight types (Q4_0 … Q8_0, Q2_K … Q6_K) with importance-weighted headers and GPTQ error feedback, stored as the type's blocks"
+        "llama.cpp's weight types (Q4_0 … Q8_0, Q2_K … Q6_K, IQ4_NL, IQ4_XS) with importance-weighted headers and GPTQ error feedback, stored as the type's blocks"
     }
 
     fn params(&self) -> &[ParamSpec] {

@@ -32,7 +32,7 @@ fn random_block(ty: GgmlType, rng: &mut Rng) -> (Header, Vec<u8>) {
     if !ty.has_mins() && !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
         header.dmin = half::f16::ZERO;
     }
-    if ty.is_k_quant() {
+    if ty.max_sub_code() > 0 {
         for j in 0..ty.subs() {
             header.sc[j] = match ty {
                 GgmlType::Q6K => (rng.next_u64() % 256) as u8,
@@ -218,6 +218,9 @@ fn plain_header(ty: GgmlType, x: &[f32]) -> Header {
         let half = f32::from(ty.levels() / 2);
         header.d = half::f16::from_f32(amax / -half);
     }
+    if ty == GgmlType::Iq4Nl {
+        header.d = half::f16::from_f32(amax / -127.0);
+    }
     header
 }
 
@@ -310,6 +313,7 @@ fn fallbacks_and_shape_errors() {
         (GgmlType::Q6K, GgmlType::Q8_0),
         (GgmlType::Q3K, GgmlType::Q4_0),
         (GgmlType::Q2K, GgmlType::Q4_0),
+        (GgmlType::Iq4Xs, GgmlType::Iq4Nl),
     ] {
         let p = params(ty).with("error_feedback", false);
         let encoded = Ggml.encode(w, &LayerStats::none(), &p).unwrap();

@@ -20,8 +20,8 @@ pub const QK: usize = 32;
 /// Weights per k-quant super-block (`QK_K`).
 pub const QK_K: usize = 256;
 
-/// `kvalues_iq4nl`: IQ4_NL's 16 levels (kept for the table grid; the type itself is not
-/// written yet, see the crate docs).
+/// `kvalues_iq4nl`: the 16 levels of IQ4_NL and IQ4_XS (a non-uniform grid, one more level
+/// below zero than above, denser near zero).
 pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
@@ -49,10 +49,14 @@ pub enum GgmlType {
     Q5K,
     /// 256 weights in 16 groups: `d·sc·(q − 32)`, 6-bit `q`, 8-bit signed `sc`: 6.5625 bits.
     Q6K,
+    /// 32 weights `d·kvalues[q]`, 4-bit `q` into [`KVALUES_IQ4NL`]: 4.5 bits.
+    Iq4Nl,
+    /// 256 weights in 8 groups: `d·(sc − 32)·kvalues[q]`, 4-bit `q`, 6-bit `sc`: 4.25 bits.
+    Iq4Xs,
 }
 
 /// Every type, in ggml.h's order.
-pub const ALL: [GgmlType; 10] = [
+pub const ALL: [GgmlType; 12] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
@@ -63,6 +67,8 @@ pub const ALL: [GgmlType; 10] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::Iq4Nl,
+    GgmlType::Iq4Xs,
 ];
 
 /// A block's header: its f16 scale(s) and the integer scales and mins of its sub-blocks.
@@ -90,6 +96,8 @@ enum Form {
     MulAdd,
     /// `step · (q as f32) − offset` (Q2_K, Q4_K, Q5_K with `step = d·sc`, `offset = dmin·m`).
     MulSub,
+    /// `step · (kvalues[q] as f32)` (IQ4_NL with `step = d`; IQ4_XS with `step = d·(sc − 32)`).
+    Table,
 }
 
 /// One sub-block's grid: codes `0..levels`, each decoding to one value.
@@ -111,6 +119,7 @@ impl Grid {
             Form::Mul => v * self.step,
             Form::MulAdd => v * self.step + self.offset,
             Form::MulSub => self.step * v - self.offset,
+            Form::Table => self.step * f32::from(KVALUES_IQ4NL[usize::from(q & 0xF)]),
         }
     }
 
@@ -123,10 +132,13 @@ impl Grid {
     /// the encoders never pass) codes to the middle of the range.
     #[inline]
     pub fn nearest(&self, w: f32) -> u8 {
+        if self.form == Form::Table {
+            return self.nearest_in_table(w);
+        }
         let top = i32::from(self.levels) - 1;
         let guess = if self.step != 0.0 && self.step.is_finite() {
             let offset = match self.form {
-                Form::Mul => 0.0,
+                Form::Mul | Form::Table => 0.0,
                 Form::MulAdd => self.offset,
                 Form::MulSub => -self.offset,
             };
@@ -152,6 +164,29 @@ impl Grid {
         }
         best
     }
+
+    /// [`Grid::nearest`] on a table grid: the level nearest `w / step`, then its neighbour,
+    /// judged by the values themselves.
+    fn nearest_in_table(&self, w: f32) -> u8 {
+        let t = w / self.step;
+        let guess = if t.is_finite() {
+            KVALUES_IQ4NL.partition_point(|&k| f32::from(k) < t)
+        } else if self.step == 0.0 || !self.step.is_finite() {
+            0
+        } else {
+            8
+        };
+        let mut best = guess.min(15) as u8;
+        let mut best_err = f32::INFINITY;
+        for q in guess.saturating_sub(1)..(guess + 1).min(16) {
+            let err = (w - self.value(q as u8)).abs();
+            if err < best_err {
+                best = q as u8;
+                best_err = err;
+            }
+        }
+        best
+    }
 }
 
 impl GgmlType {
@@ -169,6 +204,8 @@ impl GgmlType {
             GgmlType::Q4K => "q4_k",
             GgmlType::Q5K => "q5_k",
             GgmlType::Q6K => "q6_k",
+            GgmlType::Iq4Nl => "iq4_nl",
+            GgmlType::Iq4Xs => "iq4_xs",
         }
     }
 
@@ -191,12 +228,18 @@ impl GgmlType {
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::Iq4Nl => 20,
+            GgmlType::Iq4Xs => 23,
         }
     }
 
     /// Weights per block.
     pub fn block_weights(self) -> usize {
-        if self.is_k_quant() { QK_K } else { QK }
+        if self.is_k_quant() || self == GgmlType::Iq4Xs {
+            QK_K
+        } else {
+            QK
+        }
     }
 
     /// Bytes per block (`sizeof(block_*)`).
@@ -212,6 +255,8 @@ impl GgmlType {
             GgmlType::Q4K => 144,
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
+            GgmlType::Iq4Nl => 18,
+            GgmlType::Iq4Xs => 136,
         }
     }
 
@@ -231,7 +276,7 @@ impl GgmlType {
     /// Weights per sub-block (one grid each): the block itself for the legacy types.
     pub fn sub_len(self) -> usize {
         match self {
-            GgmlType::Q4K | GgmlType::Q5K => 32,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Iq4Xs => 32,
             GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q6K => 16,
             _ => QK,
         }
@@ -245,7 +290,11 @@ impl GgmlType {
     /// Codes per weight.
     pub fn levels(self) -> u16 {
         match self {
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4K => 16,
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q4K
+            | GgmlType::Iq4Nl
+            | GgmlType::Iq4Xs => 16,
             GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5K => 32,
             GgmlType::Q8_0 => 256,
             GgmlType::Q2K => 4,
@@ -258,7 +307,7 @@ impl GgmlType {
     /// 127 for Q6_K's signed bytes (which also go down to −128); 0 for the legacy types.
     pub fn max_sub_code(self) -> u8 {
         match self {
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q3K => 63,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q3K | GgmlType::Iq4Xs => 63,
             GgmlType::Q2K => 15,
             GgmlType::Q6K => 127,
             _ => 0,
@@ -295,6 +344,13 @@ impl GgmlType {
             ),
             GgmlType::Q3K => plain(Form::Mul, d * (i32::from(header.sc[j]) - 32) as f32, 0.0, 4),
             GgmlType::Q6K => plain(Form::Mul, d * f32::from(header.sc[j] as i8), 0.0, 32),
+            GgmlType::Iq4Nl => plain(Form::Table, d, 0.0, 0),
+            GgmlType::Iq4Xs => plain(
+                Form::Table,
+                d * (i32::from(header.sc[j]) - 32) as f32,
+                0.0,
+                0,
+            ),
         }
     }
 
@@ -306,7 +362,7 @@ impl GgmlType {
         let d = header.d.to_le_bytes();
         let dmin = header.dmin.to_le_bytes();
         match self {
-            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Iq4Nl => {
                 out.extend_from_slice(&d);
                 if self == GgmlType::Q4_1 {
                     out.extend_from_slice(&dmin);
@@ -401,6 +457,20 @@ impl GgmlType {
                 out.extend_from_slice(&header.sc);
                 out.extend_from_slice(&d);
             }
+            GgmlType::Iq4Xs => {
+                out.extend_from_slice(&d);
+                let mut scales_h = 0u16;
+                let mut scales_l = [0u8; 4];
+                for (ib, &ls) in header.sc[..8].iter().enumerate() {
+                    scales_l[ib / 2] |= (ls & 0xF) << (4 * (ib % 2));
+                    scales_h |= u16::from((ls >> 4) & 3) << (2 * ib);
+                }
+                out.extend_from_slice(&scales_h.to_le_bytes());
+                out.extend_from_slice(&scales_l);
+                for sub in codes.chunks_exact(32) {
+                    out.extend((0..16).map(|j| sub[j] | (sub[j + 16] << 4)));
+                }
+            }
         }
     }
 
@@ -411,7 +481,7 @@ impl GgmlType {
         let f16_at = |at: usize| f16::from_le_bytes([bytes[at], bytes[at + 1]]);
         let mut header = Header::default();
         match self {
-            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Iq4Nl => {
                 header.d = f16_at(0);
                 let qs = if self == GgmlType::Q4_1 {
                     header.dmin = f16_at(2);
@@ -506,6 +576,22 @@ impl GgmlType {
                     let low = (ql[64 * n + l + 32 * (quarter % 2)] >> (4 * (quarter / 2))) & 0xF;
                     let high = (qh[32 * n + l] >> (2 * quarter)) & 3;
                     *c = low | (high << 4);
+                }
+            }
+            GgmlType::Iq4Xs => {
+                header.d = f16_at(0);
+                let scales_h = u16::from_le_bytes([bytes[2], bytes[3]]);
+                for ib in 0..8 {
+                    let low = (bytes[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+                    let high = ((scales_h >> (2 * ib)) & 3) as u8;
+                    header.sc[ib] = low | (high << 4);
+                }
+                for (ib, sub) in codes.chunks_exact_mut(32).enumerate() {
+                    let qs = &bytes[8 + 16 * ib..8 + 16 * ib + 16];
+                    for j in 0..16 {
+                        sub[j] = qs[j] & 0xF;
+                        sub[j + 16] = qs[j] >> 4;
+                    }
                 }
             }
         }
@@ -672,6 +758,29 @@ impl GgmlType {
                     }
                 }
             }
+            GgmlType::Iq4Nl => {
+                let d = f16_at(0);
+                let qs = &bytes[2..18];
+                for j in 0..16 {
+                    y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
+                    y[j + 16] = d * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
+                }
+            }
+            GgmlType::Iq4Xs => {
+                let d = f16_at(0);
+                let scales_h = u16::from_le_bytes([bytes[2], bytes[3]]);
+                for ib in 0..8 {
+                    let ls = i32::from((bytes[4 + ib / 2] >> (4 * (ib % 2))) & 0xF)
+                        | (i32::from((scales_h >> (2 * ib)) & 3) << 4);
+                    let dl = d * (ls - 32) as f32;
+                    let qs = &bytes[8 + 16 * ib..8 + 16 * ib + 16];
+                    let y = &mut y[32 * ib..32 * ib + 32];
+                    for j in 0..16 {
+                        y[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] & 0xF)]);
+                        y[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(qs[j] >> 4)]);
+                    }
+                }
+            }
         }
     }
 
@@ -690,7 +799,8 @@ impl GgmlType {
     }
 
     /// llama.cpp's type for rows that are not whole blocks of this type
-    /// (`tensor_type_fallback` in `llama-quant.cpp`): k-quants fall back to a 32-weight type;
+    /// (`tensor_type_fallback` in `llama-quant.cpp`): k-quants and IQ4_XS fall back to a
+    /// 32-weight type;
     /// `None` for the legacy types (llama.cpp then stores F16).
     pub fn fallback(self) -> Option<GgmlType> {
         match self {
@@ -698,6 +808,7 @@ impl GgmlType {
             GgmlType::Q4K => Some(GgmlType::Q5_0),
             GgmlType::Q5K => Some(GgmlType::Q5_1),
             GgmlType::Q6K => Some(GgmlType::Q8_0),
+            GgmlType::Iq4Xs => Some(GgmlType::Iq4Nl),
             _ => None,
         }
     }
