@@ -58,6 +58,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("q6_k", include_str!("../../presets/gguf/q6_k.toml")),
     ("iq4_nl", include_str!("../../presets/gguf/iq4_nl.toml")),
     ("iq4_xs", include_str!("../../presets/gguf/iq4_xs.toml")),
+    ("gguf-budget", include_str!("../../presets/gguf/gguf-budget.toml")),
 ];
 
 /// A codec table: `codec = "id"` plus that codec's parameters.

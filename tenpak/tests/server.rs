@@ -176,7 +176,7 @@ fn studio_packs_the_real_model_and_serves_it() {
     let names: Vec<&str> = presets["presets"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["fast", "quality", "balanced", "size", "budget", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs"]
+        ["fast", "quality", "balanced", "size", "budget", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_nl", "iq4_xs", "gguf-budget"]
     );
     let (_, openapi) = call(authed(client().get(server.url("/openapi.json"))));
     for path in ["/compress", "/status/{id}", "/artifact/{id}", "/evaluate", "/jobs", "/jobs/{id}", "/health", "/codecs", "/presets", "/openapi.json"] {

@@ -21,7 +21,7 @@ use tenpak_quant::fit::Refine;
 use tenpak_quant::fit::weighted::fit_group_weighted;
 use tenpak_quant::{FitOptions, SearchGrid};
 
-use crate::types::{GgmlType, Grid, Header, KVALUES_IQ4NL};
+use crate::types::{GgmlType, Grid, Header, KVALUES_IQ4NL, table_index};
 
 /// Weighted squared error of `x` coded to its nearest levels on `grid`.
 #[inline]
@@ -106,15 +106,9 @@ pub fn fit_table(x: &[f32], h: &[f32], steps: i32) -> f32 {
         return 0.0;
     }
     let table = KVALUES_IQ4NL.map(f32::from);
-    let nearest = |t: f32| {
-        let i = table.partition_point(|&k| k < t);
-        match i {
-            0 => table[0],
-            16 => table[15],
-            i if t - table[i - 1] <= table[i] - t => table[i - 1],
-            i => table[i],
-        }
-    };
+    // The level nearest the rounded ratio: a candidate's assignment only (the codes themselves
+    // come from the grid), so a level off by one next to a midpoint costs nothing here.
+    let nearest = |t: f32| table[usize::from(table_index(t))];
     let mut best = (f64::NEG_INFINITY, 0f32);
     for end in [table[0], table[15]] {
         for k in -steps..=steps {

@@ -165,28 +165,60 @@ impl Grid {
         best
     }
 
-    /// [`Grid::nearest`] on a table grid: the level nearest `w / step`, then its neighbour,
-    /// judged by the values themselves.
+    /// [`Grid::nearest`] on a table grid: [`table_index`]'s guess at `w / step` and its two
+    /// neighbours, judged by the values themselves (the guess is the nearest level to the
+    /// rounded ratio, so the nearest level to `w` is at most one away: levels are 11 or more
+    /// apart).
     fn nearest_in_table(&self, w: f32) -> u8 {
         let t = w / self.step;
         let guess = if t.is_finite() {
-            KVALUES_IQ4NL.partition_point(|&k| f32::from(k) < t)
+            table_index(t)
         } else if self.step == 0.0 || !self.step.is_finite() {
             0
         } else {
             8
         };
-        let mut best = guess.min(15) as u8;
+        let mut best = guess;
         let mut best_err = f32::INFINITY;
-        for q in guess.saturating_sub(1)..(guess + 1).min(16) {
-            let err = (w - self.value(q as u8)).abs();
+        for q in guess.saturating_sub(1)..=(guess + 1).min(15) {
+            let err = (w - self.value(q)).abs();
             if err < best_err {
-                best = q as u8;
+                best = q;
                 best_err = err;
             }
         }
         best
     }
+}
+
+/// The index of the [`KVALUES_IQ4NL`] level nearest `round(t)` (ties to the lower level), from a
+/// table over the integers −127..=113 (values beyond clamp to the ends).
+#[inline]
+pub fn table_index(t: f32) -> u8 {
+    const LOW: i32 = KVALUES_IQ4NL[0] as i32;
+    const SPAN: usize = (KVALUES_IQ4NL[15] as i32 - LOW + 1) as usize;
+    const LUT: [u8; SPAN] = {
+        let mut lut = [0u8; SPAN];
+        let mut i = 0;
+        while i < SPAN {
+            let v = LOW + i as i32;
+            let mut best = 0;
+            let mut q = 1;
+            while q < 16 {
+                let d_best = (KVALUES_IQ4NL[best] as i32 - v).abs();
+                let d_q = (KVALUES_IQ4NL[q] as i32 - v).abs();
+                if d_q < d_best {
+                    best = q;
+                }
+                q += 1;
+            }
+            lut[i] = best as u8;
+            i += 1;
+        }
+        lut
+    };
+    let i = (t.round().clamp(LOW as f32, KVALUES_IQ4NL[15] as f32) as i32 - LOW) as usize;
+    LUT[i]
 }
 
 impl GgmlType {
