@@ -670,3 +670,45 @@ fn real_model_llama_cpp_presets_export_exactly_and_score_the_same() {
         );
     }
 }
+
+/// The built-in `gguf-budget` preset on a tiny model 256 wide (every linear takes the k-quants
+/// themselves): the pack stays within `--target-bpw` on the block linears, every linear is in one
+/// of the candidate types, and the GGUF export copies every tensor exactly.
+#[test]
+fn gguf_budget_packs_within_its_target_and_exports_exactly() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_llama_config(256, 512, 2, 300);
+    config.max_position_embeddings = 1024;
+    config.tie_word_embeddings = true;
+    let tensors = tiny_model_tensors(&config, 5);
+    let source = dir.path().join("source.gguf");
+    write_tiny_gguf(&source, "llama", &config, &tensors, "smollm", None);
+    let text = std::fs::read_to_string(util::repo_root().join("presets/gguf/gguf-budget.toml"))
+        .unwrap()
+        .replace("windows = 32", "windows = 4");
+    let calib: String = std::fs::read_to_string(util::asset("calib.txt")).unwrap().chars().take(60_000).collect();
+    let out = dir.path().join("budget.tenpak");
+    let target = 4.8;
+    let request = tenpak_pack::plan::PackRequest {
+        calib: Some(TextSpec::Inline { name: "calib".into(), text: calib }),
+        target_bpw: Some(target),
+        ..request(source, inline_preset(&text, "gguf-budget"), &out)
+    };
+    let manifest = pack(&request, &registry).unwrap();
+    let (mut bits, mut weights) = (0.0, 0usize);
+    let mut types = std::collections::BTreeSet::new();
+    for t in manifest.tensors.iter().filter(|t| t.role.is_block_linear()) {
+        bits += t.bits_per_weight * t.numel() as f64;
+        weights += t.numel();
+        assert_eq!(t.codec.as_deref(), Some("ggml"), "{}", t.name);
+        types.insert(t.params.str_or("type", "").unwrap().to_owned());
+    }
+    let bpw = bits / weights as f64;
+    eprintln!("gguf-budget at {target}: {bpw:.3} bits per weight on the linears, types {types:?}");
+    assert!(bpw <= target + 1e-9, "{bpw} bits per weight over the target {target}");
+    let allowed = ["q2_k", "q3_k", "iq4_xs", "q4_k", "q5_k", "q6_k", "q8_0"];
+    assert!(types.iter().all(|t| allowed.contains(&t.as_str())), "{types:?}");
+    let report = export(&out, &dir.path().join("budget.gguf"), &registry);
+    assert!(report.tensors.iter().all(|t| t.exact), "every tensor copied exactly");
+}
