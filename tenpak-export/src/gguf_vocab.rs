@@ -104,17 +104,21 @@ pub fn tokenizer_metadata(
             config.vocab_size
         );
     }
-    // Byte fallback only acts on a byte the vocabulary has no symbol for; a byte-level BPE whose
-    // vocabulary holds all 256 byte symbols never falls back, so the flag changes no id.
+    // Byte fallback only acts on a symbol the vocabulary lacks, by emitting the `<0xNN>` tokens
+    // of its bytes. A byte-level BPE whose vocabulary holds all 256 byte symbols never falls
+    // back, and one without `<0xNN>` tokens falls back to nothing (the unknown token, as without
+    // the flag): either way the flag changes no id.
     if model.get("byte_fallback").and_then(Json::as_bool) == Some(true) {
         let missing = byte_level_alphabet()
             .into_iter()
             .filter(|c| !vocab.contains_key(&c.to_string()))
             .count();
-        if missing > 0 {
+        let byte_tokens = vocab.keys().filter(|t| is_byte_token(t)).count();
+        if missing > 0 && byte_tokens > 0 {
             bail!(
-                "tokenizer.json: byte_fallback is on and {missing} of the 256 byte-level symbols are not in \
-                 the vocabulary (a SentencePiece-style BPE); only byte-level BPE tokenizers can be written to GGUF"
+                "tokenizer.json: byte_fallback is on, {missing} of the 256 byte-level symbols are not in the \
+                 vocabulary and it has {byte_tokens} <0xNN> byte tokens (a SentencePiece-style BPE); only \
+                 byte-level BPE tokenizers can be written to GGUF"
             );
         }
     }
@@ -191,6 +195,14 @@ pub fn tokenizer_metadata(
     md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
     md.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos)));
     Ok(md)
+}
+
+/// Whether `token` is a SentencePiece byte token `<0xNN>`.
+fn is_byte_token(token: &str) -> bool {
+    token.len() == 6
+        && token.starts_with("<0x")
+        && token.ends_with('>')
+        && token[3..5].chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// GPT-2's byte-level alphabet: the character each byte 0..=255 is written as in the vocabulary
@@ -310,15 +322,22 @@ mod tests {
         assert!(names(&plain).contains("\"gpt-2\""));
     }
 
-    /// Byte fallback where byte symbols are missing, and SentencePiece's normalizers, are refused
-    /// by name.
+    /// Byte fallback onto `<0xNN>` tokens where byte symbols are missing, and SentencePiece's
+    /// normalizers, are refused by name.
     #[test]
     fn sentencepiece_style_tokenizers_are_refused_by_name() {
+        // A byte symbol missing: harmless without <0xNN> tokens (nothing to fall back to), a
+        // SentencePiece-style vocabulary with them.
         let mut missing = byte_level_json();
         missing["model"]["byte_fallback"] = json!(true);
-        missing["model"]["vocab"].as_object_mut().unwrap().remove("A");
+        let vocab = missing["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab.remove("A").unwrap();
+        vocab.insert("<0x41>".into(), id.clone());
         let err = metadata(&missing).unwrap_err().to_string();
-        assert!(err.contains("byte_fallback") && err.contains("1 of the 256"), "{err}");
+        assert!(err.contains("byte_fallback") && err.contains("1 of the 256") && err.contains("<0xNN>"), "{err}");
+        missing["model"]["vocab"].as_object_mut().unwrap().remove("<0x41>");
+        missing["model"]["vocab"].as_object_mut().unwrap().insert("A-less".into(), id);
+        metadata(&missing).unwrap();
         let mut spm = byte_level_json();
         spm["normalizer"] = json!({"type": "Sequence", "normalizers": [
             {"type": "Prepend", "prepend": "▁"},
