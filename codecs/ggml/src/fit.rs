@@ -52,6 +52,36 @@ pub fn block_error(ty: GgmlType, x: &[f32], h: &[f32], header: &Header) -> f64 {
 /// toward `hi`; each rounded and clamped, its scale refitted by least squares and judged by the
 /// weighted error of that assignment (as `make_qx_quants` does). 0 for a block of zeros.
 pub fn fit_sym(x: &[f32], h: &[f32], lo: i32, hi: i32, steps: i32) -> f32 {
+    let (lo, hi) = (lo as f32, hi as f32);
+    best_scale(x, h, [lo, hi], 0.1, steps, |t| t.round().clamp(lo, hi))
+}
+
+/// The best scale `d` for `x ≈ d·kvalues[q]` on IQ4's table ([`KVALUES_IQ4NL`]) under weights
+/// `h`: candidate inverse scales map the weight of largest magnitude onto either end of the table
+/// (−127 and 113) and `steps` table units inside or beyond it (llama.cpp's
+/// `quantize_row_iq4_nl_impl` tries the −127 end only); each assignment's scale is refitted by
+/// least squares and the one with the least weighted error wins. 0 for a block of zeros.
+pub fn fit_table(x: &[f32], h: &[f32], steps: i32) -> f32 {
+    let table = KVALUES_IQ4NL.map(f32::from);
+    // The level nearest the rounded ratio: a candidate's assignment only (the codes themselves
+    // come from the grid), so a level off by one next to a midpoint costs nothing here.
+    best_scale(x, h, [table[0], table[15]], 1.0, steps, |t| {
+        table[usize::from(table_index(t))]
+    })
+}
+
+/// The scale search of [`fit_sym`] and [`fit_table`]: for each end level of `ends` and `k` in
+/// `−steps..=steps`, the inverse scale `(end ± step·k) / x_max` (`x_max` the weight of largest
+/// magnitude), each weight at `level(iscale·x)`, and that assignment's least-squares scale; the
+/// one with the least weighted error wins. 0 for a block of zeros.
+fn best_scale(
+    x: &[f32],
+    h: &[f32],
+    ends: [f32; 2],
+    step: f32,
+    steps: i32,
+    level: impl Fn(f32) -> f32,
+) -> f32 {
     let mut amax = 0f32;
     let mut xmax = 0f32;
     for &v in x {
@@ -66,56 +96,12 @@ pub fn fit_sym(x: &[f32], h: &[f32], lo: i32, hi: i32, steps: i32) -> f32 {
     // For an assignment `l`, the least-squares scale is `Σhxl / Σhl²` and its weighted error
     // `Σhx² − (Σhxl)² / Σhl²`: the candidate with the largest `(Σhxl)² / Σhl²` wins, one pass each.
     let mut best = (f64::NEG_INFINITY, 0f32);
-    for end in [lo as f32, hi as f32] {
+    for end in ends {
         for k in -steps..=steps {
-            let iscale = (end + 0.1 * k as f32 * end.signum()) / xmax;
+            let iscale = (end + step * k as f32 * end.signum()) / xmax;
             let (mut sxl, mut sll) = (0f64, 0f64);
             for (&v, &hw) in x.iter().zip(h) {
-                let l = (iscale * v).round().clamp(lo as f32, hi as f32);
-                let (hl, v) = (f64::from(hw) * f64::from(l), f64::from(v));
-                sxl += hl * v;
-                sll += hl * f64::from(l);
-            }
-            if sll <= 0.0 {
-                continue;
-            }
-            let score = sxl * sxl / sll;
-            if score > best.0 {
-                best = (score, (sxl / sll) as f32);
-            }
-        }
-    }
-    best.1
-}
-
-/// The best scale `d` for `x ≈ d·kvalues[q]` on IQ4's table ([`KVALUES_IQ4NL`]) under weights
-/// `h`: candidate inverse scales map the weight of largest magnitude onto either end of the table
-/// (−127 and 113) and `steps` table units inside or beyond it (llama.cpp's
-/// `quantize_row_iq4_nl_impl` tries the −127 end only); each assignment's scale is refitted by
-/// least squares and the one with the least weighted error wins. 0 for a block of zeros.
-pub fn fit_table(x: &[f32], h: &[f32], steps: i32) -> f32 {
-    let mut amax = 0f32;
-    let mut xmax = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            xmax = v;
-        }
-    }
-    if amax == 0.0 {
-        return 0.0;
-    }
-    let table = KVALUES_IQ4NL.map(f32::from);
-    // The level nearest the rounded ratio: a candidate's assignment only (the codes themselves
-    // come from the grid), so a level off by one next to a midpoint costs nothing here.
-    let nearest = |t: f32| table[usize::from(table_index(t))];
-    let mut best = (f64::NEG_INFINITY, 0f32);
-    for end in [table[0], table[15]] {
-        for k in -steps..=steps {
-            let iscale = (end + k as f32 * end.signum()) / xmax;
-            let (mut sxl, mut sll) = (0f64, 0f64);
-            for (&v, &hw) in x.iter().zip(h) {
-                let l = f64::from(nearest(iscale * v));
+                let l = f64::from(level(iscale * v));
                 let hl = f64::from(hw) * l;
                 sxl += hl * f64::from(v);
                 sll += hl * l;
