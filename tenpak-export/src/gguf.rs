@@ -175,17 +175,10 @@ pub fn export_gguf(
             let converted = convert(artifact, registry, record, options.requant)
                 .with_context(|| format!("exporting tensor `{}`", record.name))?;
             let mut bytes = converted.bytes;
-            if permutes_qk(arch) {
-                let heads = if record.name.contains(".self_attn.q_proj.") {
-                    Some(config.num_attention_heads)
-                } else if record.name.contains(".self_attn.k_proj.") {
-                    Some(config.num_key_value_heads)
-                } else {
-                    None
-                };
-                if let Some(heads) = heads {
-                    bytes = permute_byte_rows(&bytes, record.shape[0], heads)?;
-                }
+            if permutes_qk(arch)
+                && let Some(heads) = rope_heads(&record.name, config)
+            {
+                bytes = permute_byte_rows(&bytes, record.shape[0], heads)?;
             }
             writer.append(converted.dtype, &bytes)?;
             tensors.push(TensorExport {
@@ -217,6 +210,18 @@ pub fn export_gguf(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+/// The heads whose rows llama.cpp's RoPE layout interleaves in the HF tensor `name`: the query
+/// heads for `q_proj`, the KV heads for `k_proj`, `None` for every other tensor.
+pub fn rope_heads(name: &str, config: &ModelConfig) -> Option<usize> {
+    if name.contains(".self_attn.q_proj.") {
+        Some(config.num_attention_heads)
+    } else if name.contains(".self_attn.k_proj.") {
+        Some(config.num_key_value_heads)
+    } else {
+        None
     }
 }
 

@@ -210,17 +210,23 @@ fn check_export_reads_back(config: ModelConfig) {
     assert_eq!(md["tokenizer.ggml.tokens"]["len"], config.vocab_size);
 }
 
-/// llama.cpp's own Python reader (PyPI `gguf`) dequantizes every tensor of `gguf_path` to the
-/// values TenPak's reader gives, in the types the report says; returns its dump.
-fn assert_gguf_py_reads_what_tenpak_reads(gguf_path: &Path, report: &GgufReport) -> serde_json::Value {
-    let raw = GgufModel::open(gguf_path).unwrap();
+/// `scripts/gguf_dump.py` of `gguf_path`: the file as llama.cpp's own Python reader (PyPI `gguf`)
+/// sees it, each tensor's dequantized values as a SHA-256.
+fn gguf_py_dump(gguf_path: &Path) -> serde_json::Value {
     let output = Command::new(tenpak_quant::testing::python_gguf())
         .arg(util::repo_root().join("scripts/gguf_dump.py"))
         .arg(gguf_path)
         .output()
         .unwrap();
     assert!(output.status.success(), "gguf_dump.py failed: {}", String::from_utf8_lossy(&output.stderr));
-    let dump: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// llama.cpp's own Python reader (PyPI `gguf`) dequantizes every tensor of `gguf_path` to the
+/// values TenPak's reader gives, in the types the report says; returns its dump.
+fn assert_gguf_py_reads_what_tenpak_reads(gguf_path: &Path, report: &GgufReport) -> serde_json::Value {
+    let raw = GgufModel::open(gguf_path).unwrap();
+    let dump = gguf_py_dump(gguf_path);
     let tensors = dump["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), report.tensors.len());
     for (entry, t) in tensors.iter().zip(&report.tensors) {
@@ -551,41 +557,24 @@ fn real_model_compressed_tensors_export_scores_the_artifacts_ppl_in_transformers
     assert!(diff <= 5e-3, "transformers scores the export {theirs}, TenPak the artifact {ours}");
 }
 
-/// llama.cpp's gguf-py dequantizes every tensor of the GGUF at `gguf` to the values the artifact
-/// decodes to (q and k rows in llama.cpp's rope order), compared by SHA-256 of the f32 bits.
+/// llama.cpp's gguf-py (`scripts/gguf_dump.py`) dequantizes every tensor of the GGUF at `gguf`
+/// to the values the artifact decodes to (q and k rows in llama.cpp's rope order), compared by
+/// SHA-256 of the f32 bits; unlike [`assert_gguf_py_reads_what_tenpak_reads`] this needs no
+/// TenPak reader of the file, so it covers the types candle cannot read.
 fn gguf_py_reads_the_artifact(gguf: &Path, artifact_dir: &Path, report: &GgufReport, registry: &Registry) {
-    let script = r#"
-import sys, hashlib, numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
-for t in GGUFReader(sys.argv[1]).tensors:
-    v = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
-    print(t.name, hashlib.sha256(v.tobytes()).hexdigest())
-"#;
-    let output = Command::new(tenpak_quant::testing::python_gguf()).arg("-c").arg(script).arg(gguf).output().unwrap();
-    assert!(output.status.success(), "gguf-py failed: {}", String::from_utf8_lossy(&output.stderr));
-    let theirs: HashMap<String, String> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
-        .collect();
+    let dump = gguf_py_dump(gguf);
+    let tensors = dump["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), report.tensors.len());
     let artifact = Artifact::open(artifact_dir).unwrap();
     let config = &artifact.manifest().model_config;
-    for t in &report.tensors {
+    for (entry, t) in tensors.iter().zip(&report.tensors) {
+        assert_eq!(entry["name"], t.name.as_str());
         let mut values = artifact.load_f32(&t.hf_name, registry).unwrap();
-        let heads = if t.hf_name.contains(".self_attn.q_proj.") {
-            Some(config.num_attention_heads)
-        } else if t.hf_name.contains(".self_attn.k_proj.") {
-            Some(config.num_key_value_heads)
-        } else {
-            None
-        };
-        if let Some(heads) = heads {
+        if let Some(heads) = tenpak_export::gguf::rope_heads(&t.hf_name, config) {
             let rows = values.len() / config.hidden_size;
             tenpak_model::gguf::permute_rope_rows(&mut values, rows, config.hidden_size, heads);
         }
-        let ours = sha256_f32(&values);
-        assert_eq!(theirs.get(&t.name), Some(&ours), "{}: gguf-py's dequantization of {} differs", t.name, t.dtype.name());
+        assert_eq!(entry["sha256"], sha256_f32(&values).as_str(), "{}: gguf-py's dequantization of {} differs", t.name, t.dtype.name());
     }
 }
 
