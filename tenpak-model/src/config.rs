@@ -146,10 +146,16 @@ impl ModelConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(10000.0),
         };
-        let rope_scaling = match obj.get("rope_scaling") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(v) => bail!("{file}: field `rope_scaling` must be an object or null, found {v}"),
+        // transformers >= 5 writes the scaling into `rope_parameters` too (rope_type beside
+        // rope_theta); `rope_scaling`, where present, still wins.
+        let rope_scaling = match (obj.get("rope_scaling"), obj.get("rope_parameters")) {
+            (Some(v @ Value::Object(_)), _) => Some(v.clone()),
+            (Some(v), _) if !v.is_null() => bail!("{file}: field `rope_scaling` must be an object or null, found {v}"),
+            (_, Some(p @ Value::Object(fields))) => {
+                let kind = fields.get("rope_type").or_else(|| fields.get("type")).and_then(Value::as_str).unwrap_or("default");
+                (kind != "default").then(|| p.clone())
+            }
+            _ => None,
         };
         let default_max_positions = match model_type.as_str() {
             "qwen2" => 32768,

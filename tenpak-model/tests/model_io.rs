@@ -365,6 +365,26 @@ fn safetensors_header_offsets_past_file_end_are_reported() {
     assert_mentions(&err, &[&file.display().to_string(), "model.norm.weight", "I64"]);
 }
 
+/// transformers 5 writes a Llama 3 checkpoint's scaling into `rope_parameters` (beside
+/// rope_theta) with `rope_scaling` absent; a "default" rope_type there is no scaling.
+#[test]
+fn rope_parameters_of_transformers_5_carry_the_scaling() {
+    let base = serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "vocab_size": 50});
+    let with = |parameters: serde_json::Value| {
+        let mut doc = base.clone();
+        doc["rope_parameters"] = parameters;
+        ModelConfig::from_hf_config_json(&doc.to_string(), Path::new("config.json")).unwrap()
+    };
+    let llama3 = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let config = with(llama3.clone());
+    assert_eq!(config.rope_theta, 500000.0);
+    assert_eq!(config.rope_scaling, Some(llama3));
+    let plain = with(serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}));
+    assert_eq!((plain.rope_theta, plain.rope_scaling), (10000.0, None));
+}
+
 #[test]
 fn config_json_round_trips_through_hf_format() {
     let mut config = tiny_llama_config(64, 96, 2, 50);

@@ -680,6 +680,50 @@ fn greedy_generation_equals_argmax_of_recomputation() {
     assert_eq!(out.tokens, expected[prompt.len()..prompt.len() + first_eos + 1]);
 }
 
+/// Greedy tokens equal transformers' `generate` on tiny random checkpoints that transformers
+/// itself writes (scripts/reference/tiny_generate.py, run here with the Python of
+/// scripts/python-hf.sh): Llama, Llama with llama3 rope scaling in transformers 5's
+/// `rope_parameters` and tied embeddings, Mistral, and Qwen2 with its biases and tied embeddings,
+/// read from their HF directories, token for token, stopping where transformers stops (each
+/// checkpoint's EOS is a token its first prompt's greedy path reaches). The script keeps every
+/// greedy step at least 1e-3 from a tie, so a last-bit difference cannot decide a token.
+#[test]
+fn greedy_generation_matches_transformers_on_tiny_random_models() {
+    use std::process::Command;
+    use tenpak_pack::generate::{Generator, Sampling, Stop};
+    let script = util::repo_root().join("scripts/python-hf.sh");
+    let venv = Command::new("bash").arg(&script).output().unwrap();
+    assert!(venv.status.success(), "{} failed (it needs PyPI): {}", script.display(), String::from_utf8_lossy(&venv.stderr));
+    let python = String::from_utf8(venv.stdout).unwrap().lines().last().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(python)
+        .arg(util::repo_root().join("scripts/reference/tiny_generate.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "tiny_generate.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("generate.json")).unwrap()).unwrap();
+    let max = reference["max_new_tokens"].as_u64().unwrap() as usize;
+    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4, "llama, llama3 rope, mistral, qwen2");
+    let mut stops = Vec::new();
+    for case in cases {
+        let name = case["case"].as_str().unwrap();
+        let source = tenpak_model::open(&dir.path().join(name)).unwrap();
+        assert_eq!(source.config().eos_token_id, Some(case["eos_token_id"].as_u64().unwrap() as u32), "{name}");
+        let model = LlamaModel::load(source.config(), source.as_ref()).unwrap();
+        let tokenizer = tokenizers::Tokenizer::new(tokenizers::models::wordlevel::WordLevel::default());
+        let generator = Generator::new(model, tokenizer, name, None);
+        for prompt in case["prompts"].as_array().unwrap() {
+            let out = generator.generate(&ids(&prompt["prompt_ids"]), max, Sampling::Greedy, &mut |_| Ok(())).unwrap();
+            assert_eq!(out.tokens, ids(&prompt["new_ids"]), "{name}: greedy continuation of {}", prompt["prompt_ids"]);
+            stops.push(out.stop);
+        }
+    }
+    assert!(stops.contains(&Stop::Eos) && stops.contains(&Stop::Length), "the cases cover both stops: {stops:?}");
+}
+
 #[allow(dead_code)]
 fn assert_hook_object_safe(_: &mut dyn LinearHook) {}
 
