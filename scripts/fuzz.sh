@@ -39,7 +39,6 @@ done
 ALL=(gguf gguf_tokenizer safetensors artifact preset codec_decode)
 if ((${#TARGETS[@]} == 0)); then TARGETS=("${ALL[@]}"); fi
 
-export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: cargo install cargo-fuzz" >&2
     cargo install cargo-fuzz --locked >&2
@@ -50,6 +49,9 @@ if [[ ! -d fuzz/seeds ]]; then
     TENPAK_FUZZ_SEEDS="$ROOT/fuzz/seeds" cargo test --release --workspace --test pack \
         fuzz_regressions::fuzz_seeds_reach_the_code_they_are_for >&2
 fi
+# Only now: cargo fingerprints RUSTC_BOOTSTRAP, so the seed test above run with it set would
+# rebuild the whole workspace (5-6 minutes here) instead of reusing test.sh's build.
+export RUSTC_BOOTSTRAP=1
 # Optimised, with overflow checks and debug assertions on (a size computed from a file that
 # wraps around is the usual first step to an out-of-bounds access), under AddressSanitizer unless
 # --no-asan.
