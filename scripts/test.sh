@@ -27,10 +27,10 @@ phase "cargo test (build and run)"
 # out: its tests check the decoding loop and the cache, which the matmul does not change.
 TENPAK_MATMUL=candle cargo test --release --workspace --test model runtime:: -- --skip generation 2>&1 || cargo_status=$?
 phase "runtime tests on candle"
-# Every fuzz target for 20 s (cargo-fuzz, libFuzzer + AddressSanitizer): a new crash fails the
+# Every fuzz target for 12 s (cargo-fuzz, libFuzzer + AddressSanitizer): a new crash fails the
 # run. Long runs: scripts/fuzz.sh --seconds 600 (BENCHMARKS.md).
 fuzz_status=0
-bash scripts/fuzz.sh --seconds 20 2>&1 || fuzz_status=$?
+bash scripts/fuzz.sh --seconds 12 2>&1 || fuzz_status=$?
 phase "fuzz (build and run)"
 # The Studio page in headless Chromium (run even when the cargo tests failed): installs chromium and
 # playwright-core, builds target/release/tenpak if it is missing, prints `N passed, N failed`.
