@@ -73,7 +73,8 @@ def greedy(model, prompt: list[int], eos: int) -> tuple[list[int], float]:
         return_dict_in_generate=True,
     )
     new = out.sequences[0, len(prompt):].tolist()
-    gap = min(float(s[0].topk(2).values[0] - s[0].topk(2).values[1]) for s in out.scores)
+    top2 = [s[0].topk(2).values for s in out.scores]
+    gap = min(float(t[0] - t[1]) for t in top2)
     return new, gap
 
 

@@ -578,6 +578,31 @@ fn gguf_py_reads_the_artifact(gguf: &Path, artifact_dir: &Path, report: &GgufRep
     }
 }
 
+/// Pack `source` with the built-in llama.cpp preset `name` (its calibration windows cut to
+/// `windows`) into `dir`, export it to GGUF and check the export: every quantized tensor is the
+/// artifact's blocks copied (exact), and llama.cpp's gguf-py dequantizes every tensor to the
+/// artifact's values bit for bit. Returns the artifact's directory, the GGUF and the report.
+fn pack_and_export_preset(
+    source: PathBuf,
+    name: &str,
+    windows: usize,
+    calib: TextSpec,
+    dir: &Path,
+    registry: &Arc<Registry>,
+) -> (PathBuf, PathBuf, GgufReport) {
+    let text = std::fs::read_to_string(util::repo_root().join(format!("presets/gguf/{name}.toml")))
+        .unwrap()
+        .replace("windows = 32", &format!("windows = {windows}"));
+    let artifact_dir = dir.join(format!("{name}.tenpak"));
+    let request = tenpak_pack::plan::PackRequest { calib: Some(calib), ..request(source, inline_preset(&text, name), &artifact_dir) };
+    pack(&request, registry).unwrap();
+    let gguf_path = dir.join(format!("{name}.gguf"));
+    let report = export(&artifact_dir, &gguf_path, registry);
+    assert!(report.tensors.iter().all(|t| t.dtype == GgmlDType::F32 || t.exact), "{name}: every quantized tensor copied exactly");
+    gguf_py_reads_the_artifact(&gguf_path, &artifact_dir, &report, registry);
+    (artifact_dir, gguf_path, report)
+}
+
 /// Every built-in llama.cpp preset on a tiny model 256 wide whose MLP is 640 wide (so down_proj's
 /// rows are not whole 256-weight super-blocks and take the recipe's fallback type), calibrated on
 /// a short text: every tensor of the GGUF export is the artifact's blocks copied (exact), the
@@ -593,7 +618,7 @@ fn every_llama_cpp_preset_exports_exactly_and_gguf_py_reads_it() {
     let tensors = tiny_model_tensors(&config, 11);
     let source = dir.path().join("source.gguf");
     write_tiny_gguf(&source, "llama", &config, &tensors, "smollm", None);
-    let calib: String = std::fs::read_to_string(util::asset("calib.txt")).unwrap().chars().take(30_000).collect();
+    let calib_text: String = std::fs::read_to_string(util::asset("calib.txt")).unwrap().chars().take(30_000).collect();
     for (name, own_type) in [
         ("q4_0", "Q4_0"),
         ("q4_1", "Q4_1"),
@@ -608,21 +633,9 @@ fn every_llama_cpp_preset_exports_exactly_and_gguf_py_reads_it() {
         ("iq4_nl", "IQ4_NL"),
         ("iq4_xs", "IQ4_XS"),
     ] {
-        let text = std::fs::read_to_string(util::repo_root().join(format!("presets/gguf/{name}.toml")))
-            .unwrap()
-            .replace("windows = 32", "windows = 2");
-        let artifact_dir = dir.path().join(format!("{name}.tenpak"));
-        let request = tenpak_pack::plan::PackRequest {
-            calib: Some(TextSpec::Inline { name: "calib".into(), text: calib.clone() }),
-            ..request(source.clone(), inline_preset(&text, name), &artifact_dir)
-        };
-        pack(&request, &registry).unwrap();
-        let gguf_path = dir.path().join(format!("{name}.gguf"));
-        let report = export(&artifact_dir, &gguf_path, &registry);
-        let quantized: Vec<_> = report.tensors.iter().filter(|t| t.dtype.name() != "F32").collect();
-        assert!(quantized.iter().all(|t| t.exact), "{name}: every tensor copied exactly");
-        assert!(quantized.iter().any(|t| t.dtype.name() == own_type), "{name}: no {own_type} tensor");
-        gguf_py_reads_the_artifact(&gguf_path, &artifact_dir, &report, &registry);
+        let calib = TextSpec::Inline { name: "calib".into(), text: calib_text.clone() };
+        let (_, _, report) = pack_and_export_preset(source.clone(), name, 2, calib, dir.path(), &registry);
+        assert!(report.tensors.iter().any(|t| t.dtype.name() == own_type), "{name}: no {own_type} tensor");
     }
 }
 
@@ -637,23 +650,12 @@ fn real_model_q4_k_m_exports_exactly_and_scores_the_same() {
     let registry = registry();
     let dir = tempfile::tempdir().unwrap();
     let name = "q4_k_m";
-    let text = std::fs::read_to_string(util::repo_root().join(format!("presets/gguf/{name}.toml")))
-        .unwrap()
-        .replace("windows = 32", "windows = 4");
-    let artifact_dir = dir.path().join(format!("{name}.tenpak"));
-    let request = tenpak_pack::plan::PackRequest {
-        calib: Some(TextSpec::File(util::asset("calib.txt"))),
-        ..request(util::real_gguf(), inline_preset(&text, name), &artifact_dir)
-    };
-    pack(&request, &registry).unwrap();
-    let gguf_path = dir.path().join(format!("{name}.gguf"));
-    let report = export(&artifact_dir, &gguf_path, &registry);
+    let calib = TextSpec::File(util::asset("calib.txt"));
+    let (artifact_dir, gguf_path, report) = pack_and_export_preset(util::real_gguf(), name, 4, calib, dir.path(), &registry);
     let quantized: Vec<_> = report.tensors.iter().filter(|t| t.dtype != GgmlDType::F32).collect();
-    assert!(quantized.iter().all(|t| t.exact), "{name}: every tensor copied exactly");
     for (dtype, count) in [(GgmlDType::Q5_0, 166), (GgmlDType::Q4K, 16), (GgmlDType::Q8_0, 15), (GgmlDType::Q6K, 14)] {
         assert_eq!(quantized.iter().filter(|t| t.dtype == dtype).count(), count, "{name}: {dtype:?} tensors");
     }
-    gguf_py_reads_the_artifact(&gguf_path, &artifact_dir, &report, &registry);
     let (from_artifact, from_gguf) = (ppl_4(&artifact_dir, &registry), ppl_4(&gguf_path, &registry));
     eprintln!("{name}: artifact PPL {from_artifact:.4}, GGUF {from_gguf:.4}");
     assert!((from_gguf - from_artifact).abs() <= 5e-3 * from_artifact, "{name}: GGUF {from_gguf} vs artifact {from_artifact}");

@@ -378,6 +378,10 @@ mod tests {
             ])
         );
         assert_eq!(counts(&plan("q6_k")), c(&[("q6_k", 30), ("q8_0", 181)]));
+        assert_eq!(
+            counts(&plan("q4_0")),
+            c(&[("q4_0", 207), ("q4_1", 3), ("q8_0", 1)])
+        );
         assert_eq!(counts(&plan("iq4_nl")), c(&[("iq4_nl", 210), ("q8_0", 1)]));
         assert_eq!(
             counts(&plan("iq4_xs")),
